@@ -1,0 +1,63 @@
+"""The exception tree. Every error the package raises derives from QueueError.
+
+Stores re-raise driver errors ``from exc`` as StoreError / StoreUnavailable, so
+callers above the store never see sqlite3 or pymongo exceptions. Only the
+blueprint turns these into HTTP status codes.
+"""
+from __future__ import annotations
+
+import marshmallow
+
+
+class QueueError(Exception):
+    """Base class of every exception raised by queue_service."""
+
+
+class ValidationError(QueueError, marshmallow.ValidationError):
+    """Input refused before anything was written.
+
+    ``messages`` maps field names to lists of messages (marshmallow's shape),
+    e.g. ``{"payload": {"to": ["Not a valid email address."]}}``.
+    """
+
+
+class UnknownJobType(ValidationError):
+    """``add_job`` was given a type no handler is registered for."""
+
+    def __init__(self, job_type: str):
+        super().__init__({"type": [f"Unknown job type: {job_type!r}."]})
+        self.job_type = job_type
+
+
+class DuplicateJobType(QueueError):
+    """A job type was registered twice."""
+
+
+class JobNotFound(QueueError):
+    """No job has this id."""
+
+
+class InvalidTransition(QueueError):
+    """The job exists but is not in a state that allows the operation."""
+
+    def __init__(self, job_id: str, status: str, operation: str):
+        super().__init__(f"job {job_id} is {status}; cannot {operation} it")
+        self.job_id = job_id
+        self.status = status
+        self.operation = operation
+
+
+class PermanentJobError(QueueError):
+    """Raised by a handler: fail the job now, without retries."""
+
+
+class StoreError(QueueError):
+    """The store failed in a way that retrying the same call will not fix."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached (locked, down, timed out)."""
+
+
+class ConfigurationError(QueueError):
+    """A setting has a value the queue cannot use."""

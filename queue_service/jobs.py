@@ -1,0 +1,117 @@
+"""The job record, its status enum and the retry policy.
+
+A Job is a plain record. Stores build it with their own ``from_*`` helpers and
+the API turns it into JSON with ``to_dict``; both sides agree on this one shape.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Sequence
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_DELAYS_SECONDS: tuple[float, ...] = (1.0, 5.0, 15.0)
+
+
+class JobStatus(str, Enum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:  # so f-strings and JSON show "pending"
+        return self.value
+
+
+ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.PROCESSING)
+FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_lock_token() -> str:
+    return uuid.uuid4().hex
+
+
+def retry_delay_seconds(delays: Sequence[float], retry_number: int) -> float:
+    """Delay before retry ``retry_number`` (1-based); the last delay repeats."""
+    if not delays:
+        return 0.0
+    return float(delays[min(retry_number, len(delays)) - 1])
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z, milliseconds when there are any."""
+    if value is None:
+        return None
+    value = value.astimezone(timezone.utc)
+    if value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Job:
+    """One job as stored. Times are aware UTC datetimes.
+
+    ``attempts`` holds one dict per claim, in order: ``startedAt``, ``worker``,
+    and once the attempt ended ``endedAt``, ``outcome`` and possibly ``error``
+    and ``nextDelaySeconds``. The current attempt is the last one.
+    """
+
+    id: str
+    type: str
+    payload: dict[str, Any]
+    status: JobStatus = JobStatus.PENDING
+    priority: int = 0
+    retry_count: int = 0
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_delays: list[float] = field(default_factory=lambda: list(DEFAULT_RETRY_DELAYS_SECONDS))
+    created_at: datetime | None = None
+    run_at: datetime | None = None
+    processed_at: datetime | None = None
+    completed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    worker_id: str | None = None
+    lock_token: str | None = None
+    error: str | None = None
+    result: Any = None
+    progress: dict[str, Any] | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    idempotency_key: str | None = None
+
+    @property
+    def attempt_number(self) -> int:
+        """1-based number of the current (or last) attempt."""
+        return len(self.attempts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public JSON shape (camelCase, ISO 8601 UTC timestamps)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "status": str(self.status),
+            "priority": self.priority,
+            "retryCount": self.retry_count,
+            "maxRetries": self.max_retries,
+            "createdAt": iso(self.created_at),
+            "runAt": iso(self.run_at),
+            "processedAt": iso(self.processed_at),
+            "completedAt": iso(self.completed_at),
+            "heartbeatAt": iso(self.heartbeat_at),
+            "worker": self.worker_id,
+            "error": self.error,
+            "result": self.result,
+            "progress": self.progress,
+            "payload": self.payload,
+            "idempotencyKey": self.idempotency_key,
+            "attempts": [
+                {k: (iso(v) if isinstance(v, datetime) else v) for k, v in a.items()}
+                for a in self.attempts
+            ],
+        }

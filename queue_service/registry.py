@@ -1,0 +1,61 @@
+"""Job types: a name, a handler, a payload schema and a retry policy."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import marshmallow
+
+from .errors import DuplicateJobType
+
+JOB_TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+Handler = Callable[[Any, Any], Any]
+Hook = Callable[[Any], None]
+
+
+@dataclass
+class JobType:
+    name: str
+    handler: Handler
+    schema: marshmallow.Schema | None = None
+    max_retries: int | None = None
+    retry_delays: tuple[float, ...] | None = None
+    on_complete: list[Hook] = field(default_factory=list)
+
+    def load(self, payload: Any) -> Any:
+        """Validate and deserialize a payload; raises marshmallow.ValidationError."""
+        if self.schema is None:
+            if not isinstance(payload, dict):
+                raise marshmallow.ValidationError({"_schema": ["Payload must be an object."]})
+            return payload
+        return self.schema.load(payload)
+
+    def dump(self, loaded: Any) -> dict[str, Any]:
+        """The JSON form stored for a loaded payload."""
+        return loaded if self.schema is None else self.schema.dump(loaded)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._types: dict[str, JobType] = {}
+
+    def add(self, job_type: JobType) -> None:
+        if not JOB_TYPE_NAME.match(job_type.name):
+            raise ValueError(f"job type names are UPPER_SNAKE_CASE strings, got {job_type.name!r}")
+        if job_type.name in self._types:
+            raise DuplicateJobType(f"job type {job_type.name} is already registered")
+        self._types[job_type.name] = job_type
+
+    def get(self, name: str) -> JobType | None:
+        return self._types.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __iter__(self):
+        return iter(self._types.values())

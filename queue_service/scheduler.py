@@ -1,0 +1,100 @@
+"""The scheduler: renews the local worker's claim and sweeps the store.
+
+``Scheduler.tick()`` is one step. A sweep requeues jobs whose heartbeat is
+older than ``stuck_after`` and purges finished jobs past their retention. It
+runs at start-up and then every ``cleanup_interval``; a stalled scheduler
+(an app that slept) sweeps once and skips the ticks it missed. Every sweep is
+a set of conditional updates, so N processes may sweep at once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from .clock import Clock
+from .stores.base import Store
+from .worker import Worker
+
+log = logging.getLogger("queue_service.scheduler")
+
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass
+class SweepReport:
+    requeued: int = 0
+    failed: int = 0
+    purged: int = 0
+
+
+class Scheduler:
+    def __init__(self, store_getter: Callable[[], Store], clock: Clock, worker: Worker | None,
+                 cleanup_interval: float, stuck_after: float, completed_ttl: float, failed_ttl: float,
+                 heartbeat_interval: float):
+        self._store_getter = store_getter
+        self.clock = clock
+        self.worker = worker
+        self.cleanup_interval = cleanup_interval
+        self.stuck_after = stuck_after
+        self.completed_ttl = completed_ttl
+        self.failed_ttl = failed_ttl
+        self.heartbeat_interval = heartbeat_interval
+        self.next_sweep_at: datetime | None = None  # None: sweep on the first tick
+        self.last_tick_at: datetime | None = None
+        self.last_sweep: SweepReport | None = None
+        self.stopping = threading.Event()
+
+    @property
+    def store(self) -> Store:
+        return self._store_getter()
+
+    def sweep(self, now: datetime) -> SweepReport:
+        store = self.store
+        error = f"worker lost (no heartbeat for {self.stuck_after:g}s)"
+        requeued, failed = store.requeue_stuck(now - timedelta(seconds=self.stuck_after), now, error)
+        purged = store.purge(now - timedelta(seconds=self.completed_ttl), now - timedelta(seconds=self.failed_ttl))
+        report = SweepReport(requeued, failed, purged)
+        if requeued or failed or purged:
+            log.info("[Scheduler] Sweep: %d stuck job(s) requeued, %d failed (worker lost), %d purged",
+                     requeued, failed, purged)
+        self.last_sweep = report
+        return report
+
+    def tick(self) -> SweepReport | None:
+        """One step: heartbeat the local job if due; sweep if due."""
+        now = self.clock.now()
+        self.last_tick_at = now
+        if self.worker is not None:
+            self.worker.heartbeat_if_due(now)
+        if self.next_sweep_at is None or now >= self.next_sweep_at:
+            report = self.sweep(now)
+            self.next_sweep_at = self.clock.now() + timedelta(seconds=self.cleanup_interval)
+            return report
+        return None
+
+    def seconds_until_next_tick(self) -> float:
+        if self.next_sweep_at is None:
+            return 0.0
+        until_sweep = (self.next_sweep_at - self.clock.now()).total_seconds()
+        # Half the interval: a claim made between two ticks is still renewed in time.
+        wait = min(until_sweep, self.heartbeat_interval / 2) if self.worker else until_sweep
+        return max(0.0, wait)
+
+    def run_forever(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                self.tick()
+                failures = 0
+                wait = self.seconds_until_next_tick()
+            except Exception:
+                failures += 1
+                wait = min(MAX_BACKOFF_SECONDS, 2.0 ** min(failures, 5))
+                log.exception("[Scheduler] Tick failed; retrying in %.0fs", wait)
+            self.clock.wait(self.stopping, wait)
+
+    def stop(self) -> None:
+        self.stopping.set()

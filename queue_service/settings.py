@@ -1,0 +1,124 @@
+"""Typed settings read from ``app.config``.
+
+A value may be a Python value (list, float, bool, None) or the environment's
+string form ("1,5,15", "0.5", "false"); both mean the same. Durations are
+seconds and may be fractions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from .errors import ConfigurationError
+from .jobs import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAYS_SECONDS
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be a boolean, got {value!r}")
+
+
+def as_seconds(value: Any, name: str, minimum: float = 0.0) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}") from None
+    if seconds < minimum or seconds != seconds:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value!r}")
+    return seconds
+
+
+def as_int(value: Any, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = int(str(value).strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}") from None
+    if isinstance(value, float) and value != number:
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    if number < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value!r}")
+    return number
+
+
+def as_delays(value: Any, name: str) -> list[float]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    delays = [as_seconds(item, name) for item in items if str(item).strip() != ""]
+    if not delays:
+        raise ConfigurationError(f"{name} needs at least one delay")
+    return delays
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///instance/queue.db"
+    sqlite_synchronous: str = "NORMAL"
+    mongo_uri: str | None = None
+    mongo_collection: str = "queue_jobs"
+    url_prefix: str = "/api/queue"
+    autostart: bool | None = None  # None: on outside gunicorn
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS_SECONDS
+    heartbeat_interval: float = 30.0
+    stuck_after: float = 600.0
+    cleanup_interval: float = 300.0
+    poll_interval: float = 1.0
+    shutdown_timeout: float = 25.0
+    completed_ttl: float = 604800.0
+    failed_ttl: float = 2592000.0
+    admin_token: str | None = None
+    development: bool = False
+    max_body_bytes: int = 65536
+    allow_private_urls: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Settings":
+        def get(key: str, default: Any = None) -> Any:
+            value = config.get(key)
+            return default if value is None else value
+
+        autostart = config.get("QUEUE_AUTOSTART")
+        if isinstance(autostart, str) and autostart.strip().lower() in ("", "auto"):
+            autostart = None
+        synchronous = str(get("QUEUE_SQLITE_SYNCHRONOUS", "NORMAL")).upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigurationError(f"QUEUE_SQLITE_SYNCHRONOUS must be NORMAL or FULL, got {synchronous!r}")
+        settings = cls(
+            database_url=str(get("QUEUE_DATABASE_URL", cls.database_url)),
+            sqlite_synchronous=synchronous,
+            mongo_uri=get("MONGO_URI") or None,
+            mongo_collection=str(get("QUEUE_MONGO_COLLECTION", cls.mongo_collection)),
+            url_prefix=str(get("QUEUE_URL_PREFIX", cls.url_prefix)).rstrip("/"),
+            autostart=None if autostart is None else as_bool(autostart, "QUEUE_AUTOSTART"),
+            max_retries=as_int(get("QUEUE_MAX_RETRIES", cls.max_retries), "QUEUE_MAX_RETRIES"),
+            retry_delays=tuple(as_delays(get("QUEUE_RETRY_DELAYS", cls.retry_delays), "QUEUE_RETRY_DELAYS")),
+            heartbeat_interval=as_seconds(get("QUEUE_HEARTBEAT_INTERVAL", 30), "QUEUE_HEARTBEAT_INTERVAL", 0.001),
+            stuck_after=as_seconds(get("QUEUE_STUCK_AFTER", 600), "QUEUE_STUCK_AFTER", 0.001),
+            cleanup_interval=as_seconds(get("QUEUE_CLEANUP_INTERVAL", 300), "QUEUE_CLEANUP_INTERVAL", 0.001),
+            poll_interval=as_seconds(get("QUEUE_POLL_INTERVAL", 1), "QUEUE_POLL_INTERVAL", 0.001),
+            shutdown_timeout=as_seconds(get("QUEUE_SHUTDOWN_TIMEOUT", 25), "QUEUE_SHUTDOWN_TIMEOUT"),
+            completed_ttl=as_seconds(get("QUEUE_COMPLETED_TTL", 604800), "QUEUE_COMPLETED_TTL"),
+            failed_ttl=as_seconds(get("QUEUE_FAILED_TTL", 2592000), "QUEUE_FAILED_TTL"),
+            admin_token=get("QUEUE_ADMIN_TOKEN") or None,
+            development=as_bool(get("QUEUE_DEVELOPMENT", False), "QUEUE_DEVELOPMENT"),
+            max_body_bytes=as_int(get("QUEUE_MAX_BODY_BYTES", 65536), "QUEUE_MAX_BODY_BYTES", 1),
+            allow_private_urls=as_bool(get("QUEUE_ALLOW_PRIVATE_URLS", False), "QUEUE_ALLOW_PRIVATE_URLS"),
+        )
+        if settings.heartbeat_interval >= settings.stuck_after:
+            raise ConfigurationError("QUEUE_HEARTBEAT_INTERVAL must be shorter than QUEUE_STUCK_AFTER")
+        return settings
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "admin_token"}

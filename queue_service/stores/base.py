@@ -1,0 +1,163 @@
+"""The store contract, documented once here.
+
+A store persists jobs and media and performs every state change as one atomic,
+conditional write. It never reads a clock (``now`` is passed in), never raises
+HTTP errors, and imports nothing of the package above ``jobs`` and ``errors``.
+
+Fencing: ``claim`` writes a fresh ``lock_token``. Every later write about that
+attempt (``heartbeat``, ``complete``, ``retry_later``, ``fail``, ``release``)
+takes the claimed Job and applies only while the stored token still equals
+``job.lock_token``; otherwise it changes nothing and returns False. A worker
+whose claim was taken over therefore cannot overwrite the new owner's outcome.
+
+Driver errors are re-raised as ``StoreUnavailable`` (cannot reach / locked)
+or ``StoreError`` (anything else), ``from`` the original.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..jobs import Job
+
+
+@dataclass
+class StoredFile:
+    name: str
+    data: bytes
+    content_type: str
+    created_at: datetime
+
+
+@dataclass
+class SweepResult:
+    requeued: int = 0
+    failed: int = 0
+
+
+class Store(ABC):
+    """Base class of the SQLite and MongoDB stores."""
+
+    #: Short name shown in health output ("sqlite", "mongodb").
+    kind = "abstract"
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Create tables / collections and indexes. Idempotent; safe to call
+        from several processes at once."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections held by this process."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Return if the store answers; raise StoreUnavailable otherwise."""
+
+    # -- jobs ---------------------------------------------------------------
+    @abstractmethod
+    def insert(self, job: Job) -> tuple[str, bool]:
+        """Insert a pending job. Returns ``(id, True)``.
+
+        If ``job.idempotency_key`` is set and a pending or processing job
+        already holds that key, nothing is written and ``(existing_id, False)``
+        is returned. Atomic: two concurrent inserts with one key create one job.
+        """
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None if no job has this id."""
+
+    @abstractmethod
+    def claim(self, worker_id: str, lock_token: str, now: datetime) -> Job | None:
+        """Atomically take the next runnable job, or return None.
+
+        Runnable: pending with ``run_at <= now``. Order: highest priority
+        first, then oldest ``created_at``. The job becomes processing with
+        ``lock_token``, ``worker_id``, ``processed_at = heartbeat_at = now``,
+        and a new entry ``{startedAt: now, worker: worker_id}`` appended to
+        ``attempts``. No job is ever returned to two callers.
+        """
+
+    @abstractmethod
+    def heartbeat(self, job: Job, now: datetime, progress: dict[str, Any] | None = None) -> bool:
+        """Renew the claim (``heartbeat_at = now``), storing ``progress`` when
+        given. Fenced; False if the claim was lost."""
+
+    @abstractmethod
+    def complete(self, job: Job, now: datetime, result: Any) -> bool:
+        """processing -> completed with ``result``; ``completed_at = now``;
+        the current attempt ends with outcome "completed". Fenced."""
+
+    @abstractmethod
+    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
+        """processing -> pending, ``retry_count + 1``, runnable at ``run_at``;
+        the current attempt ends with outcome "retry", the error and
+        ``nextDelaySeconds``. Fenced."""
+
+    @abstractmethod
+    def fail(self, job: Job, now: datetime, error: str) -> bool:
+        """processing -> failed with ``error``; ``completed_at = now``. Fenced."""
+
+    @abstractmethod
+    def release(self, job: Job, now: datetime, reason: str) -> bool:
+        """processing -> pending *without* counting a retry (graceful
+        shutdown): runnable at once; the attempt ends with outcome
+        "released". Fenced."""
+
+    @abstractmethod
+    def requeue_stuck(self, heartbeat_before: datetime, now: datetime, error: str) -> tuple[int, int]:
+        """Recover processing jobs whose ``heartbeat_at < heartbeat_before``.
+
+        Each such job with retries left goes back to pending (runnable now,
+        ``retry_count + 1``, lock token cleared); one without fails with
+        ``error``. Its current attempt ends with that error. Every update is
+        conditional on the token seen, so N processes sweeping at once
+        recover each job once. Returns ``(requeued, failed)``.
+        """
+
+    @abstractmethod
+    def cancel(self, job_id: str, now: datetime) -> bool:
+        """pending -> cancelled (``completed_at = now``). False if the job is
+        missing or not pending."""
+
+    @abstractmethod
+    def requeue_failed(self, job_id: str, now: datetime) -> bool:
+        """failed -> pending for a manual retry: runnable now, ``retry_count``
+        back to 0 (a fresh retry budget), error cleared, attempts kept.
+        False if missing, not failed, or its idempotency key is now held by
+        another active job."""
+
+    @abstractmethod
+    def counts(self, now: datetime) -> dict[str, Any]:
+        """``{pending, processing, completed, failed, cancelled, total,
+        oldestPendingAt, oldestProcessingAt}``: the times are the earliest
+        ``run_at`` among runnable pending jobs and the earliest
+        ``processed_at`` among processing jobs, or None."""
+
+    @abstractmethod
+    def list_jobs(self, status: str | None = None, job_type: str | None = None,
+                  limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
+        """Jobs newest first (``created_at`` desc, then id desc), filtered by
+        status and type, strictly after the cursor ``(created_at, id)``."""
+
+    @abstractmethod
+    def purge(self, completed_before: datetime, finished_before: datetime) -> int:
+        """Delete completed jobs with ``completed_at < completed_before`` and
+        failed or cancelled jobs with ``completed_at < finished_before``.
+        Returns how many went."""
+
+    # -- media --------------------------------------------------------------
+    @abstractmethod
+    def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:
+        """Store (or replace) a file under ``name``."""
+
+    @abstractmethod
+    def get_file(self, name: str) -> StoredFile | None:
+        """The file, or None."""
+
+    @abstractmethod
+    def purge_files(self, created_before: datetime) -> int:
+        """Delete files created before the given time; returns how many."""

@@ -1,0 +1,353 @@
+"""MongoDB store: the production store, for many processes on many hosts.
+
+Every state change is one ``find_one_and_update`` / ``update_one`` whose filter
+carries the precondition (status, lock token), so the server arbitrates races.
+Datetimes are read tz-aware. Media live in GridFS (bucket ``<collection>_media``).
+The database handle is obtained lazily through ``get_db`` so no client is used
+before a fork.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+import gridfs
+import pymongo
+from bson.codec_options import CodecOptions
+from pymongo import ReturnDocument
+from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure,
+                            PyMongoError, ServerSelectionTimeoutError)
+
+from ..errors import StoreError, StoreUnavailable
+from ..jobs import Job, JobStatus
+from .base import Store, StoredFile
+
+_MOCK_LOCK = threading.RLock()
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # a host client without tz_aware: BSON dates are UTC
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _doc_to_job(doc: dict[str, Any]) -> Job:
+    attempts = []
+    for a in doc.get("attempts", []):
+        a = dict(a)
+        for key in ("startedAt", "endedAt"):
+            if a.get(key) is not None:
+                a[key] = _aware(a[key])
+        attempts.append(a)
+    return Job(
+        id=doc["_id"], type=doc["type"], payload=doc["payload"], status=JobStatus(doc["status"]),
+        priority=doc["priority"], retry_count=doc["retryCount"], max_retries=doc["maxRetries"],
+        retry_delays=list(doc["retryDelays"]), created_at=_aware(doc["createdAt"]),
+        run_at=_aware(doc["runAt"]), processed_at=_aware(doc.get("processedAt")),
+        completed_at=_aware(doc.get("completedAt")), heartbeat_at=_aware(doc.get("heartbeatAt")),
+        worker_id=doc.get("workerId"), lock_token=doc.get("lockToken"), error=doc.get("error"),
+        result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
+        idempotency_key=doc.get("idempotencyKey"),
+    )
+
+
+class MongoStore(Store):
+    kind = "mongodb"
+
+    def __init__(self, get_db: Callable[[], Any], collection: str = "queue_jobs",
+                 completed_ttl_seconds: float | None = None):
+        self._get_db = get_db
+        self.collection_name = collection
+        self.completed_ttl_seconds = completed_ttl_seconds
+        self._coll = None
+        self._bucket = None
+        self._init_lock = threading.Lock()
+        self._mock_lock: threading.RLock | None = None
+
+    def _detect_mock(self, db: Any) -> None:
+        if type(db).__module__.startswith("mongomock") and self._mock_lock is None:
+            self._mock_lock = _MOCK_LOCK
+
+    @property
+    def db(self):
+        return self._get_db()
+
+    @property
+    def coll(self):
+        if self._coll is None:
+            with self._init_lock:
+                if self._coll is None:
+                    self._detect_mock(self.db)
+                    options = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+                    self._coll = self.db.get_collection(self.collection_name, codec_options=options)
+        return self._coll
+
+    @property
+    def files(self):
+        return self.db[f"{self.collection_name}_media.files"]
+
+    @property
+    def bucket(self):
+        if self._bucket is None:
+            self._bucket = gridfs.GridFSBucket(self.db, bucket_name=f"{self.collection_name}_media")
+        return self._bucket
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        with self._serial():
+            try:
+                yield
+            except (ServerSelectionTimeoutError, ConnectionFailure, AutoReconnect) as exc:
+                raise StoreUnavailable(f"MongoDB unreachable: {exc}") from exc
+            except PyMongoError as exc:
+                raise StoreError(f"MongoDB: {exc}") from exc
+
+    @contextmanager
+    def _serial(self) -> Iterator[None]:
+        """mongomock (the test double) is not thread-safe: serialise its calls.
+        A real pymongo client is thread-safe and takes no lock."""
+        if self._mock_lock is None:
+            yield
+        else:
+            with self._mock_lock:
+                yield
+
+    # -- lifecycle ------------------------------------------------------------
+    def setup(self) -> None:
+        c = self.coll
+        with self._errors():
+            c.create_index([("priority", -1), ("createdAt", 1)], name="claim_pending",
+                           partialFilterExpression={"status": "pending"})
+            c.create_index([("status", 1), ("heartbeatAt", 1)], name="status_heartbeat")
+            c.create_index([("createdAt", -1), ("_id", -1)], name="newest")
+            c.create_index([("status", 1), ("completedAt", 1)], name="status_finished")
+            c.create_index([("activeKey", 1)], name="active_idempotency_key", unique=True,
+                           partialFilterExpression={"activeKey": {"$exists": True}})
+            if self.completed_ttl_seconds:
+                self._ensure_ttl(int(self.completed_ttl_seconds))
+            self.files.create_index([("metadata.createdAt", 1)], name="media_created")
+
+    def _ensure_ttl(self, seconds: int) -> None:
+        """TTL index on completedAt, limited to completed jobs; retuned in
+        place (collMod) when the configured retention changes."""
+        try:
+            self.coll.create_index([("completedAt", 1)], name="completed_ttl", expireAfterSeconds=seconds,
+                                   partialFilterExpression={"status": "completed"})
+        except OperationFailure:  # exists with another expireAfterSeconds
+            self.db.command("collMod", self.collection_name,
+                            index={"name": "completed_ttl", "expireAfterSeconds": seconds})
+
+    def close(self) -> None:
+        self._coll = None
+        self._bucket = None
+
+    def ping(self) -> None:
+        with self._errors():
+            self.coll.find_one({}, projection={"_id": 1})
+
+    # -- jobs -----------------------------------------------------------------
+    def insert(self, job: Job) -> tuple[str, bool]:
+        doc = {
+            "_id": job.id, "type": job.type, "payload": job.payload, "status": str(job.status),
+            "priority": job.priority, "retryCount": job.retry_count, "maxRetries": job.max_retries,
+            "retryDelays": list(job.retry_delays), "createdAt": job.created_at, "runAt": job.run_at,
+            "attempts": [],
+        }
+        if job.idempotency_key is not None:
+            doc["idempotencyKey"] = doc["activeKey"] = job.idempotency_key
+        for _ in range(5):
+            try:
+                with self._errors():
+                    self.coll.insert_one(dict(doc))
+                return job.id, True
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, DuplicateKeyError) or job.idempotency_key is None:
+                    raise
+            with self._errors():
+                existing = self.coll.find_one({"activeKey": job.idempotency_key}, projection={"_id": 1})
+            if existing is not None:
+                return existing["_id"], False
+            # The holder finished between our insert and our read: try again.
+        raise StoreError(f"could not settle idempotency key {job.idempotency_key!r}")
+
+    def get(self, job_id: str) -> Job | None:
+        with self._errors():
+            doc = self.coll.find_one({"_id": job_id})
+        return _doc_to_job(doc) if doc else None
+
+    def claim(self, worker_id: str, lock_token: str, now: datetime) -> Job | None:
+        with self._errors():
+            doc = self.coll.find_one_and_update(
+                {"status": "pending", "runAt": {"$lte": now}},
+                {"$set": {"status": "processing", "lockToken": lock_token, "workerId": worker_id,
+                          "processedAt": now, "heartbeatAt": now, "progress": None},
+                 "$push": {"attempts": {"startedAt": now, "worker": worker_id}}},
+                sort=[("priority", pymongo.DESCENDING), ("createdAt", pymongo.ASCENDING)],
+                return_document=ReturnDocument.AFTER)
+        return _doc_to_job(doc) if doc else None
+
+    @staticmethod
+    def _fence(job: Job) -> dict[str, Any]:
+        return {"_id": job.id, "status": "processing", "lockToken": job.lock_token}
+
+    @staticmethod
+    def _end_attempt(index: int, now: datetime, outcome: str, error: str | None = None,
+                     next_delay: float | None = None) -> dict[str, Any]:
+        prefix = f"attempts.{index}."
+        fields: dict[str, Any] = {prefix + "endedAt": now, prefix + "outcome": outcome}
+        if error is not None:
+            fields[prefix + "error"] = error
+        if next_delay is not None:
+            fields[prefix + "nextDelaySeconds"] = next_delay
+        return fields
+
+    def _update_claimed(self, job: Job, update: dict[str, Any]) -> bool:
+        with self._errors():
+            return self.coll.update_one(self._fence(job), update).modified_count == 1
+
+    def heartbeat(self, job: Job, now: datetime, progress: dict[str, Any] | None = None) -> bool:
+        fields: dict[str, Any] = {"heartbeatAt": now}
+        if progress is not None:
+            fields["progress"] = progress
+        return self._update_claimed(job, {"$set": fields})
+
+    def complete(self, job: Job, now: datetime, result: Any) -> bool:
+        return self._update_claimed(job, {
+            "$set": {"status": "completed", "completedAt": now, "result": result, "error": None,
+                     **self._end_attempt(len(job.attempts) - 1, now, "completed")},
+            "$unset": {"lockToken": "", "activeKey": ""}})
+
+    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
+        delay = round((run_at - now).total_seconds(), 3)
+        return self._update_claimed(job, {
+            "$set": {"status": "pending", "runAt": run_at, "error": error,
+                     **self._end_attempt(len(job.attempts) - 1, now, "retry", error, delay)},
+            "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}})
+
+    def fail(self, job: Job, now: datetime, error: str) -> bool:
+        return self._update_claimed(job, {
+            "$set": {"status": "failed", "completedAt": now, "error": error,
+                     **self._end_attempt(len(job.attempts) - 1, now, "failed", error)},
+            "$unset": {"lockToken": "", "activeKey": ""}})
+
+    def release(self, job: Job, now: datetime, reason: str) -> bool:
+        return self._update_claimed(job, {
+            "$set": {"status": "pending", "runAt": now,
+                     **self._end_attempt(len(job.attempts) - 1, now, "released", reason)},
+            "$unset": {"lockToken": ""}})
+
+    def requeue_stuck(self, heartbeat_before: datetime, now: datetime, error: str) -> tuple[int, int]:
+        requeued = failed = 0
+        with self._errors():
+            stuck = list(self.coll.find(
+                {"status": "processing", "heartbeatAt": {"$lt": heartbeat_before}},
+                projection={"lockToken": 1, "retryCount": 1, "maxRetries": 1, "attempts": 1}))
+        for doc in stuck:
+            index = len(doc.get("attempts", [])) - 1
+            fence = {"_id": doc["_id"], "status": "processing", "lockToken": doc.get("lockToken"),
+                     "heartbeatAt": {"$lt": heartbeat_before}}
+            ended = self._end_attempt(index, now, "lost", error) if index >= 0 else {}
+            if doc["retryCount"] < doc["maxRetries"]:
+                update = {"$set": {"status": "pending", "runAt": now, "error": error, **ended},
+                          "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}}
+            else:
+                update = {"$set": {"status": "failed", "completedAt": now, "error": error, **ended},
+                          "$unset": {"lockToken": "", "activeKey": ""}}
+            with self._errors():
+                if self.coll.update_one(fence, update).modified_count == 1:
+                    if update["$set"]["status"] == "pending":
+                        requeued += 1
+                    else:
+                        failed += 1
+        return requeued, failed
+
+    def cancel(self, job_id: str, now: datetime) -> bool:
+        with self._errors():
+            return self.coll.update_one(
+                {"_id": job_id, "status": "pending"},
+                {"$set": {"status": "cancelled", "completedAt": now},
+                 "$unset": {"activeKey": ""}}).modified_count == 1
+
+    def requeue_failed(self, job_id: str, now: datetime) -> bool:
+        with self._errors():
+            doc = self.coll.find_one({"_id": job_id, "status": "failed"}, projection={"idempotencyKey": 1})
+        if doc is None:
+            return False
+        fields: dict[str, Any] = {"status": "pending", "runAt": now, "retryCount": 0,
+                                  "completedAt": None, "error": None}
+        if doc.get("idempotencyKey") is not None:
+            fields["activeKey"] = doc["idempotencyKey"]
+        try:
+            with self._errors():
+                return self.coll.update_one({"_id": job_id, "status": "failed"},
+                                            {"$set": fields}).modified_count == 1
+        except StoreError as exc:
+            if isinstance(exc.__cause__, DuplicateKeyError):
+                return False
+            raise
+
+    def counts(self, now: datetime) -> dict[str, Any]:
+        out: dict[str, Any] = {s.value: 0 for s in JobStatus}
+        with self._errors():
+            for row in self.coll.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
+                out[row["_id"]] = row["n"]
+            pending = self.coll.find_one({"status": "pending", "runAt": {"$lte": now}},
+                                         projection={"runAt": 1}, sort=[("runAt", 1)])
+            processing = self.coll.find_one({"status": "processing"}, projection={"processedAt": 1},
+                                            sort=[("processedAt", 1)])
+        out["total"] = sum(out[s.value] for s in JobStatus)
+        out["oldestPendingAt"] = _aware(pending["runAt"]) if pending else None
+        out["oldestProcessingAt"] = _aware(processing["processedAt"]) if processing else None
+        return out
+
+    def list_jobs(self, status: str | None = None, job_type: str | None = None,
+                  limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
+        query: dict[str, Any] = {}
+        if status is not None:
+            query["status"] = status
+        if job_type is not None:
+            query["type"] = job_type
+        if before is not None:
+            query["$or"] = [{"createdAt": {"$lt": before[0]}},
+                            {"createdAt": before[0], "_id": {"$lt": before[1]}}]
+        with self._errors():
+            docs = list(self.coll.find(query, sort=[("createdAt", -1), ("_id", -1)], limit=int(limit)))
+        return [_doc_to_job(d) for d in docs]
+
+    def purge(self, completed_before: datetime, finished_before: datetime) -> int:
+        with self._errors():
+            return self.coll.delete_many({"$or": [
+                {"status": "completed", "completedAt": {"$lt": completed_before}},
+                {"status": {"$in": ["failed", "cancelled"]}, "completedAt": {"$lt": finished_before}},
+            ]}).deleted_count
+
+    # -- media ----------------------------------------------------------------
+    def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:
+        with self._errors():
+            old = [f["_id"] for f in self.files.find({"filename": name}, projection={"_id": 1})]
+            self.bucket.upload_from_stream(name, data, metadata={"contentType": content_type,
+                                                                 "createdAt": now})
+            for file_id in old:
+                self.bucket.delete(file_id)
+
+    def get_file(self, name: str) -> StoredFile | None:
+        with self._errors():
+            meta = self.files.find_one({"filename": name}, sort=[("uploadDate", -1)])
+            if meta is None:
+                return None
+            data = self.bucket.open_download_stream(meta["_id"]).read()
+        md = meta.get("metadata") or {}
+        return StoredFile(name, data, md.get("contentType", "application/octet-stream"),
+                          _aware(md.get("createdAt")))
+
+    def purge_files(self, created_before: datetime) -> int:
+        with self._errors():
+            ids = [f["_id"] for f in self.files.find({"metadata.createdAt": {"$lt": created_before}},
+                                                     projection={"_id": 1})]
+            for file_id in ids:
+                self.bucket.delete(file_id)
+        return len(ids)

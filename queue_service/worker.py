@@ -1,0 +1,217 @@
+"""The worker: claim one job, run it, record the outcome.
+
+``Worker.run_once()`` is one step (tests call it directly with a manual
+clock); ``Worker.run_forever()`` is the thread body, a loop around it that
+never dies of an exception.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+import marshmallow
+
+from .clock import Clock
+from .errors import PermanentJobError
+from .jobs import Job, new_lock_token, retry_delay_seconds
+from .registry import Registry
+from .stores.base import Store
+
+log = logging.getLogger("queue_service.worker")
+
+MAX_ERROR_CHARS = 2000
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def new_worker_id() -> str:
+    """``host:pid:random``: new at every boot, unique across dynos and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:MAX_ERROR_CHARS]
+
+
+class JobContext:
+    """What a handler gets as its second argument."""
+
+    def __init__(self, job: Job, worker: "Worker"):
+        self.job = job
+        self.id = job.id
+        self.type = job.type
+        self.attempt = job.attempt_number
+        self.retry_count = job.retry_count
+        self.max_retries = job.max_retries
+        self._worker = worker
+
+    @property
+    def store(self) -> Store:
+        return self._worker.store
+
+    @property
+    def clock(self) -> Clock:
+        return self._worker.clock
+
+    def progress(self, **progress: Any) -> bool:
+        """Record progress (shown by ``GET /job/<id>``) and renew the claim.
+        Returns False if the claim was lost (the handler may stop early)."""
+        return self._worker.heartbeat(self.job, progress=progress)
+
+
+@dataclass
+class Outcome:
+    status: str  # completed | retry | failed | lost
+    error: str | None = None
+
+
+class Worker:
+    def __init__(self, store_getter: Callable[[], Store], registry: Registry, clock: Clock,
+                 app: Any, heartbeat_interval: float, poll_interval: float,
+                 on_complete: Callable[[Job], None] | None = None):
+        self._store_getter = store_getter
+        self.registry = registry
+        self.clock = clock
+        self.app = app
+        self.heartbeat_interval = heartbeat_interval
+        self.poll_interval = poll_interval
+        self.worker_id = new_worker_id()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.current: Job | None = None
+        self._last_heartbeat: datetime | None = None
+        self._lock = threading.Lock()
+        self.last_loop_at: datetime | None = None
+        self.jobs_done = 0
+        self._on_complete = on_complete
+
+    @property
+    def store(self) -> Store:
+        return self._store_getter()
+
+    # -- one step -------------------------------------------------------------
+    def run_once(self) -> Job | None:
+        """Claim and run at most one job. Returns the claimed job, or None."""
+        if self.stopping.is_set():
+            return None
+        job = self.store.claim(self.worker_id, new_lock_token(), self.clock.now())
+        if job is None:
+            return None
+        with self._lock:
+            self.current = job
+            self._last_heartbeat = job.heartbeat_at
+        try:
+            self._run(job)
+        finally:
+            with self._lock:
+                self.current = None
+            self.jobs_done += 1
+            gc.collect()
+        return job
+
+    def _run(self, job: Job) -> Outcome:
+        log.info("[Worker] Processing job %s (type: %s, attempt: %d)", job.id, job.type, job.attempt_number)
+        job_type = self.registry.get(job.type)
+        if job_type is None:
+            return self._failed_attempt(job, f"no handler for job type {job.type} in this process", True)
+        try:
+            payload = job_type.load(job.payload)
+        except marshmallow.ValidationError as exc:
+            return self._failed_attempt(job, f"payload no longer validates: {exc.messages}", False)
+        context = JobContext(job, self)
+        try:
+            with self.app.app_context():
+                result = job_type.handler(payload, context)
+            result = json.loads(json.dumps(result))  # the same JSON on every store
+        except PermanentJobError as exc:
+            return self._failed_attempt(job, describe(exc), False)
+        except Exception as exc:  # a handler's failure is the job's, never the worker's
+            log.debug("handler traceback for job %s:\n%s", job.id, traceback.format_exc())
+            return self._failed_attempt(job, describe(exc), True)
+        if not self.store.complete(job, self.clock.now(), result):
+            log.warning("[Worker] ⚠️ Job %s finished but its claim was taken over; outcome not recorded", job.id)
+            return Outcome("lost")
+        log.info("[Worker] ✅ Job %s completed", job.id)
+        for hook in job_type.on_complete:
+            try:
+                with self.app.app_context():
+                    hook(self.store.get(job.id) or job)
+            except Exception:
+                log.exception("[Worker] completion hook for job %s raised", job.id)
+        return Outcome("completed")
+
+    def _failed_attempt(self, job: Job, error: str, retryable: bool) -> Outcome:
+        now = self.clock.now()
+        attempts_allowed = job.max_retries + 1
+        if retryable and job.retry_count < job.max_retries:
+            delay = retry_delay_seconds(job.retry_delays, job.retry_count + 1)
+            if self.store.retry_later(job, now, error, now + timedelta(seconds=delay)):
+                log.warning("[Worker] 🔄 Job %s will retry in %dms (attempt %d/%d): %s", job.id,
+                            round(delay * 1000), job.attempt_number + 1, attempts_allowed, error)
+                return Outcome("retry", error)
+        elif self.store.fail(job, now, error):
+            log.error("[Worker] ❌ Job %s failed after %d attempt(s): %s", job.id, job.attempt_number, error)
+            return Outcome("failed", error)
+        log.warning("[Worker] ⚠️ Job %s failed but its claim was taken over; outcome not recorded", job.id)
+        return Outcome("lost", error)
+
+    # -- heartbeats (driven by the scheduler thread and by handlers) -----------
+    def heartbeat(self, job: Job, progress: dict[str, Any] | None = None) -> bool:
+        now = self.clock.now()
+        ok = self.store.heartbeat(job, now, progress)
+        if ok:
+            self._last_heartbeat = now
+        return ok
+
+    def heartbeat_if_due(self, now: datetime) -> bool:
+        """Renew the in-flight job's claim when the interval has passed."""
+        with self._lock:
+            job, last = self.current, self._last_heartbeat
+        if job is None or (last is not None and (now - last).total_seconds() < self.heartbeat_interval):
+            return False
+        if not self.heartbeat(job):
+            log.warning("[Worker] ⚠️ Lost the claim on job %s (taken over by another worker)", job.id)
+            return False
+        return True
+
+    def release_current(self, reason: str) -> Job | None:
+        """Hand the in-flight job back to pending without counting a retry."""
+        with self._lock:
+            job = self.current
+        if job is not None and self.store.release(job, self.clock.now(), reason):
+            log.warning("[Worker] ↩️ Job %s handed back to pending: %s", job.id, reason)
+            return job
+        return None
+
+    # -- the thread -----------------------------------------------------------
+    def run_forever(self) -> None:
+        failures = 0
+        log.info("[Worker] Started %s", self.worker_id)
+        while not self.stopping.is_set():
+            self.last_loop_at = self.clock.now()
+            try:
+                self.wake.clear()
+                job = self.run_once()
+                failures = 0
+            except Exception:
+                failures += 1
+                backoff = min(MAX_BACKOFF_SECONDS, self.poll_interval * 2 ** min(failures, 10))
+                log.exception("[Worker] Loop error; retrying in %.1fs", backoff)
+                self.clock.wait(self.stopping, backoff)
+                continue
+            if job is None:
+                self.clock.wait(self.wake, self.poll_interval)
+        log.info("[Worker] Stopped %s", self.worker_id)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
