@@ -36,9 +36,7 @@ def make_mongo_database():
         db = client[name]
         return db, lambda: (client.drop_database(name), client.close())
     import mongomock
-    import mongomock.gridfs
 
-    mongomock.gridfs.enable_gridfs_integration()
     client = mongomock.MongoClient(tz_aware=True)
     return client[name], lambda: None
 

@@ -2,7 +2,7 @@
 
 Every state change is one ``find_one_and_update`` / ``update_one`` whose filter
 carries the precondition (status, lock token), so the server arbitrates races.
-Datetimes are read tz-aware. Media live in GridFS (bucket ``<collection>_media``).
+Datetimes are read tz-aware. Media live in ``<collection>_media``, one document per file.
 The database handle is obtained lazily through ``get_db`` so no client is used
 before a fork.
 """
@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-import gridfs
 import pymongo
+from bson.binary import Binary
 from bson.codec_options import CodecOptions
 from pymongo import ReturnDocument
 from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure,
@@ -25,6 +25,7 @@ from ..jobs import Job, JobStatus
 from .base import Store, StoredFile
 
 _MOCK_LOCK = threading.RLock()
+MAX_MEDIA_BYTES = 15 * 1024 * 1024
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -64,7 +65,6 @@ class MongoStore(Store):
         self.collection_name = collection
         self.completed_ttl_seconds = completed_ttl_seconds
         self._coll = None
-        self._bucket = None
         self._init_lock = threading.Lock()
         self._mock_lock: threading.RLock | None = None
 
@@ -82,19 +82,14 @@ class MongoStore(Store):
             with self._init_lock:
                 if self._coll is None:
                     self._detect_mock(self.db)
-                    options = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+                    options = CodecOptions(tz_aware=True)  # UTC; mongomock refuses an explicit tzinfo
                     self._coll = self.db.get_collection(self.collection_name, codec_options=options)
         return self._coll
 
     @property
-    def files(self):
-        return self.db[f"{self.collection_name}_media.files"]
-
-    @property
-    def bucket(self):
-        if self._bucket is None:
-            self._bucket = gridfs.GridFSBucket(self.db, bucket_name=f"{self.collection_name}_media")
-        return self._bucket
+    def media(self):
+        return self.db.get_collection(f"{self.collection_name}_media",
+                                      codec_options=CodecOptions(tz_aware=True))
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -129,7 +124,7 @@ class MongoStore(Store):
                            partialFilterExpression={"activeKey": {"$exists": True}})
             if self.completed_ttl_seconds:
                 self._ensure_ttl(int(self.completed_ttl_seconds))
-            self.files.create_index([("metadata.createdAt", 1)], name="media_created")
+            self.media.create_index([("createdAt", 1)], name="media_created")
 
     def _ensure_ttl(self, seconds: int) -> None:
         """TTL index on completedAt, limited to completed jobs; retuned in
@@ -143,7 +138,6 @@ class MongoStore(Store):
 
     def close(self) -> None:
         self._coll = None
-        self._bucket = None
 
     def ping(self) -> None:
         with self._errors():
@@ -326,28 +320,25 @@ class MongoStore(Store):
             ]}).deleted_count
 
     # -- media ----------------------------------------------------------------
+    # One document per file in ``<collection>_media``. The files are transcoded
+    # images of a few hundred KB, far below BSON's 16 MB document limit, so
+    # GridFS's chunking would only add round trips (and mongomock's GridFS
+    # does not work with pymongo 4.20, so it could not be tested here).
     def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:
+        if len(data) > MAX_MEDIA_BYTES:
+            raise StoreError(f"file {name} is {len(data)} bytes; the MongoDB store keeps at most {MAX_MEDIA_BYTES}")
         with self._errors():
-            old = [f["_id"] for f in self.files.find({"filename": name}, projection={"_id": 1})]
-            self.bucket.upload_from_stream(name, data, metadata={"contentType": content_type,
-                                                                 "createdAt": now})
-            for file_id in old:
-                self.bucket.delete(file_id)
+            self.media.replace_one({"_id": name}, {"_id": name, "data": Binary(data), "length": len(data),
+                                                   "contentType": content_type, "createdAt": now},
+                                   upsert=True)
 
     def get_file(self, name: str) -> StoredFile | None:
         with self._errors():
-            meta = self.files.find_one({"filename": name}, sort=[("uploadDate", -1)])
-            if meta is None:
-                return None
-            data = self.bucket.open_download_stream(meta["_id"]).read()
-        md = meta.get("metadata") or {}
-        return StoredFile(name, data, md.get("contentType", "application/octet-stream"),
-                          _aware(md.get("createdAt")))
+            doc = self.media.find_one({"_id": name})
+        if doc is None:
+            return None
+        return StoredFile(name, bytes(doc["data"]), doc["contentType"], _aware(doc["createdAt"]))
 
     def purge_files(self, created_before: datetime) -> int:
         with self._errors():
-            ids = [f["_id"] for f in self.files.find({"metadata.createdAt": {"$lt": created_before}},
-                                                     projection={"_id": 1})]
-            for file_id in ids:
-                self.bucket.delete(file_id)
-        return len(ids)
+            return self.media.delete_many({"createdAt": {"$lt": created_before}}).deleted_count

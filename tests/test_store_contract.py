@@ -1,0 +1,355 @@
+"""The store contract, once, over every store (see stores/base.py).
+
+Runs on SQLite and on MongoDB (mongomock, or a real server when
+QUEUE_TEST_MONGO_URI is set). Time comes from a ManualClock.
+"""
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from queue_service.jobs import Job, JobStatus, new_job_id, new_lock_token
+
+
+def make_job(clock, job_type="T", priority=0, delay=0.0, max_retries=3, key=None, payload=None) -> Job:
+    now = clock.now()
+    return Job(id=new_job_id(), type=job_type, payload=payload or {"n": 1}, priority=priority,
+               max_retries=max_retries, created_at=now, run_at=now + timedelta(seconds=delay),
+               idempotency_key=key)
+
+
+def add(store, clock, **kwargs) -> Job:
+    job = make_job(clock, **kwargs)
+    job_id, created = store.insert(job)
+    assert created and job_id == job.id
+    return job
+
+
+def claim(store, clock, worker="w1"):
+    return store.claim(worker, new_lock_token(), clock.now())
+
+
+# -- insert / get ---------------------------------------------------------------
+def test_insert_then_get_round_trips_every_field(store, clock):
+    job = add(store, clock, priority=5, payload={"to": "a@b.c", "nested": {"x": [1, 2]}})
+    got = store.get(job.id)
+    assert got.status is JobStatus.PENDING
+    assert (got.type, got.priority, got.payload) == ("T", 5, {"to": "a@b.c", "nested": {"x": [1, 2]}})
+    assert got.created_at == job.created_at and got.run_at == job.run_at
+    assert got.created_at.tzinfo is not None
+    assert got.retry_count == 0 and got.max_retries == 3 and got.attempts == []
+    assert got.retry_delays == [1.0, 5.0, 15.0]
+
+
+def test_get_unknown_id_is_none(store):
+    assert store.get(new_job_id()) is None
+
+
+# -- claim ----------------------------------------------------------------------
+def test_claim_empty_store_returns_none(store, clock):
+    assert claim(store, clock) is None
+
+
+def test_claim_takes_highest_priority_then_oldest(store, clock):
+    low = add(store, clock, priority=0)
+    clock.advance(0.01)
+    high_new = add(store, clock, priority=10)
+    clock.advance(0.01)
+    high_newer = add(store, clock, priority=10)
+    clock.advance(0.01)
+    negative = add(store, clock, priority=-5)
+    order = [claim(store, clock).id for _ in range(4)]
+    assert order == [high_new.id, high_newer.id, low.id, negative.id]
+    assert claim(store, clock) is None
+
+
+def test_claim_waits_for_run_at(store, clock):
+    later = add(store, clock, delay=30)
+    assert claim(store, clock) is None
+    clock.advance(29.999)
+    assert claim(store, clock) is None
+    clock.advance(0.001)
+    assert claim(store, clock).id == later.id
+
+
+def test_claim_records_worker_token_and_attempt(store, clock):
+    job = add(store, clock)
+    clock.advance(2)
+    token = new_lock_token()
+    got = store.claim("host:1:abc", token, clock.now())
+    assert got.id == job.id and got.status is JobStatus.PROCESSING
+    assert got.lock_token == token and got.worker_id == "host:1:abc"
+    assert got.processed_at == clock.now() == got.heartbeat_at
+    assert got.attempts == [{"startedAt": clock.now(), "worker": "host:1:abc"}]
+    assert store.get(job.id).status is JobStatus.PROCESSING
+
+
+def test_concurrent_claims_never_hand_out_a_job_twice(store, clock):
+    ids = {add(store, clock).id for _ in range(200)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def drain(name):
+        while True:
+            job = claim(store, clock, worker=name)
+            if job is None:
+                return
+            assert store.complete(job, clock.now(), None)
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=drain, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(claimed) == sorted(ids)  # each exactly once, none lost
+
+
+# -- outcomes and fencing -----------------------------------------------------------
+def test_complete_records_result_and_ends_attempt(store, clock):
+    add(store, clock)
+    job = claim(store, clock)
+    clock.advance(1.5)
+    assert store.complete(job, clock.now(), {"ok": True, "list": [1, "a"]})
+    got = store.get(job.id)
+    assert got.status is JobStatus.COMPLETED and got.result == {"ok": True, "list": [1, "a"]}
+    assert got.completed_at == clock.now() and got.lock_token is None
+    assert got.attempts[0]["endedAt"] == clock.now() and got.attempts[0]["outcome"] == "completed"
+    assert not store.complete(job, clock.now(), "again")  # recorded exactly once
+
+
+def test_retry_later_requeues_with_delay_and_counts(store, clock):
+    add(store, clock)
+    job = claim(store, clock)
+    run_at = clock.now() + timedelta(seconds=5)
+    assert store.retry_later(job, clock.now(), "boom", run_at)
+    got = store.get(job.id)
+    assert got.status is JobStatus.PENDING and got.retry_count == 1 and got.run_at == run_at
+    assert got.error == "boom"
+    assert got.attempts[0]["outcome"] == "retry" and got.attempts[0]["error"] == "boom"
+    assert got.attempts[0]["nextDelaySeconds"] == 5
+    assert claim(store, clock) is None
+    clock.advance(5)
+    again = claim(store, clock)
+    assert again.id == job.id and len(again.attempts) == 2
+
+
+def test_fail_is_terminal(store, clock):
+    add(store, clock)
+    job = claim(store, clock)
+    assert store.fail(job, clock.now(), "bad")
+    got = store.get(job.id)
+    assert got.status is JobStatus.FAILED and got.error == "bad" and got.completed_at == clock.now()
+    assert got.attempts[0]["outcome"] == "failed"
+    assert claim(store, clock) is None
+
+
+def test_release_hands_back_without_counting_a_retry(store, clock):
+    add(store, clock)
+    job = claim(store, clock)
+    assert store.release(job, clock.now(), "shutdown")
+    got = store.get(job.id)
+    assert got.status is JobStatus.PENDING and got.retry_count == 0 and got.lock_token is None
+    assert got.attempts[0]["outcome"] == "released"
+    assert claim(store, clock).id == job.id
+
+
+def test_heartbeat_renews_and_stores_progress(store, clock):
+    add(store, clock)
+    job = claim(store, clock)
+    clock.advance(30)
+    assert store.heartbeat(job, clock.now())
+    assert store.heartbeat(job, clock.now(), {"done": 1, "total": 3})
+    got = store.get(job.id)
+    assert got.heartbeat_at == clock.now() and got.progress == {"done": 1, "total": 3}
+
+
+def test_a_stale_token_changes_nothing(store, clock):
+    """Fencing: after a takeover the old worker can write nothing."""
+    add(store, clock, max_retries=3)
+    old = claim(store, clock, worker="old")
+    clock.advance(601)
+    assert store.requeue_stuck(clock.now() - timedelta(seconds=600), clock.now(), "worker lost") == (1, 0)
+    new = claim(store, clock, worker="new")
+    assert new.id == old.id and new.lock_token != old.lock_token
+    now = clock.now()
+    assert not store.heartbeat(old, now)
+    assert not store.complete(old, now, "old result")
+    assert not store.fail(old, now, "old error")
+    assert not store.retry_later(old, now, "old", now)
+    assert not store.release(old, now, "old")
+    assert store.get(new.id).status is JobStatus.PROCESSING
+    assert store.complete(new, now, "new result")
+    got = store.get(new.id)
+    assert got.result == "new result" and got.retry_count == 1
+    assert [a["worker"] for a in got.attempts] == ["old", "new"]
+    assert got.attempts[0]["outcome"] == "lost"
+
+
+# -- stuck jobs -------------------------------------------------------------------
+def test_requeue_stuck_only_touches_stale_heartbeats(store, clock):
+    add(store, clock)
+    add(store, clock)
+    stale = claim(store, clock)
+    clock.advance(500)
+    fresh = claim(store, clock)
+    clock.advance(200)  # stale: 700 s old, fresh: 200 s old
+    assert store.requeue_stuck(clock.now() - timedelta(seconds=600), clock.now(), "lost") == (1, 0)
+    assert store.get(stale.id).status is JobStatus.PENDING
+    assert store.get(stale.id).retry_count == 1
+    assert store.get(fresh.id).status is JobStatus.PROCESSING
+    # a second sweep (another process) finds nothing more to do
+    assert store.requeue_stuck(clock.now() - timedelta(seconds=600), clock.now(), "lost") == (0, 0)
+
+
+def test_requeue_stuck_fails_a_job_out_of_retries(store, clock):
+    add(store, clock, max_retries=0)
+    job = claim(store, clock)
+    clock.advance(601)
+    assert store.requeue_stuck(clock.now() - timedelta(seconds=600), clock.now(), "worker lost") == (0, 1)
+    got = store.get(job.id)
+    assert got.status is JobStatus.FAILED and got.error == "worker lost"
+    assert got.attempts[-1]["outcome"] == "lost"
+
+
+# -- cancel / manual retry --------------------------------------------------------------
+def test_cancel_only_pending(store, clock):
+    pending = add(store, clock)
+    running = add(store, clock)
+    assert claim(store, clock).id == pending.id  # oldest first: take `pending`, then cancel `running`
+    assert store.cancel(running.id, clock.now())
+    assert store.get(running.id).status is JobStatus.CANCELLED
+    assert not store.cancel(running.id, clock.now())  # already cancelled
+    assert not store.cancel(pending.id, clock.now())  # processing
+    assert not store.cancel(new_job_id(), clock.now())
+
+
+def test_requeue_failed_gives_a_fresh_budget(store, clock):
+    add(store, clock)
+    job = claim(store, clock)
+    store.retry_later(job, clock.now(), "e1", clock.now())
+    job = claim(store, clock)
+    store.fail(job, clock.now(), "e2")
+    clock.advance(10)
+    assert store.requeue_failed(job.id, clock.now())
+    got = store.get(job.id)
+    assert got.status is JobStatus.PENDING and got.retry_count == 0 and got.error is None
+    assert got.run_at == clock.now() and got.completed_at is None and len(got.attempts) == 2
+    assert not store.requeue_failed(job.id, clock.now())  # pending now
+    assert not store.requeue_failed(new_job_id(), clock.now())
+
+
+# -- idempotency ----------------------------------------------------------------------
+def test_idempotency_key_returns_the_active_job(store, clock):
+    first = add(store, clock, key="order-42")
+    dup = make_job(clock, key="order-42")
+    assert store.insert(dup) == (first.id, False)
+    assert store.get(dup.id) is None
+    job = claim(store, clock)
+    assert store.insert(make_job(clock, key="order-42")) == (first.id, False)  # processing still holds it
+    store.complete(job, clock.now(), None)
+    again = make_job(clock, key="order-42")
+    assert store.insert(again) == (again.id, True)  # finished jobs release the key
+
+
+def test_concurrent_inserts_with_one_key_create_one_job(store, clock):
+    results = []
+
+    def insert():
+        results.append(store.insert(make_job(clock, key="same")))
+
+    threads = [threading.Thread(target=insert) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len({job_id for job_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+def test_manual_retry_refused_while_key_is_held_by_another_job(store, clock):
+    add(store, clock, key="k")
+    job = claim(store, clock)
+    store.fail(job, clock.now(), "x")
+    add(store, clock, key="k")  # the key is free again: a new job takes it
+    assert not store.requeue_failed(job.id, clock.now())
+    assert store.get(job.id).status is JobStatus.FAILED
+
+
+# -- stats, listing, purge ---------------------------------------------------------------
+def test_counts_and_oldest_times(store, clock):
+    empty = store.counts(clock.now())
+    assert empty["total"] == 0 and empty["oldestPendingAt"] is None and empty["oldestProcessingAt"] is None
+    first = add(store, clock)
+    clock.advance(10)
+    add(store, clock)
+    add(store, clock, delay=3600)  # not yet runnable: not "waiting"
+    job = claim(store, clock)
+    assert job.id == first.id
+    started = clock.now()
+    clock.advance(5)
+    add(store, clock)
+    c = store.counts(clock.now())
+    assert (c["pending"], c["processing"], c["completed"], c["failed"], c["cancelled"], c["total"]) == \
+        (3, 1, 0, 0, 0, 4)
+    assert c["oldestPendingAt"] == started  # the second job became runnable when it was added
+    assert c["oldestProcessingAt"] == started
+
+
+def test_list_jobs_newest_first_with_filters_and_cursor(store, clock):
+    jobs = []
+    for i in range(7):
+        jobs.append(add(store, clock, job_type="A" if i % 2 == 0 else "B"))
+        clock.advance(1)
+    newest_first = [j.id for j in reversed(jobs)]
+    page1 = store.list_jobs(limit=3)
+    assert [j.id for j in page1] == newest_first[:3]
+    page2 = store.list_jobs(limit=3, before=(page1[-1].created_at, page1[-1].id))
+    assert [j.id for j in page2] == newest_first[3:6]
+    page3 = store.list_jobs(limit=3, before=(page2[-1].created_at, page2[-1].id))
+    assert [j.id for j in page3] == newest_first[6:]
+    assert [j.type for j in store.list_jobs(job_type="B")] == ["B"] * 3
+    store.cancel(jobs[0].id, clock.now())
+    assert [j.id for j in store.list_jobs(status="cancelled")] == [jobs[0].id]
+    assert store.list_jobs(status="failed") == []
+
+
+def test_purge_by_age_and_status(store, clock):
+    done = add(store, clock)
+    failed = add(store, clock)
+    cancelled = add(store, clock)
+    pending = add(store, clock)
+    store.complete(claim(store, clock), clock.now(), None)
+    store.fail(claim(store, clock), clock.now(), "x")
+    store.cancel(cancelled.id, clock.now())
+    clock.advance(8 * 86400)
+    cutoff_completed = clock.now() - timedelta(days=7)
+    cutoff_failed = clock.now() - timedelta(days=30)
+    assert store.purge(cutoff_completed, cutoff_failed) == 1
+    assert store.get(done.id) is None and store.get(failed.id) is not None
+    clock.advance(23 * 86400)
+    assert store.purge(clock.now() - timedelta(days=7), clock.now() - timedelta(days=30)) == 2
+    assert store.get(failed.id) is None and store.get(cancelled.id) is None
+    assert store.get(pending.id).status is JobStatus.PENDING  # never purged
+
+
+# -- media ----------------------------------------------------------------------------------
+def test_files_put_get_replace_purge(store, clock):
+    assert store.get_file("nope.webp") is None
+    store.put_file("a.webp", b"\x00\x01first", "image/webp", clock.now())
+    store.put_file("a.webp", b"second", "image/webp", clock.now())
+    got = store.get_file("a.webp")
+    assert got.data == b"second" and got.content_type == "image/webp" and got.created_at == clock.now()
+    clock.advance(100)
+    store.put_file("b.jpg", b"b", "image/jpeg", clock.now())
+    assert store.purge_files(clock.now() - timedelta(seconds=50)) == 1
+    assert store.get_file("a.webp") is None and store.get_file("b.jpg").data == b"b"
+
+
+def test_setup_is_idempotent(store):
+    store.setup()
+    store.setup()
+    store.ping()
