@@ -3,8 +3,8 @@
 Safe when several processes share one file: claims and sweeps run inside
 ``BEGIN IMMEDIATE`` (a deferred transaction that reads and then writes fails
 with SQLITE_BUSY_SNAPSHOT under contention, whatever busy_timeout says), and
-every other write is one conditional statement. Each thread gets its own
-connection, opened lazily in the process that uses it (never before fork).
+every other write is one conditional statement. Connections come from a
+small pool, opened lazily in the process that uses them (never before fork).
 Times are stored as REAL epoch seconds so they sort and compare natively.
 """
 from __future__ import annotations
@@ -66,6 +66,8 @@ CREATE INDEX IF NOT EXISTS queue_files_created ON queue_files (created_at);
 # Ends the current (last) attempt in the JSON attempts list.
 _END_ATTEMPT = ("json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', :outcome, "
                 "'$[#-1].error', :error, '$[#-1].nextDelaySeconds', :next_delay)")
+
+MAX_IDLE_CONNECTIONS = 4
 
 _FENCE = "id = :id AND status = 'processing' AND lock_token = :token"
 
@@ -135,34 +137,48 @@ class SQLiteStore(Store):
         self.path = path
         self.synchronous = synchronous.upper()
         self.busy_timeout_seconds = busy_timeout_seconds
-        self._local = threading.local()
         self._pid = os.getpid()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
 
     # -- connections ----------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # forked: never reuse the parent's handles
-            self._local = threading.local()
-            self._all = []
-            self._pid = os.getpid()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            directory = os.path.dirname(os.path.abspath(self.path))
-            if self.path != ":memory:":
-                os.makedirs(directory, exist_ok=True)
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None,
-                                       timeout=self.busy_timeout_seconds, check_same_thread=False)
-                conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
+    # A small pool rather than one connection per thread: werkzeug's dev server
+    # and gthread workers start a thread per request, and thread-local
+    # connections would pile up unclosed. A connection is used by one thread at
+    # a time and goes back to the pool after each call.
+    def _open(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None,
+                                   timeout=self.busy_timeout_seconds, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
         return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._pool_lock:
+            if self._pid != os.getpid():  # forked: never reuse the parent's handles
+                self._idle, self._pid = [], os.getpid()
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:  # only after a failure we could not roll back
+                conn.close()
+                return
+            with self._pool_lock:
+                if len(self._idle) < MAX_IDLE_CONNECTIONS and self._pid == os.getpid():
+                    self._idle.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -178,8 +194,7 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        with self._errors():
+        with self._connection() as conn, self._errors():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -189,28 +204,24 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
 
     def _write(self, sql: str, params: dict[str, Any] | tuple = ()) -> int:
-        with self._errors():
-            return self._conn().execute(sql, params).rowcount
+        with self._connection() as conn, self._errors():
+            return conn.execute(sql, params).rowcount
 
     def _read(self, sql: str, params: dict[str, Any] | tuple = ()) -> list[sqlite3.Row]:
-        with self._errors():
-            return self._conn().execute(sql, params).fetchall()
+        with self._connection() as conn, self._errors():
+            return conn.execute(sql, params).fetchall()
 
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
-        conn = self._conn()
-        with self._errors():
+        with self._connection() as conn, self._errors():
             conn.executescript(SCHEMA)
 
     def close(self) -> None:
-        with self._all_lock:
-            conns, self._all = self._all, []
+        """Close the idle connections (those in use close when returned)."""
+        with self._pool_lock:
+            conns, self._idle = self._idle, []
         for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-        self._local = threading.local()
+            conn.close()
 
     def ping(self) -> None:
         self._read("SELECT 1 FROM queue_jobs LIMIT 1")
