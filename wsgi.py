@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 
 from flask import Flask, jsonify, request
 from marshmallow import Schema, fields, validate
@@ -59,6 +61,9 @@ app = create_app()
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # SIGTERM ends the server like Ctrl-C does, so the queue's atexit shutdown
+    # hands an unfinished job back to pending.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     dev = create_app("development")
     queue.start(app=dev)
     dev.run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")), use_reloader=False)
