@@ -252,3 +252,33 @@ def test_add_job_wakes_the_local_worker(make_app):
     queue.add_job("WAKE", {}, delay=60, app=app)  # not due: nothing to wake for
     assert not state.worker.wake.is_set()
     state.worker = None
+
+
+def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
+    import queue_service.worker as worker_module
+
+    app, queue = make_app()
+    queue.job_type("QUICK")(lambda payload, job: None)
+    worker = app.extensions["queue_service"].make_worker()
+    collections = []
+    monkeypatch.setattr(worker_module.gc, "collect", lambda *a: collections.append(a))
+    queue.add_job("QUICK", {}, app=app)
+    worker.run_once()
+    assert collections == []  # a quick job in a burst: no 5-20 ms full collection yet
+    monkeypatch.setattr(worker_module, "GC_AFTER_JOB_SECONDS", 0.0)
+    queue.add_job("QUICK", {}, app=app)
+    worker.run_once()
+    assert len(collections) == 1  # a "long" job pays for its own collection
+    monkeypatch.setattr(worker_module, "GC_AFTER_JOB_SECONDS", 3600.0)
+    queue.add_job("QUICK", {}, app=app)
+    thread = threading.Thread(target=worker.run_forever, name="queue-worker", daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if len(collections) >= 2:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        worker.stop()
+        thread.join(5)
+    assert len(collections) == 2  # collected once the queue ran dry
