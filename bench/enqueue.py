@@ -1,0 +1,41 @@
+"""(1) Enqueue latency through each system's Python API: p50/p99 of N calls.
+
+Each function runs in its own fresh child process (see bench.child).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench import subjects
+from bench.common import fresh_dir, latencies_us, redis_server
+
+
+def queue_service(count: int) -> dict[str, Any]:
+    work = fresh_dir("enqueue-qs")
+    app, queue = subjects.queue_app(work / "queue.db")
+    with app.app_context():
+        queue.state().store  # open the file and create the schema before timing
+        return latencies_us(lambda i: queue.add_job(subjects.NOOP_TYPE, subjects.payload(i)), count)
+
+
+def huey(count: int) -> dict[str, Any]:
+    work = fresh_dir("enqueue-huey")
+    _, task = subjects.huey_instance(work / "huey.db")
+    return latencies_us(lambda i: task(i, "hello"), count)
+
+
+def rq(count: int) -> dict[str, Any]:
+    work = fresh_dir("enqueue-rq")
+    with redis_server(work) as port:
+        _, queue = subjects.rq_queue(port)
+        return latencies_us(lambda i: queue.enqueue(subjects.noop, i, "hello"), count)
+
+
+def floor(count: int) -> dict[str, Any]:
+    work = fresh_dir("enqueue-floor")
+    conn = subjects.floor_connection(work / "floor.db")
+    return latencies_us(lambda i: subjects.floor_insert(conn, i, time.time()), count)
+
+
+SYSTEMS = {"queue_service": queue_service, "huey": huey, "rq": rq, "floor": floor}

@@ -1,0 +1,114 @@
+"""(3) HTTP enqueue: gunicorn (project config, 2 workers, the queue threads
+running) loaded for a fixed time by wrk (or a bounded Python client when wrk
+is missing): requests/s, p50, p99, for POST enqueue and for the trivial JSON
+endpoint of the same app (the ceiling).
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import subjects
+from bench.common import fresh_dir, percentile
+from bench.server import ADMIN_TOKEN, Server, gunicorn
+
+CONNECTIONS = 4
+WARMUP_SECONDS = 2.0
+BODY = {"type": subjects.NOOP_TYPE, "payload": subjects.payload(1)}
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _wrk(server: Server, path: str, seconds: float, workdir: Path) -> dict[str, Any]:
+    script = workdir / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{json.dumps(BODY)}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {ADMIN_TOKEN}"\n')
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", "-s", str(script),
+         server.base + path], capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    latency = {pct: float(value) * _UNITS[unit]
+               for pct, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": latency["50"], "p99_ms": latency["99"],
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1).strip() if errors else "", "client": "wrk"}
+
+
+def _python_client(server: Server, path: str, seconds: float) -> dict[str, Any]:
+    """CONNECTIONS threads, each one request at a time, until the deadline."""
+    body = json.dumps(BODY).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"}
+    samples: list[list[float]] = [[] for _ in range(CONNECTIONS)]
+    failures = [0] * CONNECTIONS
+    deadline = time.monotonic() + seconds
+
+    def run(slot: int) -> None:
+        while time.monotonic() < deadline and len(samples[slot]) < 1_000_000:
+            started = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status >= 300:
+                    failures[slot] += 1
+            except OSError:
+                failures[slot] += 1
+            finally:
+                conn.close()
+            samples[slot].append((time.perf_counter() - started) * 1000)
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(CONNECTIONS)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    elapsed = time.monotonic() - started
+    flat = [s for slot in samples for s in slot]
+    return {"req_per_s": len(flat) / elapsed, "p50_ms": percentile(flat, 50), "p99_ms": percentile(flat, 99),
+            "requests": len(flat), "non_2xx": sum(failures), "socket_errors": "", "client": "python"}
+
+
+def load(server: Server, path: str, seconds: float, workdir: Path) -> dict[str, Any]:
+    if shutil.which("wrk"):
+        _wrk(server, path, WARMUP_SECONDS, workdir)
+        return _wrk(server, path, seconds, workdir)
+    _python_client(server, path, WARMUP_SECONDS)
+    return _python_client(server, path, seconds)
+
+
+def _job_counts(db_path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(str(db_path))
+    try:
+        return dict(conn.execute("SELECT status, COUNT(*) FROM queue_jobs GROUP BY status").fetchall())
+    finally:
+        conn.close()
+
+
+def measure(seconds: float) -> dict[str, Any]:
+    """Both endpoints on one server; the ceiling first, so the enqueue
+    run's worker threads are not still draining behind it."""
+    work = fresh_dir("http")
+    with gunicorn(work, queue_on=True) as server:
+        path = server.get_json("/bench/info")["enqueue_path"]
+        ceiling = load(server, "/bench/echo", seconds, work)
+        enqueue = load(server, path, seconds, work)
+        time.sleep(1.0)
+        counts = _job_counts(work / "http.db")
+    enqueue["path"] = path
+    enqueue["jobs_by_status_after"] = counts
+    return {"enqueue": enqueue, "ceiling": ceiling}
