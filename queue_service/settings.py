@@ -82,6 +82,7 @@ class Settings:
     development: bool = False
     max_body_bytes: int = 65536
     allow_private_urls: bool = False
+    metrics_public: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Settings":
@@ -115,6 +116,7 @@ class Settings:
             development=as_bool(get("QUEUE_DEVELOPMENT", False), "QUEUE_DEVELOPMENT"),
             max_body_bytes=as_int(get("QUEUE_MAX_BODY_BYTES", 65536), "QUEUE_MAX_BODY_BYTES", 1),
             allow_private_urls=as_bool(get("QUEUE_ALLOW_PRIVATE_URLS", False), "QUEUE_ALLOW_PRIVATE_URLS"),
+            metrics_public=as_bool(get("QUEUE_METRICS_PUBLIC", False), "QUEUE_METRICS_PUBLIC"),
         )
         if settings.heartbeat_interval >= settings.stuck_after:
             raise ConfigurationError("QUEUE_HEARTBEAT_INTERVAL must be shorter than QUEUE_STUCK_AFTER")
