@@ -82,6 +82,10 @@ class Settings:
     development: bool = False
     max_body_bytes: int = 65536
     allow_private_urls: bool = False
+    image_max_side: int = 1600
+    image_quality: int = 80
+    image_format: str = "webp"
+    callback_secret: str | None = None
     metrics_public: bool = False
 
     @classmethod
@@ -116,11 +120,20 @@ class Settings:
             development=as_bool(get("QUEUE_DEVELOPMENT", False), "QUEUE_DEVELOPMENT"),
             max_body_bytes=as_int(get("QUEUE_MAX_BODY_BYTES", 65536), "QUEUE_MAX_BODY_BYTES", 1),
             allow_private_urls=as_bool(get("QUEUE_ALLOW_PRIVATE_URLS", False), "QUEUE_ALLOW_PRIVATE_URLS"),
+            image_max_side=as_int(get("QUEUE_IMAGE_MAX_SIDE", 1600), "QUEUE_IMAGE_MAX_SIDE", 16),
+            image_quality=as_int(get("QUEUE_IMAGE_QUALITY", 80), "QUEUE_IMAGE_QUALITY", 1),
+            image_format=str(get("QUEUE_IMAGE_FORMAT", "webp")).strip().lower().replace("jpg", "jpeg"),
+            callback_secret=get("QUEUE_CALLBACK_SECRET") or None,
             metrics_public=as_bool(get("QUEUE_METRICS_PUBLIC", False), "QUEUE_METRICS_PUBLIC"),
         )
+        if settings.image_quality > 100:
+            raise ConfigurationError(f"QUEUE_IMAGE_QUALITY must be 1..100, got {settings.image_quality}")
+        if settings.image_format not in ("webp", "jpeg"):
+            raise ConfigurationError(f"QUEUE_IMAGE_FORMAT must be webp or jpeg, got {settings.image_format!r}")
         if settings.heartbeat_interval >= settings.stuck_after:
             raise ConfigurationError("QUEUE_HEARTBEAT_INTERVAL must be shorter than QUEUE_STUCK_AFTER")
         return settings
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "admin_token"}
+        secret = ("admin_token", "callback_secret")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in secret}
