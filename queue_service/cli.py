@@ -1,41 +1,143 @@
-"""``flask queue ...``: run a standalone worker and operate the queue."""
+"""``flask queue ...``: run a standalone worker and operate the queue.
+
+Output is for people by default and JSON with ``--json`` (for scripts). Any
+error ends the command with one line on stderr, ``Error: ...``, and a
+non-zero exit: 1 for a refused operation (unknown id, wrong state, invalid
+job, store down), 2 for a malformed command line.
+"""
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 import signal
 import sys
 import threading
+from typing import Any, Callable
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .errors import InvalidTransition, JobNotFound, ValidationError
+from .errors import InvalidTransition, JobNotFound, QueueError, StoreError, UnknownJobType, ValidationError
+from .jobs import Job, JobStatus, iso
 
-queue_cli = AppGroup("queue", help="Operate the job queue.")
+ERROR_COLUMN_CHARS = 60
+# Job values come from payloads and handler errors: strip terminal control
+# sequences so a hostile value cannot rewrite the operator's screen.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class _UsageError(click.ClickException):
+    exit_code = 2
+
+
+class QueueCommand(click.Command):
+    """A command whose usage errors are one line (click prints three)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _UsageError(exc.format_message()) from None
+
+
+class QueueGroup(AppGroup):
+    command_class = QueueCommand
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise _UsageError(exc.format_message()) from None
+
+
+queue_cli = QueueGroup("queue", help="Operate the job queue.")
 
 
 def _state():
     return current_app.extensions["queue_service"]
 
 
-def _print(data, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-    elif isinstance(data, dict):
-        width = max((len(k) for k in data), default=0)
-        for key, value in data.items():
-            click.echo(f"{key:<{width}}  {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
-    else:
-        click.echo(str(data))
+MAX_ERROR_LINE_CHARS = 300
 
 
 def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
+    line = " ".join(_clean(message).split())  # one line, whatever a driver put in its message
+    if len(line) > MAX_ERROR_LINE_CHARS:
+        line = line[: MAX_ERROR_LINE_CHARS - 1] + "…"
+    click.echo(f"Error: {line}", err=True)
     sys.exit(1)
 
 
+def _clean(value: Any) -> str:
+    return _CONTROL.sub("?", str(value))
+
+
+def _flatten(messages: Any, path: str = "") -> list[str]:
+    """{"payload": {"to": ["Not a valid email address."]}} -> ["payload.to: Not a valid email address."]"""
+    if isinstance(messages, dict):
+        out: list[str] = []
+        for key, value in messages.items():
+            out += _flatten(value, f"{path}.{key}" if path else str(key))
+        return out
+    if isinstance(messages, (list, tuple)):
+        if all(isinstance(m, str) for m in messages):
+            return [f"{path}: {' '.join(messages)}" if path else " ".join(messages)]
+        return [line for m in messages for line in _flatten(m, path)]
+    return [f"{path}: {messages}" if path else str(messages)]
+
+
+def operation(func: Callable) -> Callable:
+    """Turn the queue's errors into one line and exit status 1."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UnknownJobType as exc:
+            known = ", ".join(_state().queue.registry.names()) or "none"
+            _fail(f"unknown job type {exc.job_type!r} (registered: {known})")
+        except ValidationError as exc:
+            _fail("invalid input: " + "; ".join(_flatten(exc.messages)))
+        except JobNotFound as exc:
+            _fail(f"no job with id {exc.args[0] if exc.args else '?'}")
+        except InvalidTransition as exc:
+            _fail(str(exc))
+        except StoreError as exc:
+            _fail(f"the job store did not answer: {exc}")
+        except QueueError as exc:
+            _fail(str(exc))
+    return wrapper
+
+
+def json_option(func: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            rest = seconds % size
+            smaller = {"d": ("h", 3600), "h": ("m", 60), "m": ("s", 1)}[unit]
+            tail = f" {rest // smaller[1]}{smaller[0]}" if rest // smaller[1] else ""
+            return f"{seconds // size}{unit}{tail}"
+    return f"{seconds}s"
+
+
+def _short(value: Any, width: int) -> str:
+    text = _clean(" ".join(str(value).split())) if value is not None else ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- commands ------------------------------------------------------------------
 @queue_cli.command("worker")
 def worker_command() -> None:
     """Run the worker and scheduler in this process until SIGTERM/SIGINT."""
@@ -48,66 +150,171 @@ def worker_command() -> None:
     click.echo(f"queue worker {state.worker.worker_id} running (store: {state.store.kind}); Ctrl-C stops it")
     while not stop.wait(1.0):
         if not state.running:
+            state.shutdown(0)
             _fail("a queue thread died")
     clean = state.shutdown()
     click.echo("stopped" if clean else "stopped; the in-flight job went back to pending")
 
 
 @queue_cli.command("stats")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
+@operation
 def stats_command(as_json: bool) -> None:
-    """Job counts by status and the oldest ages."""
-    _print(_state().queue.get_queue_stats(), as_json)
+    """Job counts by status, the oldest ages and the stuck jobs."""
+    from .metrics import stuck_jobs
+
+    state = _state()
+    stats = dict(state.queue.get_queue_stats())
+    stats["stuck"] = len(stuck_jobs(state.store, state.clock.now(), state.settings.stuck_after))
+    if as_json:
+        _echo_json(stats)
+        return
+    for status in JobStatus:
+        click.echo(f"{status.value:<11} {stats[status.value]:>8}")
+    click.echo(f"{'total':<11} {stats['total']:>8}")
+    click.echo(f"oldest pending job waited    {_ago(stats['oldestPendingAge'])}")
+    click.echo(f"oldest processing job runs   {_ago(stats['oldestProcessingAge'])}")
+    note = f" (no heartbeat for {state.settings.stuck_after:g}s; `flask queue cleanup` requeues them)"
+    click.echo(f"stuck jobs                   {stats['stuck']}{note if stats['stuck'] else ''}")
+
+
+@queue_cli.command("list")
+@click.option("--status", help="pending, processing, completed, failed or cancelled.")
+@click.option("--type", "job_type", help="A registered job type, e.g. EMAIL_SEND.")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--before", metavar="ID", help="Continue after this job (the next page).")
+@json_option
+@operation
+def list_command(status: str | None, job_type: str | None, limit: int, before: str | None,
+                 as_json: bool) -> None:
+    """Jobs, newest first."""
+    state = _state()
+    if job_type is not None and job_type not in state.queue.registry:
+        raise UnknownJobType(job_type)
+    jobs = state.queue.list_jobs(status=status, job_type=job_type, limit=limit, before=before)
+    if as_json:
+        _echo_json({"jobs": [job.to_dict() for job in jobs],
+                    "next": jobs[-1].id if len(jobs) == limit else None})
+        return
+    if not jobs:
+        click.echo("no jobs" + (" matching the filters" if status or job_type or before else ""))
+        return
+    width = max(len(job.type) for job in jobs)
+    click.echo(f"{'ID':<36}  {'TYPE':<{width}}  {'STATUS':<10}  {'PRI':>4}  TRIES  {'CREATED':<24}  ERROR")
+    for job in jobs:
+        tries = f"{job.attempt_number}/{job.max_retries + 1}"
+        click.echo(f"{job.id:<36}  {_clean(job.type):<{width}}  {job.status.value:<10}  {job.priority:>4}  "
+                   f"{tries:<5}  {iso(job.created_at) or '-':<24}  {_short(job.error, ERROR_COLUMN_CHARS)}")
+    if len(jobs) == limit:
+        click.echo(f"more: flask queue list --before {jobs[-1].id}"
+                   + (f" --status {status}" if status else "") + (f" --type {job_type}" if job_type else ""))
+
+
+def _show_text(job: Job, stuck: bool) -> None:
+    def line(label: str, value: Any) -> None:
+        click.echo(f"{label:<12} {_clean(value) if value is not None else '-'}")
+
+    line("id", job.id)
+    line("type", job.type)
+    line("status", job.status.value + ("  (STUCK: no heartbeat; `flask queue cleanup` requeues it)"
+                                       if stuck else ""))
+    line("priority", job.priority)
+    line("retries", f"{job.retry_count} of {job.max_retries}")
+    for label, value in (("created", job.created_at), ("run at", job.run_at), ("processed", job.processed_at),
+                         ("heartbeat", job.heartbeat_at), ("completed", job.completed_at)):
+        line(label, iso(value))
+    line("worker", job.worker_id)
+    line("error", job.error)
+    for label, value in (("payload", job.payload), ("progress", job.progress), ("result", job.result)):
+        line(label, None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True))
+    click.echo(f"attempts     {len(job.attempts)}")
+    for number, attempt in enumerate(job.attempts, 1):
+        started, ended = attempt.get("startedAt"), attempt.get("endedAt")
+        outcome = attempt.get("outcome") or "running"
+        text = f"  {number}. {started or '-'} -> {ended or '…'}  {outcome}  on {attempt.get('worker') or '-'}"
+        if attempt.get("nextDelaySeconds") is not None:
+            text += f"  (next try after {attempt['nextDelaySeconds']:g}s)"
+        click.echo(_clean(text))
+        if attempt.get("error"):
+            click.echo(f"     error: {_clean(attempt['error'])}")
+
+
+@queue_cli.command("show")
+@click.argument("job_id")
+@json_option
+@operation
+def show_command(job_id: str, as_json: bool) -> None:
+    """One job: payload, attempts with their errors and delays, result."""
+    from .metrics import is_stuck
+
+    state = _state()
+    job = state.queue.get_job(job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    stuck = is_stuck(job, state.clock.now(), state.settings.stuck_after)
+    if as_json:
+        _echo_json({**job.to_dict(), "stuck": stuck})
+    else:
+        _show_text(job, stuck)
 
 
 @queue_cli.command("cleanup")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
+@operation
 def cleanup_command(as_json: bool) -> None:
     """Requeue jobs whose worker stopped sending heartbeats."""
-    _print({"requeuedCount": _state().queue.cleanup_stuck_jobs()}, as_json)
+    count = _state().queue.cleanup_stuck_jobs()
+    if as_json:
+        _echo_json({"requeuedCount": count})
+    else:
+        click.echo(f"recovered {count} stuck job(s)" if count else "no stuck jobs")
 
 
 @queue_cli.command("enqueue")
 @click.argument("job_type")
 @click.argument("payload")
-@click.option("--priority", type=int, default=0)
+@click.option("--priority", type=int, default=0, help="Higher runs first.")
 @click.option("--delay", type=float, default=None, help="Seconds before the job may run.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
+@operation
 def enqueue_command(job_type: str, payload: str, priority: int, delay: float | None, as_json: bool) -> None:
     """Add a job: TYPE and its payload as a JSON object."""
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
-        _fail(f"payload is not valid JSON: {exc}")
-    try:
-        job_id = _state().queue.add_job(job_type, data, priority=priority, delay=delay)
-    except ValidationError as exc:
-        _fail(json.dumps(exc.messages))
-    _print({"id": job_id, "status": "pending"}, as_json)
-
-
-def _transition(operation: str, job_id: str, as_json: bool) -> None:
+        raise ValidationError({"payload": [f"Not valid JSON: {exc}."]}) from None
     queue = _state().queue
-    try:
-        job = queue.retry(job_id) if operation == "retry" else queue.cancel(job_id)
-    except JobNotFound:
-        _fail(f"no job with id {job_id}")
-    except InvalidTransition as exc:
-        _fail(str(exc))
-    _print({"id": job.id, "status": str(job.status)}, as_json)
+    job_id = queue.add_job(job_type, data, priority=priority, delay=delay)
+    status = queue.get_job_status(job_id)
+    if as_json:
+        _echo_json({"id": job_id, "status": status["status"] if status else "pending"})
+    else:
+        click.echo(f"queued {job_type} job {job_id}"
+                   + (f" (runs at {status['runAt']})" if status and delay else ""))
+
+
+def _transition(operation_name: str, job_id: str, as_json: bool) -> None:
+    queue = _state().queue
+    job = queue.retry(job_id) if operation_name == "retry" else queue.cancel(job_id)
+    if as_json:
+        _echo_json(job.to_dict())
+    else:
+        click.echo(f"job {job.id} is {job.status.value}")
 
 
 @queue_cli.command("retry")
 @click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
+@operation
 def retry_command(job_id: str, as_json: bool) -> None:
-    """Send a failed job back to pending."""
+    """Send a failed job back to pending with a fresh retry budget."""
     _transition("retry", job_id, as_json)
 
 
 @queue_cli.command("cancel")
 @click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
+@operation
 def cancel_command(job_id: str, as_json: bool) -> None:
     """Cancel a pending job."""
     _transition("cancel", job_id, as_json)
