@@ -36,12 +36,36 @@ def queue_service(count: int) -> dict[str, Any]:
     return _rate(count, seconds)
 
 
-def huey(count: int) -> dict[str, Any]:
+def store_only(count: int) -> dict[str, Any]:
+    """What bounds the worker: the queue's own store calls, claim() then
+    complete(), with no handler, schema or app context around them."""
+    from queue_service.jobs import new_lock_token
+
+    work = fresh_dir("drain-store")
+    app, queue = subjects.queue_app(work / "queue.db")
+    state = queue.state()
+    for i in range(count):
+        queue.add_job(subjects.NOOP_TYPE, subjects.payload(i))
+    store, clock, done = state.store, state.clock, 0
+    started = time.perf_counter()
+    while done <= count:
+        job = store.claim("bench:1:store", new_lock_token(), clock.now())
+        if job is None:
+            break
+        store.complete(job, clock.now(), None)
+        done += 1
+    seconds = time.perf_counter() - started
+    if done != count:
+        raise RuntimeError(f"store drained {done} of {count}")
+    return _rate(count, seconds)
+
+
+def huey(count: int, same_sync: bool = True) -> dict[str, Any]:
     """Huey's consumer Worker.loop(): dequeue one task and execute it."""
     from huey.consumer import Worker
 
     work = fresh_dir("drain-huey")
-    instance, task = subjects.huey_instance(work / "huey.db")
+    instance, task = subjects.huey_instance(work / "huey.db", same_sync)
     for i in range(count):
         task(i, "hello")
     worker = Worker(instance, threading.Event(), default_delay=0.1, max_delay=1.0, backoff=1.15)
@@ -52,6 +76,10 @@ def huey(count: int) -> dict[str, Any]:
     if instance.pending_count() or worker.task_count != count:
         raise RuntimeError(f"huey left {instance.pending_count()} tasks, ran {worker.task_count}")
     return _rate(count, seconds)
+
+
+def huey_defaults(count: int) -> dict[str, Any]:
+    return huey(count, same_sync=False)
 
 
 def rq(count: int) -> dict[str, Any]:
@@ -105,4 +133,5 @@ def floor(count: int) -> dict[str, Any]:
     return _rate(count, seconds)
 
 
-SYSTEMS = {"queue_service": queue_service, "huey": huey, "rq": rq, "floor": floor}
+SYSTEMS = {"queue_service": queue_service, "store_only": store_only, "huey": huey,
+           "huey_defaults": huey_defaults, "rq": rq, "floor": floor}

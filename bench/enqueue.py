@@ -19,10 +19,14 @@ def queue_service(count: int) -> dict[str, Any]:
         return latencies_us(lambda i: queue.add_job(subjects.NOOP_TYPE, subjects.payload(i)), count)
 
 
-def huey(count: int) -> dict[str, Any]:
+def huey(count: int, same_sync: bool = True) -> dict[str, Any]:
     work = fresh_dir("enqueue-huey")
-    _, task = subjects.huey_instance(work / "huey.db")
+    _, task = subjects.huey_instance(work / "huey.db", same_sync)
     return latencies_us(lambda i: task(i, "hello"), count)
+
+
+def huey_defaults(count: int) -> dict[str, Any]:
+    return huey(count, same_sync=False)
 
 
 def rq(count: int) -> dict[str, Any]:
@@ -38,4 +42,17 @@ def floor(count: int) -> dict[str, Any]:
     return latencies_us(lambda i: subjects.floor_insert(conn, i, time.time()), count)
 
 
-SYSTEMS = {"queue_service": queue_service, "huey": huey, "rq": rq, "floor": floor}
+def floor_validated(count: int) -> dict[str, Any]:
+    """The floor plus what any validating queue must do first: the payload
+    through the same marshmallow schema (load, dump) before the INSERT."""
+    work = fresh_dir("enqueue-floor-validated")
+    conn = subjects.floor_connection(work / "floor.db")
+    schema = subjects.NoopSchema()
+
+    def call(i: int) -> None:
+        subjects.floor_insert(conn, i, time.time(), schema.dump(schema.load(subjects.payload(i))))
+    return latencies_us(call, count)
+
+
+SYSTEMS = {"queue_service": queue_service, "huey": huey, "huey_defaults": huey_defaults, "rq": rq,
+           "floor": floor, "floor_validated": floor_validated}

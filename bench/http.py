@@ -1,7 +1,7 @@
 """(3) HTTP enqueue: gunicorn (project config, 2 workers, the queue threads
 running) loaded for a fixed time by wrk (or a bounded Python client when wrk
 is missing): requests/s, p50, p99, for POST enqueue and for the trivial JSON
-endpoint of the same app (the ceiling).
+endpoint of the same app (the ceiling); and enqueue with the threads off.
 """
 from __future__ import annotations
 
@@ -100,15 +100,19 @@ def _job_counts(db_path: Path) -> dict[str, int]:
 
 
 def measure(seconds: float) -> dict[str, Any]:
-    """Both endpoints on one server; the ceiling first, so the enqueue
-    run's worker threads are not still draining behind it."""
+    """The ceiling, then enqueue with the queue's threads running (they drain
+    the jobs as they arrive, on the same cores); then, on a second server
+    with QUEUE_AUTOSTART=false, enqueue alone."""
     work = fresh_dir("http")
     with gunicorn(work, queue_on=True) as server:
         path = server.get_json("/bench/info")["enqueue_path"]
         ceiling = load(server, "/bench/echo", seconds, work)
         enqueue = load(server, path, seconds, work)
         time.sleep(1.0)
-        counts = _job_counts(work / "http.db")
     enqueue["path"] = path
-    enqueue["jobs_by_status_after"] = counts
-    return {"enqueue": enqueue, "ceiling": ceiling}
+    enqueue["jobs_by_status_after"] = _job_counts(work / "http.db")
+    work = fresh_dir("http-threads-off")
+    with gunicorn(work, queue_on=True, extra_env={"QUEUE_AUTOSTART": "false"}) as server:
+        enqueue_only = load(server, path, seconds, work)
+    enqueue_only["jobs_by_status_after"] = _job_counts(work / "http.db")
+    return {"enqueue": enqueue, "enqueue_threads_off": enqueue_only, "ceiling": ceiling}

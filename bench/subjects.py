@@ -3,7 +3,8 @@
 - queue_service: a JobQueue on a Flask app (autostart off) on an SQLite file,
   with a trivial job type and a small marshmallow schema.
 - Huey: SqliteHuey, WAL, with synchronous=NORMAL like ours (Huey's own
-  switch only offers OFF or the library default, FULL on Debian).
+  switch only offers OFF or the library default, FULL on Debian), and as
+  shipped (its defaults) for reference.
 - RQ: a Queue on the redis-server the bench started.
 - The floor: plain sqlite3 on a minimal jobs table (unique id, partial index
   on pending jobs), WAL, synchronous NORMAL, one statement per transaction.
@@ -57,7 +58,9 @@ def queue_app(db_path: Path, **config: Any):
 
 
 # -- Huey --------------------------------------------------------------------------
-def huey_instance(db_path: Path):
+def huey_instance(db_path: Path, same_sync: bool = True):
+    """SqliteHuey at our synchronous setting, or (``same_sync=False``) with
+    Huey's defaults as shipped."""
     from huey import SqliteHuey
     from huey.storage import SqliteStorage
 
@@ -67,7 +70,8 @@ def huey_instance(db_path: Path):
             conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
             return conn
 
-    huey = SqliteHuey("bench", filename=str(db_path), storage_class=NormalSyncStorage)
+    storage = NormalSyncStorage if same_sync else SqliteStorage
+    huey = SqliteHuey("bench", filename=str(db_path), storage_class=storage)
     task = huey.task(name="noop")(noop)
     return huey, task
 
@@ -105,5 +109,5 @@ def floor_connection(db_path: Path) -> sqlite3.Connection:
     return conn
 
 
-def floor_insert(conn: sqlite3.Connection, i: int, now: float) -> None:
-    conn.execute(FLOOR_INSERT, (str(uuid.uuid4()), json.dumps(payload(i)), now))
+def floor_insert(conn: sqlite3.Connection, i: int, now: float, data: dict[str, Any] | None = None) -> None:
+    conn.execute(FLOOR_INSERT, (str(uuid.uuid4()), json.dumps(payload(i) if data is None else data), now))

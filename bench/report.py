@@ -1,0 +1,168 @@
+"""Turn the measurements into one markdown table with ratios and targets."""
+from __future__ import annotations
+
+from typing import Any
+
+MB = 1_000_000  # targets are in MB/KB; figures are shown in the same decimal units
+MIB = 1024 * 1024
+
+
+def _yes(ok: bool | None) -> str:
+    return "pending" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def _x(value: float) -> str:
+    return f"{value:.2f}×" if value < 10 else f"{value:.0f}×"
+
+
+def _n(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _mb(mib: float) -> str:
+    return f"{mib * MIB / MB:.1f} MB"
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, ...]] = []
+        self.verdicts: list[tuple[str, bool | None]] = []
+
+    def row(self, measure: str, system: str, result: str, ratio: str = "", target: str = "",
+            *checks: tuple[str, bool | None]) -> None:
+        met = " / ".join(_yes(ok) for _, ok in checks)
+        self.rows.append((measure, system, result, ratio, target, met))
+        self.verdicts.extend(checks)
+
+    def markdown(self) -> str:
+        head = ("measure", "system", "result (median)", "ratio", "target", "met")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+
+def _enqueue(t: Table, e: dict[str, Any], count: int) -> None:
+    qs, floor, huey = e["queue_service"], e["floor"], e["huey"]
+    m = f"1 enqueue, Python API ({count:,} calls)"
+
+    def lat(r: dict[str, Any]) -> str:
+        return f"p50 {r['p50_us']:.0f} µs · p99 {r['p99_us']:.0f} µs"
+    t.row(m, "queue_service, SQLite (WAL, NORMAL)", lat(qs),
+          f"{_x(qs['p50_us'] / floor['p50_us'])} floor · {_x(qs['p50_us'] / huey['p50_us'])} Huey",
+          "≤ 1.5× floor; < Huey",
+          ("enqueue ≤ 1.5× floor", qs["p50_us"] <= 1.5 * floor["p50_us"]),
+          ("enqueue < Huey (same synchronous)", qs["p50_us"] < huey["p50_us"]))
+    t.row(m, "Huey SqliteHuey (WAL, NORMAL as ours)", lat(huey), f"{_x(huey['p50_us'] / floor['p50_us'])} floor")
+    if "huey_defaults" in e:
+        hd = e["huey_defaults"]
+        t.row(m, "Huey SqliteHuey, its defaults (FULL here)", lat(hd),
+              f"{_x(hd['p50_us'] / floor['p50_us'])} floor · queue_service {_x(qs['p50_us'] / hd['p50_us'])} of it")
+    t.row(m, "RQ + redis-server", lat(e["rq"]), f"{_x(e['rq']['p50_us'] / floor['p50_us'])} floor")
+    t.row(m, "floor: sqlite3, 1 INSERT per txn (WAL, NORMAL)", lat(floor), "1.00×")
+    if "floor_validated" in e:
+        fv = e["floor_validated"]
+        t.row(m, "bound: floor + marshmallow load/dump", lat(fv), f"{_x(fv['p50_us'] / floor['p50_us'])} floor")
+
+
+def _drain(t: Table, d: dict[str, Any], count: int) -> None:
+    qs, floor, huey, rq = d["queue_service"], d["floor"], d["huey"], d["rq"]
+    m = f"2 drain, 1 thread ({count:,} no-op jobs)"
+
+    def rate(r: dict[str, Any]) -> str:
+        return f"{_n(r['jobs_per_s'])} jobs/s"
+    q = qs["jobs_per_s"]
+    t.row(m, "queue_service, worker.run_once() loop", rate(qs),
+          f"{_x(q / floor['jobs_per_s'])} floor · {_x(q / huey['jobs_per_s'])} Huey · {_x(q / rq['jobs_per_s'])} RQ",
+          "≥ 0.5× floor; ≥ Huey; ≥ 10× RQ",
+          ("drain ≥ 0.5× floor", q >= 0.5 * floor["jobs_per_s"]),
+          ("drain ≥ Huey (same synchronous)", q >= huey["jobs_per_s"]),
+          ("drain ≥ 10× RQ SimpleWorker", q >= 10 * rq["jobs_per_s"]))
+    if "store_only" in d:
+        so = d["store_only"]
+        t.row(m, "bound: queue_service store.claim + complete only", rate(so),
+              f"{_x(so['jobs_per_s'] / floor['jobs_per_s'])} floor")
+    t.row(m, "Huey consumer Worker.loop (NORMAL as ours)", rate(huey), f"{_x(huey['jobs_per_s'] / floor['jobs_per_s'])} floor")
+    if "huey_defaults" in d:
+        hd = d["huey_defaults"]
+        t.row(m, "Huey, its defaults (FULL here)", rate(hd),
+              f"{_x(hd['jobs_per_s'] / floor['jobs_per_s'])} floor · queue_service {_x(q / hd['jobs_per_s'])} of it")
+    t.row(m, "RQ SimpleWorker, burst", rate(rq), f"{_x(rq['jobs_per_s'] / floor['jobs_per_s'])} floor")
+    t.row(m, "floor: sqlite3 claim txn + complete, partial index", rate(floor), "1.00×")
+
+
+def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
+    ceiling = h["ceiling"]
+    m = f"3 HTTP, gunicorn -w 2 ({seconds:g} s, {h['ceiling'].get('client', 'wrk')})"
+
+    def line(r: dict[str, Any]) -> str:
+        return f"{_n(r['req_per_s'])} req/s · p50 {r['p50_ms']:.2f} ms · p99 {r['p99_ms']:.2f} ms"
+    enq = h["enqueue"]
+    t.row(m, "POST enqueue, queue threads running", line(enq),
+          f"{_x(enq['req_per_s'] / ceiling['req_per_s'])} ceiling", "≥ 0.8× ceiling",
+          ("HTTP enqueue ≥ 0.8× ceiling", enq["req_per_s"] >= 0.8 * ceiling["req_per_s"]))
+    if "enqueue_threads_off" in h:
+        off = h["enqueue_threads_off"]
+        t.row(m, "POST enqueue, queue threads off (enqueue alone)", line(off),
+              f"{_x(off['req_per_s'] / ceiling['req_per_s'])} ceiling")
+    t.row(m, "POST trivial JSON endpoint, same app (ceiling)", line(ceiling), "1.00×")
+
+
+def _image(t: Table, im: dict[str, Any]) -> None:
+    m = "4 image, 12 MP JPEG → 1600 px WebP"
+    pil = im["pillow"]
+    q = im.get("queue")
+    if q is None:
+        t.row(m, "IMAGE_PROCESS job through the queue", f"not measured: {im.get('missing', '')}", "",
+              "≤ 1.1× Pillow; ≤ 50 MB above idle", ("image ≤ 1.1× Pillow", None), ("image peak ≤ 50 MB", None))
+    else:
+        t.row(m, "IMAGE_PROCESS job through the queue (fetch, transcode, store)",
+              f"{q['ms_per_image']:.0f} ms/image · peak {_mb(q['above_idle_mib'])} above idle worker",
+              f"{_x(q['ms_per_image'] / pil['ms_per_image'])} Pillow", "≤ 1.1× Pillow; ≤ 50 MB above idle",
+              ("image ≤ 1.1× Pillow", q["ms_per_image"] <= 1.1 * pil["ms_per_image"]),
+              ("image peak ≤ 50 MB above idle", q["above_idle_mib"] * MIB <= 50 * MB))
+        t.row(m, "queue_service transcode() alone", f"{q['transcode_ms']:.0f} ms/image",
+              f"{_x(q['transcode_ms'] / pil['ms_per_image'])} Pillow")
+    t.row(m, "plain Pillow: draft at fitted box, thumbnail, WebP q80",
+          f"{pil['ms_per_image']:.0f} ms/image · peak {_mb(pil['above_idle_mib'])} above idle", "1.00×")
+
+
+def _memory(t: Table, mem: dict[str, Any]) -> None:
+    w, wo = mem["with_queue"], mem["without"]
+    t.row("5 idle gunicorn worker", "with the queue running",
+          f"RSS {_mb(w['rss_mib'])} · PSS {_mb(w['pss_mib'])}",
+          f"+{_mb(mem['rss_delta_mib'])} RSS · +{_mb(mem['pss_delta_mib'])} PSS", "≤ 5 MB RSS",
+          ("idle threads ≤ 5 MB RSS", mem["rss_delta_mib"] * MIB <= 5 * MB))
+    t.row("5 idle gunicorn worker", "same app without the queue", f"RSS {_mb(wo['rss_mib'])} · PSS {_mb(wo['pss_mib'])}")
+    cpu_ms = w["queue_threads_cpu_s"] * 1000
+    t.row("5 idle queue threads", f"CPU over {w['idle_seconds']:g} s", f"{cpu_ms:.0f} ms CPU",
+          f"{mem['queue_cpu_percent']:.2f} % of a core", "about 0 % (< 0.5 %)",
+          ("idle CPU about 0 %", mem["queue_cpu_percent"] < 0.5))
+
+
+def _storage(t: Table, storage: dict[str, Any]) -> None:
+    s, mg = storage["sqlite"], storage["mongo"]
+    m = f"5 stored per EMAIL_SEND job ({storage['payload_json_bytes']} B payload)"
+    t.row(m, "SQLite: table + index pages (dbstat)",
+          f"queued {s['queued_bytes']:.0f} B · completed {s['completed_bytes']:.0f} B",
+          f"content {s['completed_content_bytes']:.0f} B", "≤ 1 KB",
+          ("SQLite ≤ 1 KB per job", s["completed_bytes"] <= 1000))
+    t.row(m, "MongoDB: BSON document (mongomock; no index, no compression)",
+          f"queued {mg['queued_bytes']:.0f} B · completed {mg['completed_bytes']:.0f} B", "", "≤ 1 KB",
+          ("MongoDB ≤ 1 KB per job", mg["completed_bytes"] <= 1000))
+
+
+def build(results: dict[str, Any], opts: dict[str, Any]) -> Table:
+    t = Table()
+    if "enqueue" in results:
+        _enqueue(t, results["enqueue"], opts["jobs"])
+    if "drain" in results:
+        _drain(t, results["drain"], opts["jobs"])
+    if "http" in results:
+        _http(t, results["http"], opts["http_seconds"])
+    if "image" in results:
+        _image(t, results["image"])
+    if "memory" in results:
+        _memory(t, results["memory"])
+    if "storage" in results:
+        _storage(t, results["storage"])
+    return t
