@@ -1,12 +1,16 @@
 """(4) A 12 MP JPEG into a 1600 px WebP: time per image and peak memory.
 
-- ``queue_job``: a real IMAGE_PROCESS job through the queue, in a fresh
-  process: app + SQLite store idle (VmRSS read: the "idle worker"), then
-  ``run_once()`` on jobs whose URL a local ``http.server`` serves (with
-  QUEUE_ALLOW_PRIVATE_URLS). Time per job; VmHWM after, minus idle RSS.
-  Also ``transcode()`` alone on the same bytes, for the like-for-like time.
-- ``pillow``: plain Pillow doing the best it can in a fresh process:
-  ``draft()`` at the fitted box, ``thumbnail``, WebP quality 80.
+Each runs in a fresh process that first builds the idle worker's state (a
+Flask app with the queue and its built-ins, the SQLite store open) and reads
+VmRSS; peak memory is VmHWM after the work, minus that idle RSS.
+
+- ``queue_job``: a real IMAGE_PROCESS job through the queue: ``run_once()``
+  on jobs whose URL a local ``http.server`` serves (QUEUE_ALLOW_PRIVATE_URLS
+  on): fetch, transcode, store. Time per job.
+- ``transcode_only``: ``queue_service.handlers.image.transcode()`` on the
+  bytes in memory: the like-for-like comparison with plain Pillow.
+- ``pillow``: plain Pillow doing the best it can: ``draft()`` at the fitted
+  box, ``thumbnail`` (its default filter), WebP quality 80.
 """
 from __future__ import annotations
 
@@ -26,8 +30,14 @@ QUALITY = 80
 SOURCE = WORK / "image" / "photo-12mp.jpg"
 
 
-def handler_available() -> bool:
+def transcode_available() -> bool:
     return importlib.util.find_spec("queue_service.handlers.image") is not None
+
+
+def job_type_available() -> bool:
+    from queue_service import JobQueue
+
+    return JobQueue().registry.get("IMAGE_PROCESS") is not None
 
 
 def make_source() -> Path:
@@ -86,29 +96,51 @@ def _media_names(value: Any) -> list[str]:
     return []
 
 
-def queue_job(runs: int) -> dict[str, Any]:
+def _idle_worker(db_name: str, **config: Any):
+    """The idle worker's state in this process: app, queue, built-ins, store."""
     from flask import Flask
 
     from queue_service import JobQueue
 
-    workdir = SOURCE.parent
-    db = workdir / "image-queue.db"
+    db = SOURCE.parent / db_name
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     app = Flask("bench_image")
-    app.config.update(QUEUE_AUTOSTART=False, QUEUE_DATABASE_URL=f"sqlite:///{db}",
-                      QUEUE_ALLOW_PRIVATE_URLS=True, QUEUE_IMAGE_MAX_SIDE=MAX_SIDE,
-                      QUEUE_IMAGE_QUALITY=QUALITY, QUEUE_IMAGE_FORMAT="webp")
+    app.config.update(QUEUE_AUTOSTART=False, QUEUE_DATABASE_URL=f"sqlite:///{db}", QUEUE_IMAGE_MAX_SIDE=MAX_SIDE,
+                      QUEUE_IMAGE_QUALITY=QUALITY, QUEUE_IMAGE_FORMAT="webp", **config)
     queue = JobQueue(app)
     state = queue.state()
+    state.store.setup()
+    return queue, state
+
+
+def transcode_only(runs: int) -> dict[str, Any]:
+    _idle_worker("image-transcode.db")
+    data = SOURCE.read_bytes()
+    idle = _memory()
+    from queue_service.handlers.image import transcode
+
+    times, out = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        out = transcode(data, max_side=MAX_SIDE, fmt="webp", quality=QUALITY)
+        times.append((time.perf_counter() - started) * 1000)
+    peak = _memory()
+    return {"ms_per_image": median(times), "idle_rss_mib": idle["rss_mib"], "hwm_mib": peak["hwm_mib"],
+            "above_idle_mib": peak["hwm_mib"] - idle["rss_mib"],
+            "output": {"bytes": len(out.data), "size": [out.width, out.height], "type": out.content_type}}
+
+
+def queue_job(runs: int) -> dict[str, Any]:
+    queue, state = _idle_worker("image-queue.db", QUEUE_ALLOW_PRIVATE_URLS=True)
     worker = state.make_worker()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(workdir)],
+                               "--directory", str(SOURCE.parent)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
-        idle = _memory()  # the idle worker: app, store, queue, built-ins registered
+        idle = _memory()
         times, jobs = [], []
         for i in range(runs):
             job_id = queue.add_job("IMAGE_PROCESS", {
@@ -120,14 +152,6 @@ def queue_job(runs: int) -> dict[str, Any]:
         peak = _memory()
     finally:
         stop_process(server)
-    from queue_service.handlers.image import transcode  # after the peak was read
-
-    data = SOURCE.read_bytes()
-    transcode_times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        transcode(data, max_side=MAX_SIDE, fmt="webp", quality=QUALITY)
-        transcode_times.append((time.perf_counter() - started) * 1000)
     last = jobs[-1]
     output: dict[str, Any] = {"status": last["status"], "error": last["error"]}
     names = _media_names(last["result"])
@@ -137,8 +161,9 @@ def queue_job(runs: int) -> dict[str, Any]:
             from PIL import Image
 
             with Image.open(io.BytesIO(stored.data)) as check:
-                output.update(bytes=len(stored.data), size=check.size, format=check.format)
-    return {"ms_per_image": median(times), "transcode_ms": median(transcode_times),
-            "idle_rss_mib": idle["rss_mib"], "hwm_mib": peak["hwm_mib"],
-            "above_idle_mib": peak["hwm_mib"] - idle["rss_mib"],
-            "completed": sum(1 for j in jobs if j["status"] == "completed"), "runs": runs, "output": output}
+                output.update(bytes=len(stored.data), size=list(check.size), format=check.format)
+    completed = sum(1 for j in jobs if j["status"] == "completed")
+    if completed != runs:
+        raise RuntimeError(f"IMAGE_PROCESS: {completed} of {runs} jobs completed; last: {output}")
+    return {"ms_per_image": median(times), "idle_rss_mib": idle["rss_mib"], "hwm_mib": peak["hwm_mib"],
+            "above_idle_mib": peak["hwm_mib"] - idle["rss_mib"], "runs": runs, "output": output}

@@ -105,11 +105,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if "image" in only:
         image.make_source()
         targets = {"pillow": "bench.image:pillow"}
-        if image.handler_available():
+        if image.transcode_available():
+            targets["transcode"] = "bench.image:transcode_only"
+        if image.job_type_available():
             targets["queue"] = "bench.image:queue_job"
         results["image"] = _rounds(targets, args.repeat, "image", runs=args.image_runs)
         if "queue" not in targets:
-            results["image"]["missing"] = "queue_service/handlers/image.py is not in the tree yet"
+            results["image"]["missing"] = "IMAGE_PROCESS is not registered yet (handlers.register_builtins)"
     if "memory" in only:
         results["memory"] = _rounds({"memory": "bench.memory:measure"}, args.repeat, "memory",
                                     idle_seconds=args.idle_seconds)["memory"]
