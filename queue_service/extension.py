@@ -170,6 +170,8 @@ class JobQueue:
         self.clock = clock or Clock()
         self._app = app
         self._states: list[QueueState] = []
+        # Set by @queue.admin_check; read by queue_service.auth for admin routes.
+        self.admin_check_func: Callable[[Any], bool] | None = None
         if builtins:
             from .handlers import register_builtins
 
@@ -247,6 +249,12 @@ class JobQueue:
             job_type.on_complete.append(hook)
             return hook
         return decorator
+
+    def admin_check(self, func: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        """Replace the admin routes' bearer-token check: ``func(request)``
+        returns True to let the request through (e.g. the host app's login)."""
+        self.admin_check_func = func
+        return func
 
     # -- the API --------------------------------------------------------------
     def add_job(self, job_type: str, payload: Any, *, priority: int = 0,
