@@ -13,22 +13,22 @@ address check look at the proxy instead of the target.
 
 ``allow_private=True`` (QUEUE_ALLOW_PRIVATE_URLS) lifts the address check
 alone; every other limit stays.
+
+requests (about 4 MB resident) is imported on first use, not at import
+time: a web process that never fetches a URL does not pay for it.
 """
 from __future__ import annotations
 
 import io
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests_hardened import Config, HTTPSession
-from requests_hardened.ip_filter import InvalidIPAddress
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
-from urllib3.exceptions import ReadTimeoutError
-
 from .errors import QueueError
+
+if TYPE_CHECKING:
+    import requests
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -123,16 +123,19 @@ class Fetcher:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.deadline = deadline
-        self.config = Config(
-            ip_filter_enable=not allow_private,
+        self.user_agent = user_agent
+
+    def _session(self) -> "requests.Session":
+        from requests_hardened import Config, HTTPSession
+
+        config = Config(
+            ip_filter_enable=not self.allow_private,
             ip_filter_allow_loopback_ips=False,
             never_redirect=True,  # we follow redirects ourselves, one checked hop at a time
-            default_timeout=(connect_timeout, read_timeout),
-            user_agent_override=user_agent,
+            default_timeout=(self.connect_timeout, self.read_timeout),
+            user_agent_override=self.user_agent,
         )
-
-    def _session(self) -> requests.Session:
-        session = HTTPSession(self.config)
+        session = HTTPSession(config)
         session.trust_env = False
         return session
 
@@ -172,8 +175,11 @@ class Fetcher:
                     response.close()  # a redirect's or an error's body is never read
         raise FetchRefused(f"more than {self.max_redirects} redirects", url=url)  # pragma: no cover
 
-    def _send(self, session: requests.Session, method: str, url: str, headers: Mapping[str, str],
-              data: bytes | None, deadline: float) -> requests.Response:
+    def _send(self, session: "requests.Session", method: str, url: str, headers: Mapping[str, str],
+              data: bytes | None, deadline: float) -> "requests.Response":
+        import requests
+        from requests_hardened.ip_filter import InvalidIPAddress
+
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchTimeout(f"deadline of {self.deadline:g}s passed", url=url)
@@ -194,7 +200,10 @@ class Fetcher:
         except requests.exceptions.RequestException as exc:
             raise FetchConnectionError(f"request failed: {exc}", url=url) from None
 
-    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+    def _read_body(self, response: "requests.Response", url: str, deadline: float) -> bytes:
+        from urllib3.exceptions import HTTPError as Urllib3HTTPError
+        from urllib3.exceptions import ReadTimeoutError
+
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
             raise FetchTooLarge(f"body of {int(declared)} bytes is over the {self.max_bytes}-byte cap", url=url)

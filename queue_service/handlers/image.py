@@ -7,17 +7,31 @@ that never runs an image job should not pay.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
-import math
+import json
+import logging
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import marshmallow
+from flask import current_app
+from marshmallow import fields, validate
+
+from ..fetch import FetchError, Fetcher, check_url
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
+log = logging.getLogger("queue_service.worker")
+
 #: Decoders we open; anything else is refused before decoding.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+MAX_IMAGES = 20
+SIGNATURE_HEADER = "X-Queue-Signature"
+CALLBACK_MAX_RESPONSE_BYTES = 1024 * 1024
 OUTPUT_FORMATS = {"webp": ("WEBP", "image/webp", "webp"), "jpeg": ("JPEG", "image/jpeg", "jpg")}
 
 
@@ -132,3 +146,129 @@ def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: 
     width, height = image.size
     image.close()
     return Transcoded(out.getvalue(), width, height, content_type, extension, len(data))
+
+
+# -- the IMAGE_PROCESS job type ---------------------------------------------
+def _validate_url(value: str) -> None:
+    try:
+        check_url(value)
+    except FetchError as exc:
+        raise marshmallow.ValidationError(str(exc)) from None
+
+
+def _validate_item_id(value: str) -> None:
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise marshmallow.ValidationError("Must not contain control characters.")
+
+
+class ImageProcessSchema(marshmallow.Schema):
+    itemId = fields.String(required=True, validate=[validate.Length(1, 200), _validate_item_id])
+    imageUrls = fields.List(fields.String(validate=_validate_url), required=True,
+                            validate=validate.Length(1, MAX_IMAGES))
+    callbackUrl = fields.String(validate=_validate_url, allow_none=True)
+
+
+class AllImagesFailed(Exception):
+    """Every image failed for a reason that may pass (timeout, 5xx): retry the job."""
+
+
+def _kb(size: int) -> str:
+    return f"{round(size / 1024)}KB"
+
+
+def _saving(before: int, after: int) -> str:
+    if before <= 0:
+        return "n/a"
+    change = (1 - after / before) * 100
+    return f"{change:.1f}% smaller" if change >= 0 else f"{-change:.1f}% larger"
+
+
+def _process_one(fetcher: Any, job: Any, settings: Any, index: int, url: str) -> tuple[dict[str, Any], bool]:
+    """One image: fetch, transcode, store. Returns (result entry, transient failure?)."""
+    entry: dict[str, Any] = {"source": url, "url": url, "bytesBefore": None, "bytesAfter": None,
+                             "width": None, "height": None, "error": None}
+    try:
+        fetched = fetcher.get(url)
+        entry["bytesBefore"] = len(fetched.content)
+        out = transcode(fetched.content, max_side=settings.image_max_side, fmt=settings.image_format,
+                        quality=settings.image_quality)
+        del fetched  # the source bytes can go before the store write
+        # Named by job and position, so a re-run overwrites instead of piling up.
+        name = f"{job.id}-{index}.{out.extension}"
+        job.store.put_file(name, out.data, out.content_type, job.clock.now())
+    except (FetchError, ImageError) as exc:
+        entry["error"] = str(exc)
+        log.warning("[Worker] ❌ Failed to process image %d: %s", index, exc)
+        return entry, getattr(exc, "transient", False)
+    entry.update(url=f"{settings.url_prefix}/media/{name}", bytesAfter=out.bytes_after,
+                 width=out.width, height=out.height)
+    log.info("[Worker] ✅ Image %d: %s → %s (%s)", index, _kb(out.bytes_before), _kb(out.bytes_after),
+             _saving(out.bytes_before, out.bytes_after))
+    return entry, False
+
+
+def _update_item(store: Any, item_id: str, urls: list[str], now: Any) -> dict[str, Any]:
+    """Point the host app's ``items`` document at the new URLs (MongoDB only)."""
+    from bson import ObjectId  # ships with pymongo; only reached on the MongoDB store
+
+    # An itemId that parses as an ObjectId may still be stored as a string.
+    ids: list[Any] = [ObjectId(item_id), item_id] if ObjectId.is_valid(item_id) else [item_id]
+    outcome = store.db["items"].update_one({"_id": {"$in": ids}},
+                                           {"$set": {"imageUrls": urls, "imagesProcessedAt": now}})
+    if outcome.matched_count == 0:
+        log.warning("[Worker] Item %s not found in items; its URLs were not updated", item_id)
+        return {"updated": False, "error": f"item {item_id} not found"}
+    return {"updated": True}
+
+
+def _send_callback(url: str, body: dict[str, Any], secret: str | None, allow_private: bool) -> dict[str, Any]:
+    """POST the result once. A failure is recorded, never raised: the images
+    are done and must not be processed again because a webhook is down."""
+    data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    headers = {"Content-Type": "application/json", "X-Queue-Job-Id": body["jobId"]}
+    if secret:
+        digest = hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+        headers[SIGNATURE_HEADER] = f"sha256={digest}"
+    try:
+        response = Fetcher(allow_private=allow_private, max_bytes=CALLBACK_MAX_RESPONSE_BYTES).post(
+            url, data, headers=headers)
+    except FetchError as exc:
+        log.warning("[Worker] ❌ Callback to %s failed: %s", url, exc)
+        return {"url": url, "delivered": False, "status": getattr(exc, "status", None), "error": str(exc)}
+    log.info("[Worker] Callback delivered to %s (HTTP %d)", url, response.status)
+    return {"url": url, "delivered": True, "status": response.status, "error": None}
+
+
+def process_images(payload: dict[str, Any], job: Any) -> dict[str, Any]:
+    """The IMAGE_PROCESS handler."""
+    settings = current_app.extensions["queue_service"].settings
+    fetcher = Fetcher(allow_private=settings.allow_private_urls)
+    urls: list[str] = payload["imageUrls"]
+    total = len(urls)
+    images: list[dict[str, Any]] = []
+    transient_failures = 0
+    for index, url in enumerate(urls, 1):
+        if not job.progress(done=index - 1, total=total):
+            raise RuntimeError("lost the claim on this job; another worker has it")
+        log.info("[Worker] Processing image %d/%d", index, total)
+        entry, transient = _process_one(fetcher, job, settings, index, url)
+        images.append(entry)
+        transient_failures += transient
+    failed = sum(1 for image in images if image["error"])
+    job.progress(done=total, total=total, failed=failed)
+    # Nothing was stored, so a retry costs only the fetches; on the last
+    # attempt the job completes instead, so the result and callback say why.
+    if transient_failures == total and job.retry_count < job.max_retries:
+        raise AllImagesFailed(f"all {total} image(s) failed for a transient reason; "
+                              f"first: {images[0]['error']}")
+    status = "completed" if failed == 0 else ("failed" if failed == total else "partial")
+    result: dict[str, Any] = {"itemId": payload["itemId"], "status": status, "images": images,
+                              "processed": total - failed, "failed": failed, "item": None, "callback": None}
+    if job.store.kind == "mongodb":
+        result["item"] = _update_item(job.store, payload["itemId"], [image["url"] for image in images],
+                                      job.clock.now())
+    if payload.get("callbackUrl"):
+        body = {"jobId": job.id, "itemId": payload["itemId"], "status": status, "images": images}
+        result["callback"] = _send_callback(payload["callbackUrl"], body, settings.callback_secret,
+                                            settings.allow_private_urls)
+    return result
