@@ -1,0 +1,235 @@
+"""``GET {prefix}/metrics``: Prometheus text built from the store at each scrape.
+
+Behind a load balancer a scrape reaches any gunicorn worker, so every job
+count is read from the store (one truth for all processes), never from
+counters kept in memory. Each scrape builds a fresh ``CollectorRegistry``
+around a fresh collector: nothing is registered globally, so several apps in
+one process and repeated ``init_app`` never collide. Only the ``queue_worker_*``
+series describe this process.
+
+What a scrape costs: ``store.counts`` (indexed), the processing jobs (few),
+and one paged pass over the stored jobs for the per-type breakdown, bounded
+by ``MAX_SCANNED_JOBS``; ``queue_metrics_scan_truncated`` says when the bound
+was hit. The store contract has no grouped count, hence the pass.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterator
+
+from flask import Blueprint, Response, current_app, request
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+from .errors import StoreError
+from .jobs import Job, JobStatus
+from .stores.base import Store
+
+log = logging.getLogger("queue_service.metrics")
+
+SCAN_PAGE_SIZE = 1000
+MAX_SCANNED_JOBS = 200_000
+MAX_PROCESSING_SCANNED = 10_000
+ATTEMPT_OUTCOMES = ("completed", "retry", "failed", "lost", "released", "running")
+ERROR_OUTCOMES = ("retry", "failed", "lost")
+
+
+def iter_jobs(store: Store, status: str | None = None, limit: int = MAX_SCANNED_JOBS,
+              page_size: int = SCAN_PAGE_SIZE) -> Iterator[Job]:
+    """Every stored job (newest first), ``page_size`` at a time, at most ``limit``.
+    Pages keep memory flat on a 512 MB dyno however big the store is."""
+    cursor: tuple[datetime, str] | None = None
+    seen = 0
+    while seen < limit:
+        page = store.list_jobs(status=status, limit=min(page_size, limit - seen), before=cursor)
+        yield from page
+        seen += len(page)
+        if len(page) < page_size:
+            return
+        cursor = (page[-1].created_at, page[-1].id)
+
+
+def is_stuck(job: Job, now: datetime, stuck_after: float) -> bool:
+    """The scheduler's test: processing with a heartbeat older than QUEUE_STUCK_AFTER."""
+    return (job.status == JobStatus.PROCESSING and job.heartbeat_at is not None
+            and job.heartbeat_at < now - timedelta(seconds=stuck_after))
+
+
+def stuck_jobs(store: Store, now: datetime, stuck_after: float) -> list[Job]:
+    return [job for job in iter_jobs(store, JobStatus.PROCESSING.value, MAX_PROCESSING_SCANNED)
+            if is_stuck(job, now, stuck_after)]
+
+
+@dataclass
+class TypeSummary:
+    jobs: Counter = field(default_factory=Counter)        # (type, status) -> jobs
+    attempts: Counter = field(default_factory=Counter)    # (type, outcome) -> attempts
+    scanned: int = 0
+    truncated: bool = False
+
+
+def summarize_by_type(store: Store, limit: int = MAX_SCANNED_JOBS) -> TypeSummary:
+    summary = TypeSummary()
+    for job in iter_jobs(store, limit=limit):
+        summary.scanned += 1
+        summary.jobs[(job.type, str(job.status))] += 1
+        for attempt in job.attempts:
+            summary.attempts[(job.type, str(attempt.get("outcome") or "running"))] += 1
+    summary.truncated = summary.scanned >= limit
+    return summary
+
+
+def _age(now: datetime, then: datetime | None) -> float:
+    # 0 rather than NaN when there is no such job: alert rules stay simple.
+    return 0.0 if then is None else max(0.0, (now - then).total_seconds())
+
+
+class QueueCollector:
+    """Reads one app's queue at collect time; made fresh for every scrape."""
+
+    def __init__(self, state: Any):
+        self.state = state
+
+    def describe(self) -> list:
+        return []  # nothing to check up front: the registry is thrown away after one scrape
+
+    def collect(self) -> Iterator[Any]:
+        started = time.perf_counter()
+        yield from self._store_metrics()
+        yield from self._worker_metrics()
+        duration = GaugeMetricFamily("queue_metrics_scrape_duration_seconds",
+                                     "Time this process took to read the store for this scrape.")
+        duration.add_metric([], time.perf_counter() - started)
+        yield duration
+
+    def _store_metrics(self) -> Iterator[Any]:
+        state = self.state
+        up = GaugeMetricFamily("queue_store_up", "1 if the job store answered this scrape.")
+        now = state.clock.now()
+        try:
+            store = state.store
+            counts = store.counts(now)
+            stuck = len(stuck_jobs(store, now, state.settings.stuck_after))
+            summary = summarize_by_type(store)
+        except StoreError as exc:
+            log.warning("[Queue] metrics: the store did not answer: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+
+        jobs = GaugeMetricFamily("queue_jobs", "Jobs in the store by status.", labels=["status"])
+        for status in JobStatus:
+            jobs.add_metric([status.value], counts.get(status.value, 0))
+        yield jobs
+
+        by_type = GaugeMetricFamily("queue_jobs_by_type", "Jobs in the store by type and status.",
+                                    labels=["type", "status"])
+        types = sorted(set(state.queue.registry.names()) | {t for t, _ in summary.jobs})
+        for job_type in types:
+            for status in JobStatus:
+                by_type.add_metric([job_type, status.value], summary.jobs[(job_type, status.value)])
+        yield by_type
+
+        pending_age = GaugeMetricFamily(
+            "queue_oldest_pending_age_seconds",
+            "Seconds the oldest runnable pending job has waited since its run time (0 when none).")
+        pending_age.add_metric([], _age(now, counts.get("oldestPendingAt")))
+        yield pending_age
+        processing_age = GaugeMetricFamily(
+            "queue_oldest_processing_age_seconds",
+            "Seconds since the oldest processing job was claimed (0 when none).")
+        processing_age.add_metric([], _age(now, counts.get("oldestProcessingAt")))
+        yield processing_age
+
+        stuck_gauge = GaugeMetricFamily(
+            "queue_stuck_jobs", "Processing jobs whose heartbeat is older than QUEUE_STUCK_AFTER.")
+        stuck_gauge.add_metric([], stuck)
+        yield stuck_gauge
+        stuck_after = GaugeMetricFamily("queue_stuck_after_seconds", "The QUEUE_STUCK_AFTER setting.")
+        stuck_after.add_metric([], state.settings.stuck_after)
+        yield stuck_after
+
+        attempts = GaugeMetricFamily(
+            "queue_job_attempts",
+            "Attempts recorded on the jobs in the store, by type and outcome "
+            "(a gauge: retention purges old jobs).", labels=["type", "outcome"])
+        errors = GaugeMetricFamily(
+            "queue_job_attempt_errors",
+            "Attempts that ended in an error (retried, failed or lost), by type.", labels=["type"])
+        for job_type in types:
+            for outcome in ATTEMPT_OUTCOMES:
+                attempts.add_metric([job_type, outcome], summary.attempts[(job_type, outcome)])
+            errors.add_metric([job_type], sum(summary.attempts[(job_type, o)] for o in ERROR_OUTCOMES))
+        yield attempts
+        yield errors
+
+        scanned = GaugeMetricFamily("queue_metrics_scanned_jobs",
+                                    "Jobs read for the per-type series in this scrape.")
+        scanned.add_metric([], summary.scanned)
+        yield scanned
+        truncated = GaugeMetricFamily(
+            "queue_metrics_scan_truncated",
+            f"1 if the store holds more than {MAX_SCANNED_JOBS} jobs and the per-type series are partial.")
+        truncated.add_metric([], 1 if summary.truncated else 0)
+        yield truncated
+
+    def _worker_metrics(self) -> Iterator[Any]:
+        state = self.state
+        worker = state.worker if state._started_pid == os.getpid() else None
+        current = worker.current if worker is not None else None
+        running = GaugeMetricFamily("queue_worker_running",
+                                    "1 if this process's worker and scheduler threads are alive.")
+        running.add_metric([], 1 if worker is not None and state.running else 0)
+        yield running
+        busy = GaugeMetricFamily("queue_worker_busy", "1 if this process's worker is running a job.")
+        busy.add_metric([], 1 if current is not None else 0)
+        yield busy
+        done = CounterMetricFamily("queue_worker_jobs_processed",
+                                   "Jobs this process's worker has run since it started.")
+        done.add_metric([], worker.jobs_done if worker is not None else 0)
+        yield done
+        info = InfoMetricFamily("queue_worker", "This process's worker.")
+        info.add_metric([], {"worker_id": worker.worker_id if worker else "", "pid": str(os.getpid()),
+                             "current_job": current.id if current else ""})
+        yield info
+        scheduler = state.scheduler if worker is not None else None
+        if scheduler is not None and scheduler.last_tick_at is not None:
+            tick = GaugeMetricFamily("queue_scheduler_last_tick_age_seconds",
+                                     "Seconds since this process's scheduler last ticked.")
+            tick.add_metric([], _age(state.clock.now(), scheduler.last_tick_at))
+            yield tick
+
+
+def render(state: Any, accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition for one app's queue, encoded for the scraper's Accept header."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueCollector(state))
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+def _metrics_response() -> Response:
+    body, content_type = render(current_app.extensions["queue_service"], request.headers.get("Accept"))
+    response = Response(body, content_type=content_type)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def register(blueprint: Blueprint) -> None:
+    from .auth import admin_required  # written with the REST API; imported when the routes are wired
+
+    protected = admin_required(_metrics_response)
+
+    @blueprint.get("/metrics")
+    def metrics():
+        if current_app.extensions["queue_service"].settings.metrics_public:
+            return _metrics_response()
+        return protected()

@@ -1,0 +1,678 @@
+/* queue_service dashboard: reads the REST API, renders with DOM nodes only.
+ *
+ * Every value that comes from a job is put on the page with textContent (or
+ * as an attribute through setAttribute), never parsed as HTML, so a payload
+ * holding <script> or <img onerror> is shown as the text it is. The admin
+ * token lives in sessionStorage and goes out as a Bearer header.
+ */
+(() => {
+  'use strict';
+
+  const body = document.body;
+  const API = body.dataset.api || '';
+  const STUCK_AFTER_MS = (parseFloat(body.dataset.stuckAfter) || 600) * 1000;
+  const TOKEN_KEY = 'queue_service.dashboard.token';
+  const REFRESH_MS = 5000;
+  const STATUSES = ['pending', 'processing', 'completed', 'failed', 'cancelled'];
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    health: $('health'), updated: $('updated'), autorefresh: $('autorefresh'), refresh: $('refresh'),
+    signout: $('signout'), auth: $('auth'), tokenForm: $('token-form'), token: $('token'),
+    connect: $('connect'), authError: $('auth-error'), banner: $('banner'), overview: $('overview'),
+    stuckBanner: $('stuck-banner'), stuckText: $('stuck-text'), stuckCleanup: $('stuck-cleanup'),
+    jobsSection: $('jobs-section'), status: $('f-status'), type: $('f-type'), types: $('known-types'),
+    limit: $('f-limit'), clearFilters: $('clear-filters'), cleanup: $('cleanup'), rows: $('jobs-body'),
+    empty: $('empty'), emptyTitle: $('empty-title'), emptyHint: $('empty-hint'), newer: $('newer'),
+    older: $('older'), pageInfo: $('page-info'), detail: $('detail'), scrim: $('scrim'),
+    detailTitle: $('detail-title'), detailBadges: $('detail-badges'), detailActions: $('detail-actions'),
+    detailBody: $('detail-body'), detailClose: $('detail-close'), toast: $('toast'),
+  };
+
+  const state = {
+    token: sessionStorage.getItem(TOKEN_KEY) || '',
+    connected: false,
+    before: null,          // cursor of the page shown (null: the newest page)
+    history: [],           // cursors of the newer pages, for "Newer"
+    nextBefore: null,      // cursor of the next older page, or null
+    jobs: [],
+    stuck: new Map(),      // id -> processing job whose heartbeat is too old
+    knownTypes: new Set(),
+    detailId: null,
+    detailJob: null,
+    skewMs: 0,             // server clock minus browser clock, from the Date header
+    busy: false,
+    timer: null,
+    armed: new Map(),      // button -> timeout, for two-step confirmations
+  };
+
+  // -- DOM helpers: text only ------------------------------------------------
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === 'text') node.textContent = String(value);
+      else if (key === 'class') node.className = value;
+      else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? '' : String(value));
+    }
+    for (const child of children) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function show(node, visible) { node.hidden = !visible; }
+
+  // -- time ------------------------------------------------------------------
+  const serverNow = () => Date.now() + state.skewMs;
+  const parseTime = (iso) => (iso ? Date.parse(iso) : NaN);
+
+  function duration(ms) {
+    if (!Number.isFinite(ms)) return '–';
+    if (ms >= 0 && ms < 1000) return ms < 1 ? '<1ms' : `${Math.round(ms)}ms`;
+    const s = Math.max(0, Math.round(ms / 1000));
+    if (s < 60) return `${s}s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return s % 60 ? `${m}m ${s % 60}s` : `${m}m`;
+    const h = Math.floor(m / 60);
+    if (h < 48) return m % 60 ? `${h}h ${m % 60}m` : `${h}h`;
+    return `${Math.floor(h / 24)}d ${h % 24}h`;
+  }
+
+  function relative(iso) {
+    const t = parseTime(iso);
+    if (!Number.isFinite(t)) return '–';
+    const diff = serverNow() - t;
+    if (Math.abs(diff) < 1500) return 'just now';
+    return diff >= 0 ? `${duration(diff)} ago` : `in ${duration(-diff)}`;
+  }
+
+  function absolute(iso) {
+    const t = parseTime(iso);
+    if (!Number.isFinite(t)) return '–';
+    return new Date(t).toISOString().replace('T', ' ').replace(/\.\d+Z$|Z$/, ' UTC');
+  }
+
+  function timeNode(iso) {
+    if (!iso) return el('span', { class: 'muted', text: '–' });
+    return el('time', { datetime: iso, title: absolute(iso), text: relative(iso) });
+  }
+
+  // -- the API ---------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, message, details) {
+      super(message);
+      this.status = status;
+      this.details = details;
+    }
+  }
+
+  async function api(path, options = {}) {
+    const headers = { Accept: 'application/json' };
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    let response;
+    try {
+      response = await fetch(API + path, {
+        method: options.method || 'GET', headers, credentials: 'same-origin', cache: 'no-store',
+      });
+    } catch (err) {
+      throw new ApiError(0, 'The server cannot be reached.');
+    }
+    const date = Date.parse(response.headers.get('Date') || '');
+    if (Number.isFinite(date)) {
+      const skew = date - Date.now();
+      // The header has one-second resolution: ignore jitter, keep real skew.
+      if (Math.abs(skew - state.skewMs) > 2000) state.skewMs = skew;
+    }
+    let data = null;
+    try { data = await response.json(); } catch (err) { data = null; }
+    if (!response.ok || options.raw) {
+      if (options.raw) return { status: response.status, data };
+      const message = (data && typeof data.error === 'string' && data.error) || `HTTP ${response.status}`;
+      throw new ApiError(response.status, message, data && data.details);
+    }
+    return data;
+  }
+
+  const jobPath = (id) => `/job/${encodeURIComponent(id)}`;
+
+  function jobsQuery(extra) {
+    const params = new URLSearchParams();
+    const status = ui.status.value;
+    const type = ui.type.value.trim();
+    if (status) params.set('status', status);
+    if (type) params.set('type', type);
+    params.set('limit', ui.limit.value);
+    if (state.before) params.set('before', state.before);
+    for (const [k, v] of Object.entries(extra || {})) params.set(k, v);
+    return `/jobs?${params}`;
+  }
+
+  function pageOf(data) {
+    const jobs = Array.isArray(data) ? data : (data && (data.jobs || data.items)) || [];
+    let next = data && !Array.isArray(data) ? (data.next ?? data.nextBefore ?? null) : null;
+    if (next && typeof next === 'object') next = next.before || null;
+    return { jobs, next };
+  }
+
+  // -- badges ----------------------------------------------------------------
+  function isStuck(job) {
+    if (!job || job.status !== 'processing') return false;
+    const beat = parseTime(job.heartbeatAt);
+    return Number.isFinite(beat) && serverNow() - beat > STUCK_AFTER_MS;
+  }
+
+  function statusBadge(status) {
+    const known = STATUSES.includes(status) ? status : 'unknown';
+    return el('span', { class: `badge status-${known}`, text: status });
+  }
+
+  function badgesFor(job) {
+    const out = [statusBadge(job.status)];
+    if (isStuck(job)) {
+      out.push(el('span', {
+        class: 'badge badge-stuck', text: 'stuck',
+        title: `No heartbeat for ${duration(serverNow() - parseTime(job.heartbeatAt))}; the cleanup requeues it`,
+      }));
+    }
+    if (job.status === 'pending' && parseTime(job.runAt) > serverNow() + 1000) {
+      out.push(el('span', { class: 'badge badge-delayed', text: job.retryCount ? 'retry scheduled' : 'delayed' }));
+    }
+    return out;
+  }
+
+  function progressText(progress) {
+    if (!progress || typeof progress !== 'object') return '';
+    const done = progress.done ?? progress.current ?? progress.completed;
+    const total = progress.total;
+    if (Number.isFinite(done) && Number.isFinite(total) && total > 0) return `${done}/${total}`;
+    if (Number.isFinite(progress.percent)) return `${Math.round(progress.percent)}%`;
+    return JSON.stringify(progress).slice(0, 80);
+  }
+
+  function summary(job) {
+    if (job.status === 'failed' || (job.error && job.status === 'pending')) {
+      return el('span', { class: 'err-text', title: job.error || '', text: job.error || 'failed' });
+    }
+    if (job.status === 'pending' && parseTime(job.runAt) > serverNow() + 1000) {
+      return el('span', { class: 'muted', text: `runs ${relative(job.runAt)}` });
+    }
+    if (job.status === 'processing') {
+      const p = progressText(job.progress);
+      return el('span', {}, `running ${duration(serverNow() - parseTime(job.processedAt))}`,
+        p ? el('span', { class: 'muted', text: ` · ${p}` }) : null);
+    }
+    if (job.status === 'completed' && job.processedAt && job.completedAt) {
+      return el('span', { class: 'muted', text: `took ${duration(parseTime(job.completedAt) - parseTime(job.processedAt))}` });
+    }
+    return null;
+  }
+
+  // -- actions ---------------------------------------------------------------
+  function actionButtons(job, where) {
+    const out = [];
+    if (job.status === 'failed') {
+      out.push(el('button', {
+        type: 'button', class: 'small action-retry', 'data-action': 'retry', 'data-id': job.id,
+        title: 'Send back to pending with a fresh retry budget', text: 'Retry',
+        onclick: (ev) => { ev.stopPropagation(); act('retry', job, ev.currentTarget); },
+      }));
+    }
+    if (job.status === 'pending') {
+      out.push(el('button', {
+        type: 'button', class: 'small danger action-cancel', 'data-action': 'cancel', 'data-id': job.id,
+        title: 'Cancel this job (click twice)', text: 'Cancel',
+        onclick: (ev) => { ev.stopPropagation(); confirmThen(ev.currentTarget, () => act('cancel', job, ev.currentTarget)); },
+      }));
+    }
+    if (!out.length && where === 'detail') out.push(el('span', { class: 'muted small', text: 'No actions for a job in this state.' }));
+    return out;
+  }
+
+  // Cancelling cannot be undone: the first click arms the button, the second acts.
+  function confirmThen(button, run) {
+    if (state.armed.has(button)) {
+      clearTimeout(state.armed.get(button));
+      state.armed.delete(button);
+      run();
+      return;
+    }
+    const label = button.textContent;
+    button.textContent = 'Confirm cancel';
+    button.classList.add('armed');
+    state.armed.set(button, setTimeout(() => {
+      state.armed.delete(button);
+      button.textContent = label;
+      button.classList.remove('armed');
+    }, 4000));
+  }
+
+  async function act(action, job, button) {
+    if (button) button.disabled = true;
+    try {
+      const updated = await api(`${jobPath(job.id)}/${action}`, { method: 'POST' });
+      const status = (updated && (updated.status || (updated.job && updated.job.status))) || '';
+      toast(`Job ${shortId(job.id)} ${action === 'retry' ? 'sent back to pending' : 'cancelled'}${status ? ` (${status})` : ''}.`);
+    } catch (err) {
+      toast(describeError(err, action === 'retry' ? 'Retry failed' : 'Cancel failed'), true);
+      if (!handleAuthError(err) && button) button.disabled = false;
+    }
+    await refresh();
+  }
+
+  async function runCleanup(button) {
+    button.disabled = true;
+    try {
+      const data = await api('/cleanup', { method: 'POST' });
+      const count = data && (data.requeuedCount ?? data.requeued ?? 0);
+      toast(count ? `Cleanup recovered ${count} stuck job${count === 1 ? '' : 's'}.` : 'Cleanup ran: no stuck jobs.');
+    } catch (err) {
+      toast(describeError(err, 'Cleanup failed'), true);
+      handleAuthError(err);
+    } finally {
+      button.disabled = false;
+    }
+    await refresh();
+  }
+
+  // -- rendering -------------------------------------------------------------
+  const shortId = (id) => String(id).slice(0, 8);
+
+  function renderStats(stats) {
+    let total = 0;
+    for (const status of STATUSES) {
+      const value = Number(stats[status] ?? 0);
+      total += value;
+      $(`stat-${status}`).textContent = value.toLocaleString();
+    }
+    $('stat-total').textContent = `${Number(stats.total ?? total).toLocaleString()} jobs stored`;
+    const age = (seconds, what) => (seconds === null || seconds === undefined
+      ? `no ${what}` : `oldest ${duration(seconds * 1000)}`);
+    $('age-pending').textContent = age(stats.oldestPendingAge, 'job waiting');
+    $('age-processing').textContent = age(stats.oldestProcessingAge, 'job running');
+    for (const card of document.querySelectorAll('.stat')) {
+      card.classList.toggle('active', card.dataset.status === ui.status.value);
+      card.classList.toggle('nonzero', Number(stats[card.dataset.status] ?? 0) > 0);
+    }
+  }
+
+  function renderStuck() {
+    const count = state.stuck.size;
+    show(ui.stuckBanner, count > 0);
+    if (count) {
+      ui.stuckText.textContent = `${count} processing job${count === 1 ? ' has' : 's have'} sent no heartbeat `
+        + `for over ${duration(STUCK_AFTER_MS)}: the worker running ${count === 1 ? 'it' : 'them'} is probably gone. `
+        + 'The scheduler requeues stuck jobs on its own; the cleanup does it now.';
+    }
+  }
+
+  function renderJobs() {
+    const rows = state.jobs.map((job) => {
+      const open = () => openDetail(job.id);
+      const row = el('tr', {
+        class: `job-row${state.detailId === job.id ? ' selected' : ''}${isStuck(job) ? ' is-stuck' : ''}`,
+        'data-id': job.id, 'data-status': job.status, tabindex: '0',
+        onclick: open, onkeydown: (ev) => { if (ev.key === 'Enter') open(); },
+      },
+      el('td', { 'data-label': 'Status', class: 'cell-status' }, ...badgesFor(job)),
+      el('td', { 'data-label': 'Type', class: 'cell-type', text: job.type }),
+      el('td', { 'data-label': 'Job', class: 'cell-id mono', title: job.id, text: shortId(job.id) }),
+      el('td', { 'data-label': 'Prio', class: 'num cell-prio', text: job.priority ?? 0 }),
+      el('td', {
+        'data-label': 'Tries', class: 'num cell-tries',
+        title: `${job.retryCount ?? 0} retries of ${job.maxRetries ?? 0}`,
+        text: `${(job.attempts || []).length}/${(job.maxRetries ?? 0) + 1}`,
+      }),
+      el('td', { 'data-label': 'Created', class: 'cell-time' }, timeNode(job.createdAt)),
+      el('td', { 'data-label': 'Details', class: 'cell-summary' }, summary(job)),
+      el('td', { class: 'cell-actions' }, ...actionButtons(job, 'row')));
+      return row;
+    });
+    ui.rows.replaceChildren(...rows);
+    const filtered = Boolean(ui.status.value || ui.type.value.trim());
+    show(ui.empty, rows.length === 0);
+    show(ui.rows.parentElement.tHead, rows.length > 0);
+    show(ui.clearFilters, filtered);
+    if (!rows.length) {
+      if (state.before) {
+        ui.emptyTitle.textContent = 'No older jobs.';
+        ui.emptyHint.textContent = 'You reached the end of the list.';
+      } else if (filtered) {
+        const what = [ui.status.value, ui.type.value.trim()].filter(Boolean).join(' ');
+        ui.emptyTitle.textContent = `No ${what} jobs.`;
+        ui.emptyHint.textContent = ui.status.value === 'failed' && !ui.type.value.trim()
+          ? `No failed jobs right now (failed jobs are kept ${body.dataset.keptFailed || '30 days'}).` : 'Try another status or type, or clear the filters.';
+      } else {
+        ui.emptyTitle.textContent = 'No jobs yet.';
+        ui.emptyHint.textContent = 'Jobs show up here as soon as the app calls add_job() or POST /jobs.';
+      }
+    }
+    ui.newer.disabled = state.history.length === 0;
+    ui.older.disabled = !state.nextBefore;
+    const page = state.history.length + 1;
+    ui.pageInfo.textContent = rows.length ? `Page ${page} · ${rows.length} job${rows.length === 1 ? '' : 's'}` : '';
+    for (const job of state.jobs) state.knownTypes.add(job.type);
+    const options = [...state.knownTypes].sort().map((t) => el('option', { value: t }));
+    ui.types.replaceChildren(...options);
+  }
+
+  function section(title, ...content) {
+    return el('section', { class: 'detail-section' }, el('h3', { text: title }), ...content);
+  }
+
+  function jsonBlock(value, empty) {
+    if (value === null || value === undefined) return el('p', { class: 'muted', text: empty });
+    return el('pre', { class: 'json', text: JSON.stringify(value, null, 2) });
+  }
+
+  function progressBlock(progress) {
+    if (!progress) return el('p', { class: 'muted', text: 'No progress reported.' });
+    const out = [];
+    const done = progress.done ?? progress.current ?? progress.completed;
+    const total = progress.total;
+    let fraction = null;
+    if (Number.isFinite(done) && Number.isFinite(total) && total > 0) fraction = done / total;
+    else if (Number.isFinite(progress.percent)) fraction = progress.percent / 100;
+    if (fraction !== null) {
+      const pct = Math.max(0, Math.min(1, fraction));
+      out.push(el('div', { class: 'progress-line' },
+        el('progress', { max: '1', value: String(pct) }), el('span', { text: ` ${Math.round(pct * 100)}%` })));
+    }
+    out.push(jsonBlock(progress, ''));
+    return el('div', {}, ...out);
+  }
+
+  function attemptsTable(job) {
+    const attempts = job.attempts || [];
+    if (!attempts.length) return el('p', { class: 'muted', text: 'Not run yet.' });
+    const rows = attempts.map((a, i) => el('tr', {},
+      el('td', { class: 'num', text: i + 1 }),
+      el('td', {}, timeNode(a.startedAt)),
+      el('td', { text: a.endedAt ? duration(parseTime(a.endedAt) - parseTime(a.startedAt)) : 'running' }),
+      el('td', {}, el('span', { class: `badge outcome-${/^[a-z]+$/.test(a.outcome || '') ? a.outcome : 'running'}`, text: a.outcome || 'running' })),
+      el('td', { class: 'err-cell' },
+        a.error ? el('span', { class: 'err-text', text: a.error }) : el('span', { class: 'muted', text: '–' }),
+        a.nextDelaySeconds !== null && a.nextDelaySeconds !== undefined
+          ? el('div', { class: 'muted small', text: `next try after ${duration(a.nextDelaySeconds * 1000)}` }) : null),
+      el('td', { class: 'mono small', title: a.worker || '', text: a.worker || '–' })));
+    return el('div', { class: 'table-wrap' }, el('table', { class: 'attempts' },
+      el('thead', {}, el('tr', {}, ...['#', 'Started', 'Took', 'Outcome', 'Error / next delay', 'Worker'].map((h) => el('th', { text: h })))),
+      el('tbody', {}, ...rows)));
+  }
+
+  function field(label, value, extra) {
+    return [el('dt', { text: label }), el('dd', {}, value instanceof Node ? value : el('span', { text: value ?? '–' }), extra || null)];
+  }
+
+  function timeField(label, iso) {
+    if (!iso) return field(label, el('span', { class: 'muted', text: '–' }));
+    return field(label, el('span', { text: absolute(iso) }), el('span', { class: 'muted', text: ` (${relative(iso)})` }));
+  }
+
+  function renderDetail() {
+    const job = state.detailJob;
+    if (!job) return;
+    ui.detailTitle.textContent = job.type || 'Job';
+    ui.detailBadges.replaceChildren(...badgesFor(job));
+    ui.detailActions.replaceChildren(...actionButtons(job, 'detail'));
+    const copy = el('button', {
+      type: 'button', class: 'ghost small', text: 'Copy',
+      onclick: () => navigator.clipboard && navigator.clipboard.writeText(job.id).then(() => toast('Job id copied.'), () => {}),
+    });
+    const facts = el('dl', { class: 'facts' },
+      ...field('ID', el('span', { class: 'mono', text: job.id }), copy),
+      ...field('Status', job.status),
+      ...field('Priority', String(job.priority ?? 0)),
+      ...field('Retries', `${job.retryCount ?? 0} of ${job.maxRetries ?? 0}`),
+      ...timeField('Created', job.createdAt),
+      ...timeField('Run at', job.runAt),
+      ...timeField('Started', job.processedAt),
+      ...timeField('Heartbeat', job.heartbeatAt),
+      ...timeField('Finished', job.completedAt),
+      ...field('Worker', job.worker ? el('span', { class: 'mono', text: job.worker }) : '–'),
+      ...(job.idempotencyKey ? field('Idempotency key', el('span', { class: 'mono', text: job.idempotencyKey })) : []));
+    const parts = [facts];
+    if (isStuck(job)) {
+      parts.push(el('p', { class: 'callout warn-callout', text: `No heartbeat for ${duration(serverNow() - parseTime(job.heartbeatAt))}. The scheduler or "Run stuck-job cleanup" requeues it (that counts as a retry).` }));
+    }
+    if (job.error) parts.push(section('Error', el('pre', { class: 'error-block', text: job.error })));
+    if (job.status === 'processing' || job.progress) parts.push(section('Progress', progressBlock(job.progress)));
+    parts.push(section(`Attempts (${(job.attempts || []).length} of at most ${(job.maxRetries ?? 0) + 1})`, attemptsTable(job)));
+    parts.push(section('Payload', jsonBlock(job.payload, 'No payload shown.')));
+    parts.push(section('Result', jsonBlock(job.result, job.status === 'completed' ? 'The handler returned nothing.' : 'No result yet.')));
+    ui.detailBody.replaceChildren(...parts);
+  }
+
+  async function loadDetail() {
+    if (!state.detailId) return;
+    try {
+      state.detailJob = await api(jobPath(state.detailId));
+      renderDetail();
+    } catch (err) {
+      if (err.status === 404) {
+        ui.detailBody.replaceChildren(el('p', { class: 'callout', text: 'This job no longer exists (it may have been purged by retention).' }));
+        ui.detailActions.replaceChildren();
+      } else {
+        ui.detailBody.replaceChildren(el('p', { class: 'form-error', text: describeError(err, 'Could not load the job') }));
+      }
+    }
+  }
+
+  function openDetail(id) {
+    state.detailId = id;
+    state.detailJob = state.jobs.find((j) => j.id === id) || null;
+    show(ui.detail, true);
+    show(ui.scrim, true);
+    body.classList.add('detail-open');
+    if (location.hash !== `#job=${encodeURIComponent(id)}`) history.replaceState(null, '', `#job=${encodeURIComponent(id)}`);
+    if (state.detailJob) renderDetail();
+    else ui.detailBody.replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
+    for (const row of ui.rows.querySelectorAll('tr')) row.classList.toggle('selected', row.dataset.id === id);
+    loadDetail();
+    ui.detailClose.focus({ preventScroll: true });
+  }
+
+  function closeDetail() {
+    state.detailId = null;
+    state.detailJob = null;
+    show(ui.detail, false);
+    show(ui.scrim, false);
+    body.classList.remove('detail-open');
+    if (location.hash) history.replaceState(null, '', location.pathname + location.search);
+    for (const row of ui.rows.querySelectorAll('tr.selected')) row.classList.remove('selected');
+  }
+
+  // -- errors ----------------------------------------------------------------
+  function describeError(err, prefix) {
+    if (!(err instanceof ApiError)) return `${prefix}: ${err && err.message ? err.message : err}`;
+    if (err.status === 0) return `${prefix}: the server cannot be reached.`;
+    return `${prefix}: ${err.message} (HTTP ${err.status}).`;
+  }
+
+  function handleAuthError(err) {
+    if (!(err instanceof ApiError) || (err.status !== 401 && err.status !== 403)) return false;
+    state.connected = false;
+    let message;
+    if (err.status === 401) {
+      message = state.token ? 'That token was refused. Check QUEUE_ADMIN_TOKEN on the server and try again.'
+        : 'This queue needs its admin token.';
+    } else {
+      message = `Access denied: ${err.message}. ${state.token ? '' : 'If the server has no QUEUE_ADMIN_TOKEN set, set one first.'}`.trim();
+    }
+    showAuth(message);
+    return true;
+  }
+
+  function showAuth(message) {
+    show(ui.auth, true);
+    show(ui.overview, false);
+    show(ui.jobsSection, false);
+    show(ui.banner, false);
+    show(ui.signout, Boolean(state.token));
+    ui.authError.textContent = message || '';
+    show(ui.authError, Boolean(message));
+    ui.updated.textContent = '';
+    closeDetail();
+    ui.token.focus();
+  }
+
+  function showBanner(message) {
+    ui.banner.textContent = message;
+    show(ui.banner, Boolean(message));
+  }
+
+  let toastTimer = null;
+  function toast(message, isError) {
+    ui.toast.textContent = message;
+    ui.toast.classList.toggle('toast-error', Boolean(isError));
+    show(ui.toast, true);
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => show(ui.toast, false), isError ? 8000 : 4000);
+  }
+
+  // -- refresh ---------------------------------------------------------------
+  async function refreshHealth() {
+    try {
+      const { status, data } = await api('/health', { raw: true });
+      const healthy = status === 200 && data && data.healthy !== false;
+      const store = data && typeof data.store === 'string' ? ` · ${data.store}` : '';
+      ui.health.textContent = healthy ? `healthy${store}` : `unhealthy${store}`;
+      ui.health.className = `pill ${healthy ? 'pill-ok' : 'pill-bad'}`;
+      const problems = data && Array.isArray(data.problems) ? data.problems.join('; ') : '';
+      ui.health.title = healthy ? 'GET /health answered 200' : `GET /health answered ${status}${problems ? `: ${problems}` : ''}`;
+    } catch (err) {
+      ui.health.textContent = 'unreachable';
+      ui.health.className = 'pill pill-bad';
+    }
+  }
+
+  async function refresh() {
+    if (state.busy) return;
+    state.busy = true;
+    try {
+      const [statsData, pageData, processing] = await Promise.all([
+        api('/stats'),
+        api(jobsQuery()),
+        api('/jobs?status=processing&limit=100'),
+      ]);
+      state.connected = true;
+      show(ui.auth, false);
+      show(ui.overview, true);
+      show(ui.jobsSection, true);
+      show(ui.signout, Boolean(state.token));
+      showBanner('');
+      const page = pageOf(pageData);
+      state.jobs = page.jobs;
+      const limit = Number(ui.limit.value);
+      state.nextBefore = page.next || (page.jobs.length === limit ? page.jobs[page.jobs.length - 1].id : null);
+      state.stuck = new Map(pageOf(processing).jobs.filter(isStuck).map((j) => [j.id, j]));
+      renderStats((statsData && statsData.stats) || statsData || {});
+      renderStuck();
+      renderJobs();
+      if (state.detailId) await loadDetail();
+      ui.updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+    } catch (err) {
+      if (!handleAuthError(err)) {
+        showBanner(err instanceof ApiError && err.status === 503
+          ? `The queue's store is not answering: ${err.message}. Retrying every ${REFRESH_MS / 1000} s.`
+          : `${describeError(err, 'Could not load the queue')} Retrying every ${REFRESH_MS / 1000} s.`);
+      }
+    } finally {
+      state.busy = false;
+    }
+    refreshHealth();
+  }
+
+  function schedule() {
+    clearInterval(state.timer);
+    state.timer = null;
+    if (ui.autorefresh.checked) {
+      state.timer = setInterval(() => {
+        if (!document.hidden && state.connected) refresh();
+      }, REFRESH_MS);
+    }
+  }
+
+  function resetPaging() {
+    state.before = null;
+    state.history = [];
+  }
+
+  // -- events ----------------------------------------------------------------
+  ui.tokenForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const token = ui.token.value.trim();
+    if (!token) return;
+    state.token = token;
+    ui.connect.disabled = true;
+    try {
+      await api('/stats');
+      sessionStorage.setItem(TOKEN_KEY, token);
+      ui.token.value = '';
+      await refresh();
+    } catch (err) {
+      if (!handleAuthError(err)) {
+        ui.authError.textContent = describeError(err, 'Could not check the token');
+        show(ui.authError, true);
+      }
+      state.token = sessionStorage.getItem(TOKEN_KEY) || '';
+    } finally {
+      ui.connect.disabled = false;
+    }
+  });
+
+  ui.signout.addEventListener('click', () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = '';
+    showAuth('');
+  });
+
+  ui.refresh.addEventListener('click', () => refresh());
+  ui.autorefresh.addEventListener('change', schedule);
+  ui.status.addEventListener('change', () => { resetPaging(); refresh(); });
+  ui.limit.addEventListener('change', () => { resetPaging(); refresh(); });
+  let typeTimer = null;
+  ui.type.addEventListener('input', () => {
+    clearTimeout(typeTimer);
+    typeTimer = setTimeout(() => { resetPaging(); refresh(); }, 400);
+  });
+  ui.clearFilters.addEventListener('click', () => {
+    ui.status.value = '';
+    ui.type.value = '';
+    resetPaging();
+    refresh();
+  });
+  for (const card of document.querySelectorAll('.stat')) {
+    card.addEventListener('click', () => {
+      ui.status.value = ui.status.value === card.dataset.status ? '' : card.dataset.status;
+      resetPaging();
+      refresh();
+    });
+  }
+  ui.older.addEventListener('click', () => {
+    if (!state.nextBefore) return;
+    state.history.push(state.before);
+    state.before = state.nextBefore;
+    refresh();
+  });
+  ui.newer.addEventListener('click', () => {
+    if (!state.history.length) return;
+    state.before = state.history.pop();
+    refresh();
+  });
+  ui.cleanup.addEventListener('click', () => runCleanup(ui.cleanup));
+  ui.stuckCleanup.addEventListener('click', () => runCleanup(ui.stuckCleanup));
+  ui.detailClose.addEventListener('click', closeDetail);
+  ui.scrim.addEventListener('click', closeDetail);
+  document.addEventListener('keydown', (ev) => { if (ev.key === 'Escape' && state.detailId) closeDetail(); });
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && state.connected) refresh(); });
+
+  // -- start -----------------------------------------------------------------
+  const linked = /^#job=(.+)$/.exec(location.hash);
+  schedule();
+  refresh().then(() => {
+    if (linked && state.connected) openDetail(decodeURIComponent(linked[1]));
+  });
+})();
