@@ -1,5 +1,11 @@
 """Request and response schemas of the REST API, and the JSON helpers.
 
+One set of marshmallow schemas serves three purposes: requests are loaded
+through them (strict: a float is not an integer, a string is not a number,
+unknown fields are refused), responses are dumped through them (so an answer
+never carries a field the document does not describe), and the OpenAPI
+document is generated from them (``openapi.py``).
+
 The queue serializes its own JSON with ``json.dumps``: a host app may have
 replaced ``app.json`` (flask-pymongo does), and the queue's answers must not
 change with it.
@@ -7,12 +13,35 @@ change with it.
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime, timezone
 from typing import Any
 
+import marshmallow
 from flask import Response
+from marshmallow import fields, validate, validates_schema
+
+from .jobs import JobStatus
+
+# The limits JobQueue.add_job enforces (queue_service.extension); repeated
+# here because extension imports the blueprint, which imports this module.
+# tests/test_api.py asserts they agree.
+PRIORITY_RANGE = (-1_000_000, 1_000_000)
+MAX_DELAY_SECONDS = 366 * 24 * 3600
+MAX_RETRIES_LIMIT = 100
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+MAX_TYPE_NAME_CHARS = 64
+PAGE_LIMIT_RANGE = (1, 100)
+DEFAULT_PAGE_LIMIT = 50
+
+# Job ids are str(uuid4()): anything else cannot name a job.
+JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+STATUSES = [s.value for s in JobStatus]
 
 
+# -- JSON helpers -------------------------------------------------------------
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # ensure_ascii: a lone surrogate in stored data can still be written out.
     body = json.dumps(payload, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     response = Response(body + "\n", status=status, mimetype="application/json")
     if headers:
@@ -23,3 +52,164 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 def error_response(status: int, message: str, details: dict[str, Any] | None = None) -> Response:
     """``{"error": message, "details": {...}}`` with ``status``."""
     return json_response({"error": message, "details": details or {}}, status)
+
+
+# -- strict fields ------------------------------------------------------------
+class StrictNumber(fields.Float):
+    """A JSON number: refuses strings and booleans, NaN and infinities."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class QueryInteger(fields.Integer):
+    """An integer written in a query string: decimal digits only (no sign,
+    spaces, exponent or fraction), so "5.0" and " 5" are refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,9}", value):
+            raise self.make_error("invalid")
+        return int(value)
+
+
+class UTCDateTime(fields.AwareDateTime):
+    """An ISO 8601 datetime with an offset, converted to UTC."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return parsed.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 has no UTC form
+            raise self.make_error("invalid") from None
+
+
+def _timestamp(**kwargs: Any) -> fields.String:
+    """A timestamp as the job record already renders it (ISO 8601 UTC, Z)."""
+    return fields.String(allow_none=True, metadata={"format": "date-time", **kwargs})
+
+
+# -- requests -----------------------------------------------------------------
+class JobCreateSchema(marshmallow.Schema):
+    """``POST /jobs``. The payload is checked by the job type's own schema."""
+
+    type = fields.String(required=True, validate=validate.Length(1, MAX_TYPE_NAME_CHARS),
+                         metadata={"description": "A registered job type, e.g. EMAIL_SEND."})
+    payload = fields.Dict(required=True, metadata={"description": "Validated by the job type's schema."})
+    priority = fields.Integer(strict=True, validate=validate.Range(*PRIORITY_RANGE),
+                              metadata={"description": "Higher runs first. Default 0."})
+    delay = StrictNumber(validate=validate.Range(0, MAX_DELAY_SECONDS),
+                         metadata={"description": "Seconds to wait before the job may run. Not with runAt."})
+    runAt = UTCDateTime(metadata={"description": "Earliest run time, ISO 8601 with an offset. Not with delay."})
+    maxRetries = fields.Integer(strict=True, validate=validate.Range(0, MAX_RETRIES_LIMIT),
+                                metadata={"description": "Retries after the first attempt; default from the type."})
+    idempotencyKey = fields.String(
+        validate=validate.Length(1, MAX_IDEMPOTENCY_KEY_CHARS),
+        metadata={"description": "While a job with this key is pending or processing, its id is answered "
+                                 "instead of creating another."})
+
+    @validates_schema
+    def _delay_or_run_at(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "delay" in data and "runAt" in data:
+            raise marshmallow.ValidationError("Give delay or runAt, not both.", "delay")
+
+
+class JobListQuerySchema(marshmallow.Schema):
+    """``GET /jobs`` query string."""
+
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    type = fields.String(validate=validate.Length(1, MAX_TYPE_NAME_CHARS))
+    limit = QueryInteger(load_default=DEFAULT_PAGE_LIMIT, validate=validate.Range(*PAGE_LIMIT_RANGE),
+                         metadata={"default": DEFAULT_PAGE_LIMIT})
+    before = fields.String(validate=validate.Regexp(JOB_ID, error="Not a valid job id."),
+                           metadata={"format": "uuid", "description": "Cursor: the nextBefore of the previous page."})
+
+
+# -- responses ----------------------------------------------------------------
+class ErrorSchema(marshmallow.Schema):
+    error = fields.String(required=True)
+    details = fields.Dict(required=True, metadata={"description": "Field name -> messages, or context."})
+
+
+class AttemptSchema(marshmallow.Schema):
+    startedAt = _timestamp()
+    worker = fields.String(allow_none=True)
+    endedAt = _timestamp()
+    outcome = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    nextDelaySeconds = fields.Float(allow_none=True)
+
+
+class JobSchema(marshmallow.Schema):
+    id = fields.String(required=True, metadata={"format": "uuid"})
+    type = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    priority = fields.Integer(required=True)
+    retryCount = fields.Integer(required=True)
+    maxRetries = fields.Integer(required=True)
+    createdAt = _timestamp()
+    runAt = _timestamp()
+    processedAt = _timestamp()
+    completedAt = _timestamp()
+    heartbeatAt = _timestamp()
+    worker = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    result = fields.Raw(allow_none=True)
+    progress = fields.Dict(allow_none=True)
+    payload = fields.Dict(metadata={"description": "Only shown to admin callers."})
+    idempotencyKey = fields.String(allow_none=True, metadata={"description": "Only shown to admin callers."})
+    attempts = fields.List(fields.Nested(AttemptSchema), required=True)
+
+
+class JobCreatedSchema(marshmallow.Schema):
+    id = fields.String(required=True, metadata={"format": "uuid"})
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+
+
+class JobPageSchema(marshmallow.Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+    nextBefore = fields.String(
+        required=True, allow_none=True, metadata={
+            "format": "uuid",
+            "description": "Pass as `before` for the next page; null when this page was not full."})
+
+
+class StatsSchema(marshmallow.Schema):
+    pending = fields.Integer(required=True)
+    processing = fields.Integer(required=True)
+    completed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    cancelled = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+    oldestPendingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
+    oldestProcessingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
+
+
+class StatsResponseSchema(marshmallow.Schema):
+    success = fields.Boolean(required=True)
+    stats = fields.Nested(StatsSchema, required=True)
+
+
+class CleanupResponseSchema(marshmallow.Schema):
+    success = fields.Boolean(required=True)
+    requeuedCount = fields.Integer(required=True)
+
+
+class HealthWorkerSchema(marshmallow.Schema):
+    running = fields.Boolean(required=True)
+    workerId = fields.String(required=True, allow_none=True)
+    isProcessing = fields.Boolean(required=True)
+    processingJobId = fields.String(required=True, allow_none=True)
+    maxRetries = fields.Integer(required=True)
+
+
+class HealthSchema(marshmallow.Schema):
+    healthy = fields.Boolean(required=True)
+    initialized = fields.Boolean(required=True)
+    problems = fields.List(fields.String(), required=True)
+    store = fields.String(required=True, allow_none=True)
+    stats = fields.Nested(StatsSchema, required=True, allow_none=True)
+    worker = fields.Nested(HealthWorkerSchema, required=True)
+    timestamp = fields.String(required=True, metadata={"format": "date-time"})
+

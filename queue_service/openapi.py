@@ -1,0 +1,198 @@
+"""The OpenAPI 3 document of the REST API, generated from ``schemas.py``.
+
+apispec's marshmallow plugin converts the same schemas the routes load and
+dump with, so the document cannot drift from what the server does. Each
+registered job type contributes its payload schema; ``POST /jobs`` takes one
+of the per-type variants, told apart by ``type``.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import make_schema_key, resolve_schema_instance
+
+from . import schemas as s
+
+TITLE = "queue_service REST API"
+VERSION = "1.0.0"
+OPENAPI_VERSION = "3.0.3"
+DESCRIPTION = (
+    "A persistent job queue inside a Flask app. Every answer is JSON; errors are "
+    '`{"error": "...", "details": {...}}`. Admin routes need `Authorization: Bearer '
+    "$QUEUE_ADMIN_TOKEN` (or the host app's own check).")
+
+_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+_cache_lock = threading.Lock()
+MAX_CACHED = 16
+
+RESPONSE_COMPONENTS = {
+    "Error": s.ErrorSchema, "Job": s.JobSchema, "JobCreated": s.JobCreatedSchema, "JobPage": s.JobPageSchema,
+    "StatsResponse": s.StatsResponseSchema, "CleanupResponse": s.CleanupResponseSchema, "Health": s.HealthSchema,
+}
+ERRORS = {
+    400: "Invalid request: malformed JSON, a body that is not an object, or invalid fields (details name them).",
+    401: "Missing or wrong bearer token.",
+    403: "Admin routes are disabled: no QUEUE_ADMIN_TOKEN is configured.",
+    404: "No job with this id (ids that are not UUIDs included).",
+    409: "The job is not in a state that allows this.",
+    413: "Request body over QUEUE_MAX_BODY_BYTES.",
+    503: "The job store cannot be reached; nothing was changed.",
+}
+ADMIN_ERRORS = (401, 403)
+
+
+def document(registry: Any, server_url: str) -> dict[str, Any]:
+    """The OpenAPI document for a queue whose job types are in ``registry``,
+    served under ``server_url`` (the blueprint's prefix)."""
+    key = (server_url, tuple((t.name, id(t.schema)) for t in registry))
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is None:
+        cached = _build(list(registry), server_url)
+        with _cache_lock:
+            if len(_cache) >= MAX_CACHED:
+                _cache.clear()
+            _cache[key] = cached
+    return copy.deepcopy(cached)
+
+
+def _name_resolver() -> Any:
+    """Component names for nested schemas: the class name without "Schema",
+    numbered when two different schemas would share one (apispec warns)."""
+    taken: dict[str, Any] = {}
+
+    def resolve(schema: Any) -> str:
+        instance = resolve_schema_instance(schema)
+        key = make_schema_key(instance)
+        base = type(instance).__name__.removesuffix("Schema") or type(instance).__name__
+        name, n = base, 1
+        while name in taken and taken[name] != key:
+            n += 1
+            name = f"{base}{n}"
+        taken[name] = key
+        return name
+    return resolve
+
+
+def _error(code: int) -> dict[str, Any]:
+    return {"description": ERRORS[code], "content": {"application/json": {"schema": "Error"}}}
+
+
+def _responses(ok: tuple[int, str, str] | None, *errors: int, admin: bool = True) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    if ok is not None:
+        code, description, schema = ok
+        out[code] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    for code in sorted(set(errors) | (set(ADMIN_ERRORS) if admin else set())):
+        out[code] = _error(code)
+    return out
+
+
+def _payload_components(spec: APISpec, job_types: list[Any]) -> dict[str, str]:
+    """Register each type's payload schema; returns type name -> component name."""
+    names: dict[str, str] = {}
+    by_key: dict[Any, str] = {}
+    for job_type in job_types:
+        component = f"{job_type.name}Payload"
+        schema = job_type.schema
+        if schema is None:
+            spec.components.schema(component, component={"type": "object",
+                                                         "description": "Any JSON object."})
+        else:
+            instance = resolve_schema_instance(schema)
+            key = make_schema_key(instance)
+            if key in by_key:  # one schema shared by two types: register it once
+                names[job_type.name] = by_key[key]
+                continue
+            spec.components.schema(component, schema=instance)
+            by_key[key] = component
+        names[job_type.name] = component
+    return names
+
+
+def _job_create_variants(spec: APISpec, plugin: MarshmallowPlugin, payloads: dict[str, str]) -> dict[str, Any]:
+    """``POST /jobs`` body: one variant per job type (``type`` fixed, its own
+    payload schema), so a client generating requests from this document
+    builds payloads the server accepts."""
+    base = plugin.converter.schema2jsonschema(s.JobCreateSchema)
+    if not payloads:
+        spec.components.schema("JobCreate", component=base)
+        return {"$ref": "#/components/schemas/JobCreate"}
+    refs = {}
+    for type_name, payload_component in sorted(payloads.items()):
+        variant = copy.deepcopy(base)
+        variant["properties"]["type"] = {"type": "string", "enum": [type_name]}
+        variant["properties"]["payload"] = {"$ref": f"#/components/schemas/{payload_component}"}
+        name = f"JobCreate_{type_name}"
+        spec.components.schema(name, component=variant)
+        refs[type_name] = f"#/components/schemas/{name}"
+    return {"oneOf": [{"$ref": ref} for ref in refs.values()],
+            "discriminator": {"propertyName": "type", "mapping": refs}}
+
+
+def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
+    plugin = MarshmallowPlugin(schema_name_resolver=_name_resolver())
+    spec = APISpec(title=TITLE, version=VERSION, openapi_version=OPENAPI_VERSION, plugins=[plugin],
+                   info={"description": DESCRIPTION}, servers=[{"url": server_url or "/"}],
+                   security=[{"bearerAuth": []}])
+    spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    for name, schema in RESPONSE_COMPONENTS.items():
+        spec.components.schema(name, schema=schema)
+    body = _job_create_variants(spec, plugin, _payload_components(spec, job_types))
+    job_id = {"in": "path", "name": "id", "required": True,
+              "schema": {"type": "string", "format": "uuid"}, "description": "A job id (UUID)."}
+    public: list[dict[str, Any]] = []
+
+    spec.path("/jobs", operations={
+        "post": {"summary": "Enqueue a job (admin)", "operationId": "createJob",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                 "responses": _responses((201, "Created, or the job already holding this idempotency key.",
+                                          "JobCreated"), 400, 413, 503)},
+        "get": {"summary": "List jobs, newest first (admin)", "operationId": "listJobs",
+                "parameters": [{"in": "query", "schema": s.JobListQuerySchema}],
+                "responses": _responses((200, "One page of jobs.", "JobPage"), 400, 503)},
+    })
+    spec.path("/job/{id}", parameters=[job_id], operations={
+        "get": {"summary": "One job's status (public; the payload only for admins)", "operationId": "getJob",
+                "security": public, "responses": _responses((200, "The job.", "Job"), 404, 503, admin=False)},
+    })
+    for action, what in (("cancel", "pending -> cancelled"), ("retry", "failed -> pending, fresh retries")):
+        spec.path(f"/job/{{id}}/{action}", parameters=[job_id], operations={
+            "post": {"summary": f"{action.capitalize()} a job: {what} (admin)", "operationId": f"{action}Job",
+                     "responses": _responses((200, "The job after the change.", "Job"), 404, 409, 503)},
+        })
+    spec.path("/stats", operations={"get": {
+        "summary": "Job counts by status (admin)", "operationId": "getStats",
+        "responses": _responses((200, "Counts and oldest ages in seconds.", "StatsResponse"), 503)}})
+    spec.path("/cleanup", operations={"post": {
+        "summary": "Requeue jobs whose worker stopped heartbeating (admin)", "operationId": "cleanup",
+        "responses": _responses((200, "How many stuck jobs were recovered.", "CleanupResponse"), 503)}})
+    spec.path("/health", operations={"get": {
+        "summary": "Health check (public)", "operationId": "health", "security": public,
+        "responses": {
+            200: {"description": "Healthy.", "content": {"application/json": {"schema": "Health"}}},
+            503: {"description": "Unhealthy: `problems` says why.",
+                  "content": {"application/json": {"schema": {"anyOf": [
+                      {"$ref": "#/components/schemas/Health"}, {"$ref": "#/components/schemas/Error"}]}}}},
+        }}})
+    spec.path("/media/{name}", parameters=[{
+        "in": "path", "name": "name", "required": True, "description": "A stored file's name.",
+        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}}], operations={"get": {
+            "summary": "A processed image (public, immutable)", "operationId": "getMedia", "security": public,
+            "responses": {
+                200: {"description": "The file.",
+                      "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
+                304: {"description": "Not modified (If-None-Match matched the ETag)."},
+                404: {"description": "No such file.", "content": {"application/json": {"schema": "Error"}}},
+                503: _error(503),
+            }}})
+    spec.components.schema("OpenApiDocument", component={"type": "object"})
+    spec.path("/openapi.json", operations={"get": {
+        "summary": "This document (admin)", "operationId": "openapi",
+        "responses": _responses((200, "The OpenAPI document.", "OpenApiDocument"))}})
+    return spec.to_dict()
+
