@@ -351,3 +351,6 @@ def _routing_handler(app: Any, prefix: str, previous: Callable | None) -> Callab
 
 
 # Route modules that build on this blueprint register themselves below.
+from . import dashboard, metrics  # noqa: E402  (routes defined in their own modules)
+dashboard.register(blueprint)
+metrics.register(blueprint)

@@ -13,7 +13,9 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, jsonify, render_template_string, request, url_for
+from flask import Blueprint, Response, current_app, render_template_string, request, url_for
+
+from .schemas import error_response
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
@@ -89,9 +91,7 @@ def dashboard_page() -> Response:
 
 def dashboard_asset(name: str) -> Response:
     if name not in ASSETS:
-        response = jsonify(error="not found", details={"asset": name})
-        response.status_code = 404
-        return response
+        return error_response(404, "Not found: no such dashboard asset.", {"asset": name[:80]})
     data, version = _asset(name)
     response = Response(data, content_type=ASSETS[name])
     response.set_etag(version)

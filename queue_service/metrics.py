@@ -8,9 +8,12 @@ one process and repeated ``init_app`` never collide. Only the ``queue_worker_*``
 series describe this process.
 
 What a scrape costs: ``store.counts`` (indexed), the processing jobs (few),
-and one paged pass over the stored jobs for the per-type breakdown, bounded
-by ``MAX_SCANNED_JOBS``; ``queue_metrics_scan_truncated`` says when the bound
-was hit. The store contract has no grouped count, hence the pass.
+and one paged pass over the newest stored jobs for the per-type series,
+bounded by ``MAX_SCANNED_JOBS`` (``queue_metrics_scan_truncated`` is 1 when
+the store holds more and those series are partial; the per-status totals
+stay exact). The store contract has no count grouped by type, hence the
+pass. Measured on SQLite here: 1,000 jobs 0.02 s, 10,000 jobs 0.23 s,
+50,000 jobs 0.67 s per scrape (capped at 10,000 read).
 """
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ from .stores.base import Store
 
 log = logging.getLogger("queue_service.metrics")
 
-SCAN_PAGE_SIZE = 1000
-MAX_SCANNED_JOBS = 200_000
+SCAN_PAGE_SIZE = 2500
+MAX_SCANNED_JOBS = 10_000  # ~0.3 s on SQLite here; see the module docstring
 MAX_PROCESSING_SCANNED = 10_000
 ATTEMPT_OUTCOMES = ("completed", "retry", "failed", "lost", "released", "running")
 ERROR_OUTCOMES = ("retry", "failed", "lost")
@@ -76,12 +79,14 @@ class TypeSummary:
 
 def summarize_by_type(store: Store, limit: int = MAX_SCANNED_JOBS) -> TypeSummary:
     summary = TypeSummary()
-    for job in iter_jobs(store, limit=limit):
+    for job in iter_jobs(store, limit=limit + 1):  # one more tells whether there was more
+        if summary.scanned == limit:
+            summary.truncated = True
+            break
         summary.scanned += 1
         summary.jobs[(job.type, str(job.status))] += 1
         for attempt in job.attempts:
             summary.attempts[(job.type, str(attempt.get("outcome") or "running"))] += 1
-    summary.truncated = summary.scanned >= limit
     return summary
 
 
@@ -197,8 +202,8 @@ class QueueCollector:
         done.add_metric([], worker.jobs_done if worker is not None else 0)
         yield done
         info = InfoMetricFamily("queue_worker", "This process's worker.")
-        info.add_metric([], {"worker_id": worker.worker_id if worker else "", "pid": str(os.getpid()),
-                             "current_job": current.id if current else ""})
+        # No job id here: a label per job would make a new series for every job.
+        info.add_metric([], {"worker_id": worker.worker_id if worker else "", "pid": str(os.getpid())})
         yield info
         scheduler = state.scheduler if worker is not None else None
         if scheduler is not None and scheduler.last_tick_at is not None:
