@@ -115,14 +115,15 @@ class Fetcher:
 
     def __init__(self, *, allow_private: bool = False, max_bytes: int = MAX_BYTES,
                  max_redirects: int = MAX_REDIRECTS, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
-                 read_timeout: float = READ_TIMEOUT_SECONDS, deadline: float = DEADLINE_SECONDS,
+                 read_timeout: float = READ_TIMEOUT_SECONDS, deadline: float | None = None,
                  user_agent: str = USER_AGENT):
         self.allow_private = allow_private
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.deadline = deadline
+        # Read at call time so a deployment (or a test) can shorten it module-wide.
+        self.deadline = DEADLINE_SECONDS if deadline is None else deadline
         self.user_agent = user_agent
 
     def _session(self) -> "requests.Session":
