@@ -71,7 +71,8 @@ def make_app(store, clock):
     """Build a Flask app with a JobQueue on the ``store`` fixture's store."""
     def factory(queue: JobQueue | None = None, **config) -> tuple[Flask, JobQueue]:
         app = Flask("test_app")
-        app.config.update(TESTING=True, QUEUE_AUTOSTART=False, QUEUE_DEVELOPMENT=True, **config)
+        # A dict, so a test may override the defaults (QUEUE_DEVELOPMENT=False).
+        app.config.update({"TESTING": True, "QUEUE_AUTOSTART": False, "QUEUE_DEVELOPMENT": True, **config})
         queue = queue or JobQueue(clock=clock)
         queue.init_app(app, store=store)
         return app, queue
