@@ -166,4 +166,5 @@ def queue_job(runs: int) -> dict[str, Any]:
     if completed != runs:
         raise RuntimeError(f"IMAGE_PROCESS: {completed} of {runs} jobs completed; last: {output}")
     return {"ms_per_image": median(times), "idle_rss_mib": idle["rss_mib"], "hwm_mib": peak["hwm_mib"],
-            "above_idle_mib": peak["hwm_mib"] - idle["rss_mib"], "runs": runs, "output": output}
+            "above_idle_mib": peak["hwm_mib"] - idle["rss_mib"],
+            "runs": runs, "output": output}

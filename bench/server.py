@@ -1,5 +1,10 @@
 """gunicorn with the project's gunicorn.conf.py serving bench/app.py on
-127.0.0.1, started and stopped by PID."""
+127.0.0.1, started and stopped by PID.
+
+BENCH_EXTRA_PATH (optional) is put on the workers' PYTHONPATH: a way to try
+a change (say a sitecustomize.py that patches the store) without editing
+the tree, as the profiles in docs/benchmarks.md were made.
+"""
 from __future__ import annotations
 
 import json

@@ -39,7 +39,8 @@ class NoopSchema(Schema):
 
 # -- queue_service ---------------------------------------------------------------
 def queue_app(db_path: Path, **config: Any):
-    """(app, queue) with the bench job type registered; the threads are off."""
+    """(app, queue) with the bench job type registered; the threads are off.
+    Without the built-in job types: the queue's machinery alone is measured."""
     from flask import Flask
 
     from queue_service import JobQueue
@@ -47,7 +48,7 @@ def queue_app(db_path: Path, **config: Any):
     app = Flask("bench_queue")
     app.config.update(QUEUE_AUTOSTART=False, QUEUE_DATABASE_URL=f"sqlite:///{db_path}",
                       QUEUE_SQLITE_SYNCHRONOUS=SYNCHRONOUS, **config)
-    queue = JobQueue()
+    queue = JobQueue(builtins=False)
 
     @queue.job_type(NOOP_TYPE, schema=NoopSchema)
     def bench_noop(data, job):

@@ -1,0 +1,96 @@
+"""The benchmark's table and argument handling, on made-up figures.
+
+Benchmarks are not tests: nothing here runs a measurement or asserts a time.
+This only checks that the ratios and target verdicts are computed the way
+the table says, and that bad arguments are refused.
+"""
+from __future__ import annotations
+
+import pytest
+
+from bench import report
+from bench.common import median, percentile
+from bench.run import _median_of, parse_args
+
+MIB = 1024 * 1024
+
+
+def _results(qs_p50: float = 30.0, qs_drain: float = 9000.0) -> dict:
+    lat = lambda p50: {"p50_us": p50, "p99_us": p50 * 3}  # noqa: E731
+    rate = lambda r: {"jobs_per_s": r}  # noqa: E731
+    http = lambda r: {"req_per_s": r, "p50_ms": 1.0, "p99_ms": 4.0, "client": "wrk"}  # noqa: E731
+    return {
+        "enqueue": {"queue_service": lat(qs_p50), "huey": lat(31.0), "rq": lat(450.0), "floor": lat(22.0)},
+        "drain": {"queue_service": rate(qs_drain), "huey": rate(8000.0), "rq": rate(300.0),
+                  "floor": rate(16000.0)},
+        "http": {"enqueue": http(4000.0), "ceiling": http(4800.0)},
+        "image": {"pillow": {"ms_per_image": 280.0, "above_idle_mib": 37.0},
+                  "transcode": {"ms_per_image": 300.0, "above_idle_mib": 40.0}},
+        "memory": {"with_queue": {"rss_mib": 30.0, "pss_mib": 20.0, "queue_threads_cpu_s": 0.0,
+                                  "idle_seconds": 10.0},
+                   "without": {"rss_mib": 27.0, "pss_mib": 14.0},
+                   "rss_delta_mib": 3.0, "pss_delta_mib": 6.0, "queue_cpu_percent": 0.0},
+        "storage": {"sqlite": {"queued_bytes": 580.0, "completed_bytes": 920.0, "completed_content_bytes": 800.0},
+                    "mongo": {"queued_bytes": 590.0, "completed_bytes": 1100.0}, "payload_json_bytes": 333},
+    }
+
+
+def _verdicts(results: dict) -> dict[str, bool | None]:
+    return dict(report.build(results, {"jobs": 5000, "http_seconds": 10}).verdicts)
+
+
+def test_verdicts_follow_the_ratios():
+    verdicts = _verdicts(_results())
+    assert verdicts["enqueue ≤ 1.5× floor"] is True            # 30 ≤ 33
+    assert verdicts["enqueue < Huey (same synchronous)"] is True
+    assert verdicts["drain ≥ 0.5× floor"] is True              # 9000 ≥ 8000
+    assert verdicts["drain ≥ 10× RQ SimpleWorker"] is True
+    assert verdicts["HTTP enqueue ≥ 0.8× ceiling"] is True     # 4000 ≥ 3840
+    assert verdicts["image ≤ 1.1× Pillow"] is True             # 300 ≤ 308
+    assert verdicts["image peak ≤ 50 MB above idle"] is True
+    assert verdicts["MongoDB ≤ 1 KB per job"] is False         # 1100 B
+    slow = _verdicts(_results(qs_p50=34.0, qs_drain=7000.0))
+    assert slow["enqueue ≤ 1.5× floor"] is False
+    assert slow["enqueue < Huey (same synchronous)"] is False
+    assert slow["drain ≥ 0.5× floor"] is False
+    assert slow["drain ≥ Huey (same synchronous)"] is False
+
+
+def test_memory_targets_are_decimal_megabytes():
+    results = _results()
+    results["image"]["transcode"]["above_idle_mib"] = 48.0    # 50.3 MB: over 50 MB
+    results["memory"]["rss_delta_mib"] = 4.9                   # 5.1 MB: over 5 MB
+    verdicts = _verdicts(results)
+    assert verdicts["image peak ≤ 50 MB above idle"] is False
+    assert verdicts["idle threads ≤ 5 MB RSS"] is False
+
+
+def test_missing_image_job_is_pending_not_passed():
+    results = _results()
+    del results["image"]["transcode"]
+    results["image"]["missing"] = "not registered"
+    verdicts = _verdicts(results)
+    assert verdicts["image ≤ 1.1× Pillow"] is None
+    table = report.build(results, {"jobs": 5000, "http_seconds": 10}).markdown()
+    assert "not measured: not registered" in table and "pending" in table
+
+
+def test_helpers():
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
+    assert percentile(list(map(float, range(1, 101))), 99) == 99.0
+    assert median([1.0, 4.0, 2.0, 3.0]) == 2.5
+    merged = _median_of([{"a": 1.0, "b": {"c": 5}, "s": "x"}, {"a": 3.0, "b": {"c": 1}, "s": "y"},
+                         {"a": 2.0, "b": {"c": 3}, "s": "z"}])
+    assert merged["a"] == 2.0 and merged["b"]["c"] == 3 and merged["s"] == "z" and merged["runs"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "enqueue,bogus"], "unknown section"),
+    (["--repeat", "0"], "--repeat must be at least 1"),
+    (["--http-seconds", "0.1"], "between 1 and 120"),
+])
+def test_bad_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
