@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
-from flask import Response, jsonify, request
+from flask import Response, request
 
 from .stores.base import Store
 
@@ -17,9 +18,9 @@ def media_response(store: Store, name: str) -> Response:
     304 when the client's copy matches, or a JSON 404."""
     stored = store.get_file(name) if MEDIA_NAME.match(name) else None
     if stored is None:
-        response = jsonify(error="media not found", details={"name": name})
-        response.status_code = 404
-        return response
+        # json.dumps, not jsonify: the host app's JSON provider is not ours to use.
+        body = json.dumps({"error": "media not found", "details": {"name": name[:128]}})
+        return Response(body, status=404, mimetype="application/json")
     etag = hashlib.sha256(stored.data).hexdigest()[:32]
     if etag in request.if_none_match:
         response = Response(status=304)

@@ -82,7 +82,7 @@ class UTCDateTime(fields.AwareDateTime):
         try:
             return parsed.astimezone(timezone.utc)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 has no UTC form
-            raise self.make_error("invalid") from None
+            raise marshmallow.ValidationError("Not a datetime that UTC can represent.") from None
 
 
 def _timestamp(**kwargs: Any) -> fields.String:
