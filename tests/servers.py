@@ -185,13 +185,21 @@ def http_server() -> Iterator[HTTPTestServer]:
 # -- SMTP -------------------------------------------------------------------
 class SMTPRecorder:
     """An aiosmtpd handler. ``replies`` is a list of SMTP replies given, one
-    per DATA, before the server starts accepting ("451 ...", "550 ...")."""
+    per DATA, before the server starts accepting ("451 ...", "550 ...");
+    ``rcpt_replies`` refuses chosen recipients at RCPT."""
 
     def __init__(self) -> None:
         self.replies: list[str] = []
+        self.rcpt_replies: dict[str, str] = {}  # address -> reply refusing it
         self.messages: list[tuple[str, list[str], Message]] = []
         self.attempts = 0
         self._lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: ANN001
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001 (aiosmtpd's API)
         with self._lock:
