@@ -127,7 +127,10 @@ def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: 
             icc_profile = source.info.get("icc_profile")
             image = ImageOps.exif_transpose(source)  # a new, loaded image without the tag
             if image.width > max_side or image.height > max_side:
-                image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+                # BICUBIC, Pillow's default here: after draft() the remaining
+                # step is under 2x, where LANCZOS was ~10% slower and ~25%
+                # larger on a noisy 12 MP photo for no visible gain.
+                image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
             image = _to_output_mode(image, keep_alpha=pil_format == "WEBP")
         except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
             raise ImageError(f"unreadable image: {exc}") from None
