@@ -288,10 +288,12 @@
       $(`stat-${status}`).textContent = value.toLocaleString();
     }
     $('stat-total').textContent = `${Number(stats.total ?? total).toLocaleString()} jobs stored`;
-    const age = (seconds, what) => (seconds === null || seconds === undefined
-      ? `no ${what}` : `oldest ${duration(seconds * 1000)}`);
-    $('age-pending').textContent = age(stats.oldestPendingAge, 'job waiting');
-    $('age-processing').textContent = age(stats.oldestProcessingAge, 'job running');
+    const known = (seconds) => seconds !== null && seconds !== undefined;
+    $('age-pending').textContent = known(stats.oldestPendingAge)
+      ? `oldest waits ${duration(stats.oldestPendingAge * 1000)}`
+      : (Number(stats.pending) > 0 ? 'all scheduled for later' : 'nothing waiting');
+    $('age-processing').textContent = known(stats.oldestProcessingAge)
+      ? `oldest runs ${duration(stats.oldestProcessingAge * 1000)}` : 'idle';
     for (const card of document.querySelectorAll('.stat')) {
       card.classList.toggle('active', card.dataset.status === ui.status.value);
       card.classList.toggle('nonzero', Number(stats[card.dataset.status] ?? 0) > 0);
@@ -302,9 +304,10 @@
     const count = state.stuck.size;
     show(ui.stuckBanner, count > 0);
     if (count) {
-      ui.stuckText.textContent = `${count} processing job${count === 1 ? ' has' : 's have'} sent no heartbeat `
-        + `for over ${duration(STUCK_AFTER_MS)}: the worker running ${count === 1 ? 'it' : 'them'} is probably gone. `
-        + 'The scheduler requeues stuck jobs on its own; the cleanup does it now.';
+      ui.stuckText.replaceChildren(
+        el('strong', { text: `${count} job${count === 1 ? '' : 's'} stuck: ` }),
+        `no heartbeat for over ${duration(STUCK_AFTER_MS)}, so the worker running ${count === 1 ? 'it' : 'them'} is probably gone. `,
+        el('span', { class: 'hint', text: 'The scheduler requeues stuck jobs on its own; the cleanup does it now.' }));
     }
   }
 
@@ -423,7 +426,6 @@
     });
     const facts = el('dl', { class: 'facts' },
       ...field('ID', el('span', { class: 'mono', text: job.id }), copy),
-      ...field('Status', job.status),
       ...field('Priority', String(job.priority ?? 0)),
       ...field('Retries', `${job.retryCount ?? 0} of ${job.maxRetries ?? 0}`),
       ...timeField('Created', job.createdAt),
