@@ -207,7 +207,8 @@ class Fetcher:
 
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
-            raise FetchTooLarge(f"body of {int(declared)} bytes is over the {self.max_bytes}-byte cap", url=url)
+            raise FetchTooLarge(f"body of {int(declared)} bytes is over the {self.max_bytes}-byte cap",
+                                url=url)
         body = io.BytesIO()  # getvalue() hands over its buffer without a copy
         size = 0
         raw = response.raw

@@ -16,7 +16,7 @@ import urllib3.util.connection
 
 from queue_service.fetch import (FetchConnectionError, FetchHTTPError, FetchRefused, Fetcher, FetchTimeout,
                                  FetchTooLarge, check_url)
-from servers import HTTPTestServer, http_server  # noqa: F401  (fixture)
+from servers import http_server  # noqa: F401  (fixture)
 
 PUBLIC_IP = "93.184.215.14"  # a global address; connections to it are stubbed below
 PUBLIC_HOST = "images.example.com"
@@ -105,7 +105,8 @@ def test_private_and_reserved_addresses_are_refused(network, host):
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.jpg", "gopher://example.com/",
                                  "javascript:alert(1)", "//example.com/a.jpg", "http:///a.jpg",
-                                 "http://user:pw@example.com/a.jpg", "http://exa mple.com/", "http://a\n.com/",
+                                 "http://user:pw@example.com/a.jpg", "http://exa mple.com/",
+                                 "http://a\n.com/",
                                  "http://example.com:99999/", "", 42, "x" * 3000])
 def test_malformed_or_foreign_urls_are_refused(url):
     with pytest.raises(FetchRefused):

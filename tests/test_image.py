@@ -263,7 +263,7 @@ def test_failed_images_keep_their_url_and_the_job_completes(make_app, http_serve
     good = http_server.add("/good.jpg", progressive_jpeg(), content_type="image/jpeg")
     truncated = big_jpeg()
     bad = {
-        "truncated": http_server.add("/trunc.jpg", truncated[: len(truncated) // 3], content_type="image/jpeg"),
+        "truncated": http_server.add("/trunc.jpg", truncated[: len(truncated) // 3]),
         "text": http_server.add("/text.jpg", b"<html>not an image</html>", content_type="image/jpeg"),
         "missing": http_server.url("/missing.jpg"),
         "huge": http_server.stream("/huge.jpg", 25 * 1024 * 1024, declare_length=False),
@@ -371,7 +371,8 @@ def test_logs_in_the_seeds_words(make_app, http_server, caplog):
 
 
 def test_jpeg_output_and_max_side_from_config(make_app, http_server):
-    app, queue = make_app(QUEUE_ALLOW_PRIVATE_URLS=True, QUEUE_IMAGE_FORMAT="jpeg", QUEUE_IMAGE_MAX_SIDE="200",
+    app, queue = make_app(QUEUE_ALLOW_PRIVATE_URLS=True, QUEUE_IMAGE_FORMAT="jpeg",
+                          QUEUE_IMAGE_MAX_SIDE="200",
                           QUEUE_IMAGE_QUALITY=70)
     job_id, job = run_job(app, queue, {"itemId": "x", "imageUrls": [http_server.add("/a.png", png_alpha())]})
     image = job["result"]["images"][0]
@@ -386,7 +387,8 @@ def test_private_urls_are_refused_without_the_setting(make_app, http_server):
     http_server.add("/secret.jpg", progressive_jpeg())
     port = http_server.port
     urls = [f"http://{host}:{port}/secret.jpg" for host in
-            ("localhost", "127.0.0.1", "127.1", "2130706433", "0x7f.1", "[::1]", "[::ffff:127.0.0.1]", "0.0.0.0")]
+            ("localhost", "127.0.0.1", "127.1", "2130706433", "0x7f.1", "[::1]", "[::ffff:127.0.0.1]",
+             "0.0.0.0")]
     urls.append("http://169.254.169.254/latest/meta-data/")
     _, job = run_job(app, queue, {"itemId": "x", "imageUrls": urls})
     assert job["status"] == "completed" and job["result"]["status"] == "failed"
@@ -400,7 +402,8 @@ def test_redirect_into_loopback_is_refused(make_app, http_server, network):
     http_server.add("/secret.jpg", progressive_jpeg())
     http_server.redirect("/hop.jpg", http_server.url("/secret.jpg"))
     http_server.add("/public.jpg", progressive_jpeg())
-    urls = [f"http://{PUBLIC_HOST}:{http_server.port}/hop.jpg", f"http://{PUBLIC_HOST}:{http_server.port}/public.jpg"]
+    base = f"http://{PUBLIC_HOST}:{http_server.port}"
+    urls = [f"{base}/hop.jpg", f"{base}/public.jpg"]
     _, job = run_job(app, queue, {"itemId": "x", "imageUrls": urls})
     first, second = job["result"]["images"]
     assert "not public" in first["error"] and first["url"] == urls[0]
@@ -440,7 +443,8 @@ def test_callback_is_signed_and_posted_once(make_app, http_server):
     assert job["result"]["callback"] == {"url": hook, "delivered": True, "status": 200, "error": None}
     [hit] = http_server.hits("/hook")
     body = json.loads(hit.body)
-    assert body == {"jobId": job_id, "itemId": "item-9", "status": "completed", "images": job["result"]["images"]}
+    assert body == {"jobId": job_id, "itemId": "item-9", "status": "completed",
+                    "images": job["result"]["images"]}
     expected = hmac.new(b"s3cret", hit.body, hashlib.sha256).hexdigest()
     assert hit.headers["X-Queue-Signature"] == f"sha256={expected}"
     assert hit.headers["Content-Type"] == "application/json"
@@ -465,7 +469,8 @@ def test_callback_to_a_private_address_is_refused(make_app, http_server, network
     http_server.add("/a.jpg", progressive_jpeg())
     _, job = run_job(app, queue, {"itemId": "x", "imageUrls": urls, "callbackUrl": http_server.url("/hook")})
     assert job["result"]["images"][0]["error"] is None
-    assert job["result"]["callback"]["delivered"] is False and "not public" in job["result"]["callback"]["error"]
+    callback = job["result"]["callback"]
+    assert callback["delivered"] is False and "not public" in callback["error"]
     assert http_server.hits("/hook") == []
 
 
@@ -499,7 +504,8 @@ def test_builtins_are_registered_through_the_public_api():
 
 def test_registering_builtins_loads_neither_pillow_nor_requests():
     # Pillow (~3 MB) and requests (~4 MB) load on the first job that needs them.
-    code = ("import sys; import queue_service; before = {m for m in ('PIL', 'requests') if m in sys.modules}; "
+    code = ("import sys; import queue_service; "
+            "before = {m for m in ('PIL', 'requests') if m in sys.modules}; "
             "queue_service.JobQueue(); "
             "print(sorted({m for m in ('PIL', 'requests') if m in sys.modules} - before))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -54,4 +54,5 @@ def run_cleanup(payload: dict[str, Any], job: Any) -> dict[str, Any]:
     else:
         deleted = job.store.purge_files(cutoff)
         log.info("[Worker] 🧹 Deleted %d stored file(s) older than %s", deleted, payload["olderThan"])
-    return {"task": payload["task"], "olderThan": payload["olderThan"], "cutoff": iso(cutoff), "deleted": deleted}
+    return {"task": payload["task"], "olderThan": payload["olderThan"], "cutoff": iso(cutoff),
+            "deleted": deleted}

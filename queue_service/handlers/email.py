@@ -114,7 +114,8 @@ def _validate_subject(value: str) -> None:
 
 class EmailSchema(marshmallow.Schema):
     to = Recipients(required=True)
-    subject = fields.String(required=True, validate=[validate.Length(1, MAX_SUBJECT_CHARS), _validate_subject])
+    subject = fields.String(required=True,
+                            validate=[validate.Length(1, MAX_SUBJECT_CHARS), _validate_subject])
     body = fields.String(required=True, validate=validate.Length(max=MAX_BODY_CHARS))
     html = fields.String(allow_none=True, validate=validate.Length(max=MAX_BODY_CHARS))
 
@@ -168,6 +169,10 @@ def _deliver(config: Any, message: EmailMessage, sender_address: str, recipients
         return client.send_message(message, from_addr=sender_address, to_addrs=recipients)
 
 
+def _text(reply: bytes | str) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+
+
 def send_email(payload: dict[str, Any], job: Any) -> dict[str, Any]:
     """The EMAIL_SEND handler."""
     config = current_app.config
@@ -178,13 +183,12 @@ def send_email(payload: dict[str, Any], job: Any) -> dict[str, Any]:
         refused = _deliver(config, message, sender_address, recipients)
     except smtplib.SMTPRecipientsRefused as exc:  # every recipient was refused
         codes = {code for code, _ in exc.recipients.values()}
-        detail = "; ".join(f"{rcpt}: {code} {msg.decode(errors='replace') if isinstance(msg, bytes) else msg}"
-                           for rcpt, (code, msg) in exc.recipients.items())
+        detail = "; ".join(f"{rcpt}: {code} {_text(msg)}" for rcpt, (code, msg) in exc.recipients.items())
         if all(500 <= code < 600 for code in codes):
             raise PermanentJobError(f"SMTP refused every recipient: {detail}") from exc
         raise RuntimeError(f"SMTP refused every recipient for now: {detail}") from exc
     except smtplib.SMTPResponseException as exc:
-        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        text = _text(exc.smtp_error)
         if 500 <= exc.smtp_code < 600:
             raise PermanentJobError(f"SMTP {exc.smtp_code}: {text}") from exc
         raise  # 4xx: the worker retries
@@ -192,8 +196,7 @@ def send_email(payload: dict[str, Any], job: Any) -> dict[str, Any]:
         raise PermanentJobError(f"SMTP server unusable with this configuration: {exc}") from exc
     # Recipients refused while others were accepted are recorded, not retried:
     # a retry would deliver the accepted ones a second time.
-    refused_list = {rcpt: [code, msg.decode(errors="replace") if isinstance(msg, bytes) else msg]
-                    for rcpt, (code, msg) in refused.items()}
+    refused_list = {rcpt: [code, _text(msg)] for rcpt, (code, msg) in refused.items()}
     log.info("[Worker] 📧 Email %s sent to %d recipient(s)", message["Message-ID"],
              len(recipients) - len(refused_list))
     return {"messageId": message["Message-ID"], "to": recipients, "refused": refused_list}
