@@ -26,7 +26,7 @@ from . import openapi
 from .auth import admin_denied, admin_required
 from .errors import InvalidTransition, JobNotFound, QueueError, StoreError, StoreUnavailable, ValidationError
 from .media import media_response
-from .schemas import (JOB_ID, CleanupResponseSchema, HealthSchema, JobCreatedSchema, JobCreateSchema,
+from .schemas import (JOB_ID, MAX_JSON_DEPTH, CleanupResponseSchema, HealthSchema, JobCreatedSchema, JobCreateSchema,
                       JobListQuerySchema, JobPageSchema, JobSchema, StatsResponseSchema, error_response,
                       json_response)
 
@@ -35,7 +35,6 @@ log = logging.getLogger("queue_service.api")
 blueprint = Blueprint("queue_service", __name__)
 
 EXTENSION_KEY = "queue_service"
-MAX_JSON_DEPTH = 32
 INT64_RANGE = (-(2**63), 2**63 - 1)  # what BSON can store; SQLite's INTEGER too
 # add_job speaks Python; the API speaks camelCase.
 FIELD_NAMES = {"run_at": "runAt", "max_retries": "maxRetries", "idempotency_key": "idempotencyKey"}
@@ -192,7 +191,12 @@ def get_job(job_id: str) -> Response:
 def list_jobs() -> Response:
     query = read_query(JobListQuerySchema())
     limit = query["limit"]
-    jobs = _state().queue.list_jobs(status=query.get("status"), job_type=query.get("type"),
+    queue = _state().queue
+    # A well-formed cursor naming no job (purged, or never existed) is a 404,
+    # like any other id that names nothing; a malformed one is a 400.
+    if "before" in query and queue.get_job(query["before"]) is None:
+        raise ApiError(404, "Cursor job not found.", {"before": ["Unknown job id."]})
+    jobs = queue.list_jobs(status=query.get("status"), job_type=query.get("type"),
                                     limit=limit, before=query.get("before"))
     # A full page may be followed by an empty one; a short page is the last.
     next_before = jobs[-1].id if len(jobs) == limit else None

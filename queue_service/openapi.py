@@ -100,8 +100,9 @@ def _payload_components(spec: APISpec, job_types: list[Any]) -> dict[str, str]:
         component = f"{job_type.name}Payload"
         schema = job_type.schema
         if schema is None:
-            spec.components.schema(component, component={"type": "object",
-                                                         "description": "Any JSON object."})
+            spec.components.schema(component, component={
+                "type": "object", "description": "Any JSON object (integers within 64 bits, finite numbers, "
+                                                 f"at most {s.MAX_JSON_DEPTH} levels of nesting)."})
         else:
             instance = resolve_schema_instance(schema)
             key = make_schema_key(instance)
@@ -119,6 +120,7 @@ def _job_create_variants(spec: APISpec, plugin: MarshmallowPlugin, payloads: dic
     payload schema), so a client generating requests from this document
     builds payloads the server accepts."""
     base = plugin.converter.schema2jsonschema(s.JobCreateSchema)
+    base["not"] = {"required": ["delay", "runAt"]}  # the schema's own cross-field rule
     if not payloads:
         spec.components.schema("JobCreate", component=base)
         return {"$ref": "#/components/schemas/JobCreate"}
@@ -154,7 +156,7 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
                                           "JobCreated"), 400, 413, 503)},
         "get": {"summary": "List jobs, newest first (admin)", "operationId": "listJobs",
                 "parameters": [{"in": "query", "schema": s.JobListQuerySchema}],
-                "responses": _responses((200, "One page of jobs.", "JobPage"), 400, 503)},
+                "responses": _responses((200, "One page of jobs.", "JobPage"), 400, 404, 503)},
     })
     spec.path("/job/{id}", parameters=[job_id], operations={
         "get": {"summary": "One job's status (public; the payload only for admins)", "operationId": "getJob",

@@ -33,6 +33,7 @@ MAX_IDEMPOTENCY_KEY_CHARS = 200
 MAX_TYPE_NAME_CHARS = 64
 PAGE_LIMIT_RANGE = (1, 100)
 DEFAULT_PAGE_LIMIT = 50
+MAX_JSON_DEPTH = 32  # request bodies: nesting levels
 
 # Job ids are str(uuid4()): anything else cannot name a job.
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

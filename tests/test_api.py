@@ -258,10 +258,13 @@ def test_list_jobs_filters(api):
     ("limit=0", "limit"), ("limit=101", "limit"), ("limit=1.5", "limit"), ("limit=abc", "limit"),
     ("limit=%205", "limit"), ("limit=", "limit"), ("status=bogus", "status"), ("status=", "status"),
     ("colour=red", "colour"), ("limit=1&limit=2", "limit"), ("before=nope", "before"),
-    (f"before={uuid.uuid4()}", "before"),
 ])
 def test_list_jobs_bad_query(api, query, field):
     assert_error(api.get(f"/jobs?{query}"), 400, field)
+
+
+def test_list_jobs_unknown_cursor_is_404(api):
+    assert_error(api.get(f"/jobs?before={uuid.uuid4()}"), 404, "before")
 
 
 # -- cancel / retry -----------------------------------------------------------
