@@ -20,7 +20,6 @@ from PIL import ExifTags, Image
 from queue_service import JobQueue
 from queue_service.errors import ValidationError
 from queue_service.handlers.image import ImageError, fitted_box, transcode
-from queue_service.media import media_response
 from servers import http_server  # noqa: F401  (fixture)
 from test_fetch import PUBLIC_HOST, network  # noqa: F401  (fixture)
 
@@ -250,11 +249,12 @@ def test_images_processed_stored_and_servable(make_app, http_server):
         assert stored.content_type == "image/webp" and len(stored.data) == image["bytesAfter"]
         assert decode(stored.data).size == (image["width"], image["height"])
     assert result["images"][1]["bytesAfter"] < result["images"][1]["bytesBefore"] / 5
-    with app.test_request_context(headers={}):
-        response = media_response(store, media_name(result["images"][0]["url"]))
-        assert response.status_code == 200 and response.mimetype == "image/webp"
-        assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
-        assert len(image_exif := decode(response.get_data()).getexif()) == 0, image_exif
+    # Served at the URL the result gives (GET {prefix}/media/<name>).
+    response = app.test_client().get(result["images"][0]["url"])
+    assert response.status_code == 200 and response.mimetype == "image/webp"
+    assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert response.headers["ETag"]
+    assert len(decode(response.get_data()).getexif()) == 0
 
 
 def test_failed_images_keep_their_url_and_the_job_completes(make_app, http_server, monkeypatch):
