@@ -176,19 +176,38 @@ class LiveServer:
         self.thread.join(5)
 
 
-@pytest.fixture
-def live(tmp_path):
-    """A real app on a real SQLite file with a real clock, served on 127.0.0.1."""
+def build_live_app(tmp_path, queue: JobQueue | None = None, **config) -> tuple[Flask, JobQueue]:
     app = Flask("dashboard_live")
     app.config.update(QUEUE_DATABASE_URL=f"sqlite:///{tmp_path / 'queue.db'}", QUEUE_AUTOSTART=False,
                       QUEUE_ADMIN_TOKEN=TOKEN, QUEUE_POLL_INTERVAL=0.05)
-    queue = make_live_queue()
+    app.config.update(config)
+    queue = queue or make_live_queue()
     queue.init_app(app)
-    state = app.extensions["queue_service"]
-    with LiveServer(app) as server:
-        yield server, app, queue
-    state.shutdown(5)  # no-op unless the test started the threads
-    state.store.close()
+    return app, queue
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve a real app (a real SQLite file, a real clock) on 127.0.0.1."""
+    started = []
+
+    def start(app: Flask) -> LiveServer:
+        server = LiveServer(app).__enter__()
+        started.append((server, app))
+        return server
+
+    yield start
+    for server, app in started:
+        server.__exit__(None, None, None)
+        state = app.extensions["queue_service"]
+        state.shutdown(5)  # no-op unless the test started the threads
+        state.store.close()
+
+
+@pytest.fixture
+def live(tmp_path, serve):
+    app, queue = build_live_app(tmp_path)
+    return serve(app), app, queue
 
 
 def seed_every_state(app, queue) -> dict[str, str]:
@@ -373,3 +392,43 @@ def test_retry_a_failed_job_until_it_completes(browser, live):
     finally:
         context.close()
 
+
+
+@pytest.mark.browser
+def test_admin_routes_closed_says_why(browser, serve, tmp_path):
+    app, _ = build_live_app(tmp_path, QUEUE_ADMIN_TOKEN=None)
+    context, page, problems = open_page(browser, serve(app))
+    try:
+        error = page.wait_for_selector("#auth-error:visible", timeout=WAIT_MS)
+        assert "QUEUE_ADMIN_TOKEN is not configured" in error.text_content()
+        sign_in(page, "anything")
+        page.wait_for_selector("#auth-error >> text=Access denied", timeout=WAIT_MS)
+        assert page.is_hidden("#jobs-section")
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_host_login_hook_needs_no_token(browser, serve, tmp_path):
+    """A host app that guards admin routes with its own login (here a cookie)
+    gets a working dashboard from that login alone."""
+    queue = make_live_queue()
+
+    @queue.admin_check
+    def logged_in_admin(request) -> bool:
+        return request.cookies.get("operator") == "yes"
+
+    app, _ = build_live_app(tmp_path, queue)
+    with app.app_context():
+        job_id = queue.add_job("NOTE", {"note": "hello"}, delay=60)
+    server = serve(app)
+    context, page, problems = open_page(browser, server)
+    try:
+        page.wait_for_selector("#auth:visible", timeout=WAIT_MS)  # not logged in yet
+        context.add_cookies([{"name": "operator", "value": "yes", "url": server.url}])
+        page.reload()
+        row(page, job_id).wait_for(timeout=WAIT_MS)
+        assert page.is_hidden("#auth") and page.evaluate("sessionStorage.length") == 0
+        assert problems == []
+    finally:
+        context.close()

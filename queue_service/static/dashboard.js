@@ -42,6 +42,7 @@
     detailJob: null,
     skewMs: 0,             // server clock minus browser clock, from the Date header
     busy: false,
+    again: false,          // a refresh was asked for while one was running
     timer: null,
     armed: new Map(),      // button -> timeout, for two-step confirmations
   };
@@ -501,7 +502,7 @@
       message = state.token ? 'That token was refused. Check QUEUE_ADMIN_TOKEN on the server and try again.'
         : 'This queue needs its admin token.';
     } else {
-      message = `Access denied: ${err.message}. ${state.token ? '' : 'If the server has no QUEUE_ADMIN_TOKEN set, set one first.'}`.trim();
+      message = `Access denied: ${err.message}`;
     }
     showAuth(message);
     return true;
@@ -551,8 +552,14 @@
   }
 
   async function refresh() {
-    if (state.busy) return;
+    if (state.busy) {
+      // An action finished while a refresh was in flight: run once more after it,
+      // so the page shows the action's outcome now rather than at the next tick.
+      state.again = true;
+      return;
+    }
     state.busy = true;
+    state.again = false;
     try {
       const [statsData, pageData, processing] = await Promise.all([
         api('/stats'),
@@ -585,6 +592,7 @@
       state.busy = false;
     }
     refreshHealth();
+    if (state.again) await refresh();
   }
 
   function schedule() {
