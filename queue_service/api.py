@@ -39,6 +39,7 @@ INT64_RANGE = (-(2**63), 2**63 - 1)  # what BSON can store; SQLite's INTEGER too
 # add_job speaks Python; the API speaks camelCase.
 FIELD_NAMES = {"run_at": "runAt", "max_retries": "maxRetries", "idempotency_key": "idempotencyKey"}
 ECHO_CHARS = 80  # how much of a bad id an error repeats back
+READ_CHUNK_BYTES = 16384
 
 
 class ApiError(Exception):
@@ -58,7 +59,7 @@ def _state() -> Any:
 # -- reading requests ---------------------------------------------------------
 def read_json_object() -> dict[str, Any]:
     """The request body as a JSON object, or an ApiError (400/413)."""
-    raw = request.get_data(cache=False)  # bounded: see _cap_body
+    raw = read_body(body_limit())
     if not raw.strip():
         raise ApiError(400, "Request body is empty; send a JSON object.", {"body": ["Missing data."]})
     try:
@@ -80,6 +81,31 @@ def read_json_object() -> dict[str, Any]:
                        {"body": [f"Expected an object, got {type(value).__name__}."]})
     _check_json_value(value)
     return value
+
+
+def body_limit() -> int:
+    """QUEUE_MAX_BODY_BYTES, or the host's MAX_CONTENT_LENGTH if smaller."""
+    limit = _state().settings.max_body_bytes
+    host_limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return min(limit, int(host_limit)) if host_limit else limit
+
+
+def read_body(limit: int) -> bytes:
+    """At most ``limit`` bytes of body, or 413. Reads ``limit + 1`` bytes at
+    most, whatever the client sends: a chunked body has no Content-Length to
+    check up front, and Werkzeug's own cap stops silently at the limit."""
+    stream = request.stream
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(READ_CHUNK_BYTES, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    return b"".join(chunks)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -146,13 +172,11 @@ def _dump_job(job: Any, admin: bool = True) -> dict[str, Any]:
 
 @blueprint.before_request
 def _cap_body() -> None:
-    """413 before the body is read: Content-Length is checked here, and
-    ``max_content_length`` makes Werkzeug stop a chunked body at the cap."""
-    limit = _state().settings.max_body_bytes
-    host_limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if host_limit:
-        limit = min(limit, int(host_limit))
-    request.max_content_length = limit
+    """413 before the body is read: Content-Length is checked here; a chunked
+    body is cut by read_body (and by Werkzeug one byte later)."""
+    limit = body_limit()
+    # One byte over the cap, so read_body can tell "exactly the cap" from "more".
+    request.max_content_length = limit + 1
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
 
@@ -256,8 +280,8 @@ def _http_error(exc: HTTPException) -> Response:
     code = exc.code or 500
     details: dict[str, Any] = {}
     if isinstance(exc, RequestEntityTooLarge):
-        limit = request.max_content_length
-        message = f"Request body is larger than {limit} bytes." if limit else "Request body too large."
+        limit = body_limit()
+        message = f"Request body is larger than {limit} bytes."
         details = {"maxBodyBytes": limit}
     elif isinstance(exc, MethodNotAllowed):
         allowed = sorted(exc.valid_methods or [])

@@ -185,10 +185,16 @@ def test_body_over_cap_refused_when_chunked(make_app, clock):
     response = client.post(f"{PREFIX}/jobs", input_stream=io.BytesIO(big), content_type="application/json",
                            environ_overrides={"wsgi.input_terminated": True})
     assert_error(response, 413)
-    small = b'{"type": "NOOP", "payload": {}}'
-    response = client.post(f"{PREFIX}/jobs", input_stream=io.BytesIO(small), content_type="application/json",
-                           environ_overrides={"wsgi.input_terminated": True})
-    assert response.status_code == 201
+    exact = b'{"type": "NOOP", "payload": {}}'.ljust(1000)  # exactly the cap: accepted
+    for chunked in (True, False):
+        extra = {"environ_overrides": {"wsgi.input_terminated": True}} if chunked else {}
+        response = client.post(f"{PREFIX}/jobs", input_stream=io.BytesIO(exact), content_type="application/json",
+                               content_length=None if chunked else len(exact), **extra)
+        assert response.status_code == 201, response.get_data(as_text=True)
+        over = exact + b" "
+        response = client.post(f"{PREFIX}/jobs", input_stream=io.BytesIO(over), content_type="application/json",
+                               content_length=None if chunked else len(over), **extra)
+        assert_error(response, 413)
 
 
 def test_limits_match_add_job():

@@ -1,0 +1,177 @@
+"""Hostile requests over a real gunicorn (gunicorn.conf.py, the Procfile's
+settings) on 127.0.0.1, sent as raw bytes so nothing is cleaned up on the
+way: each gets a 4xx, and the server keeps answering afterwards."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+TOKEN = "gunicorn-test-token"
+PREFIX = "/api/queue"
+STARTUP_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def raw_request(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` as is; return (status, headers, body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:  # the server may close once it has answered
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def request(port: int, method: str, target: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
+             f"Authorization: Bearer {TOKEN}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body is not None and "Transfer-Encoding" not in (headers or {}):
+        lines.append(f"Content-Length: {len(body)}")
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+    return raw_request(port, data)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gunicorn")
+    port = free_port()
+    env = {**os.environ, "QUEUE_DATABASE_URL": f"sqlite:///{tmp / 'queue.db'}", "QUEUE_ADMIN_TOKEN": TOKEN,
+           "QUEUE_SHUTDOWN_TIMEOUT": "2", "WEB_CONCURRENCY": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("PORT", None)
+    log = open(tmp / "gunicorn.log", "wb")
+    proc = subprocess.Popen(
+        [str(GUNICORN), "-c", str(ROOT / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}",
+         "--pythonpath", str(ROOT / "tests"), "api_gunicorn_app:app"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:  # bounded wait for the port to answer
+            assert proc.poll() is None, (tmp / "gunicorn.log").read_text()
+            try:
+                if request(port, "GET", f"{PREFIX}/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.1)
+        yield port, tmp / "gunicorn.log"
+    finally:
+        proc.terminate()  # SIGTERM to the master we started, by PID
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: int) -> None:
+    assert status == expected, body[:300]
+    assert headers["content-type"].startswith("application/json")
+    answer = json.loads(body)
+    assert answer["error"] and isinstance(answer["details"], dict)
+
+
+def test_empty_body(server):
+    port, _ = server
+    assert_json_error(*request(port, "POST", f"{PREFIX}/jobs", b"", {"Content-Type": "application/json"}), 400)
+
+
+def test_invalid_utf8_body(server):
+    port, _ = server
+    body = b'{"type": "CLEANUP", "payload": {"task": "\xff\xfe"}}'
+    assert_json_error(*request(port, "POST", f"{PREFIX}/jobs", body, {"Content-Type": "application/json"}), 400)
+
+
+def test_malformed_json_and_not_an_object(server):
+    port, _ = server
+    for body in (b"{", b"[1, 2]", b"\x00"):
+        assert_json_error(*request(port, "POST", f"{PREFIX}/jobs", body, {"Content-Type": "application/json"}),
+                          400)
+
+
+def test_five_thousand_character_id(server):
+    port, _ = server
+    status, headers, body = request(port, "GET", f"{PREFIX}/job/{'a' * 5000}")
+    # gunicorn refuses a request line over limit_request_line (4094 by default)
+    # itself, with its own plain page, before the app sees it; under a larger
+    # limit the app answers its JSON 404.
+    assert status in (404, 414)
+    if status == 404:
+        assert_json_error(status, headers, body, 404)
+
+
+def test_id_just_under_gunicorns_line_limit_is_a_json_404(server):
+    port, _ = server
+    assert_json_error(*request(port, "GET", f"{PREFIX}/job/{'a' * 3900}"), 404)
+
+
+def test_nul_in_path(server):
+    port, _ = server
+    assert_json_error(*request(port, "GET", f"{PREFIX}/job/%00"), 404)
+    assert_json_error(*request(port, "POST", f"{PREFIX}/job/abc%00def/cancel"), 404)
+    status, _, _ = raw_request(port, f"GET {PREFIX}/job/\x00 HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1"))
+    assert 400 <= status < 500  # a raw NUL: gunicorn's parser refuses it
+
+
+def test_body_over_cap(server):
+    port, _ = server
+    big = b'{"type": "CLEANUP", "payload": {"x": "' + b"a" * 70_000 + b'"}}'
+    assert_json_error(*request(port, "POST", f"{PREFIX}/jobs", big, {"Content-Type": "application/json"}), 413)
+
+
+def test_chunked_body_over_cap(server):
+    port, _ = server
+    chunk = b"a" * 8192
+    body = b"".join(b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(10)) + b"0\r\n\r\n"
+    status, headers, answer = request(port, "POST", f"{PREFIX}/jobs", body,
+                                      {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert_json_error(status, headers, answer, 413)
+
+
+def test_wrong_method_and_unknown_route(server):
+    port, _ = server
+    status, headers, body = request(port, "DELETE", f"{PREFIX}/jobs")
+    assert_json_error(status, headers, body, 405)
+    assert "GET" in headers["allow"]
+    assert_json_error(*request(port, "GET", f"{PREFIX}/%ff%fe"), 404)
+
+
+def test_server_still_healthy_and_accepting_jobs(server):
+    port, log = server
+    body = json.dumps({"type": "CLEANUP", "payload": {"task": "purge_jobs", "olderThan": "30d"}}).encode()
+    status, _, answer = request(port, "POST", f"{PREFIX}/jobs", body, {"Content-Type": "application/json"})
+    assert status == 201, answer
+    status, _, answer = request(port, "GET", f"{PREFIX}/health")
+    assert status == 200 and json.loads(answer)["healthy"] is True
+    assert "Traceback" not in log.read_text(errors="replace")
