@@ -512,3 +512,23 @@ def test_registering_builtins_loads_neither_pillow_nor_requests():
                           cwd=str(ROOT))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("config", [{"QUEUE_IMAGE_FORMAT": "gif"}, {"QUEUE_IMAGE_QUALITY": 0},
+                                    {"QUEUE_IMAGE_QUALITY": "101"}, {"QUEUE_IMAGE_MAX_SIDE": 8},
+                                    {"QUEUE_IMAGE_MAX_SIDE": "big"}])
+def test_bad_image_settings_are_refused(config):
+    from queue_service.errors import ConfigurationError
+    from queue_service.settings import Settings
+
+    with pytest.raises(ConfigurationError, match=next(iter(config))):
+        Settings.from_config(config)
+
+
+def test_image_settings_parse_and_the_secret_stays_out_of_as_dict():
+    from queue_service.settings import Settings
+
+    settings = Settings.from_config({"QUEUE_IMAGE_FORMAT": " JPG ", "QUEUE_IMAGE_QUALITY": "85",
+                                     "QUEUE_IMAGE_MAX_SIDE": "1024", "QUEUE_CALLBACK_SECRET": "s"})
+    assert (settings.image_format, settings.image_quality, settings.image_max_side) == ("jpeg", 85, 1024)
+    assert settings.callback_secret == "s" and "callback_secret" not in settings.as_dict()
