@@ -499,8 +499,8 @@
     state.connected = false;
     let message;
     if (err.status === 401) {
-      message = state.token ? 'That token was refused. Check QUEUE_ADMIN_TOKEN on the server and try again.'
-        : 'This queue needs its admin token.';
+      // No token yet: the form explains itself; a refused token is an error.
+      message = state.token ? 'That token was refused. Check QUEUE_ADMIN_TOKEN on the server and try again.' : '';
     } else {
       message = `Access denied: ${err.message}`;
     }
@@ -509,11 +509,12 @@
   }
 
   function showAuth(message) {
+    body.classList.add('signed-out');
     show(ui.auth, true);
     show(ui.overview, false);
     show(ui.jobsSection, false);
     show(ui.banner, false);
-    show(ui.signout, Boolean(state.token));
+    show(ui.signout, Boolean(sessionStorage.getItem(TOKEN_KEY)));
     ui.authError.textContent = message || '';
     show(ui.authError, Boolean(message));
     ui.updated.textContent = '';
@@ -567,6 +568,7 @@
         api('/jobs?status=processing&limit=100'),
       ]);
       state.connected = true;
+      body.classList.remove('signed-out');
       show(ui.auth, false);
       show(ui.overview, true);
       show(ui.jobsSection, true);
