@@ -220,8 +220,8 @@ def list_jobs() -> Response:
     # like any other id that names nothing; a malformed one is a 400.
     if "before" in query and queue.get_job(query["before"]) is None:
         raise ApiError(404, "Cursor job not found.", {"before": ["Unknown job id."]})
-    jobs = queue.list_jobs(status=query.get("status"), job_type=query.get("type"),
-                                    limit=limit, before=query.get("before"))
+    jobs = queue.list_jobs(status=query.get("status"), job_type=query.get("type"), limit=limit,
+                           before=query.get("before"))
     # A full page may be followed by an empty one; a short page is the last.
     next_before = jobs[-1].id if len(jobs) == limit else None
     page = {"jobs": [job.to_dict() for job in jobs], "nextBefore": next_before}
@@ -255,7 +255,13 @@ def cleanup() -> Response:
 
 @blueprint.get("/health")
 def health() -> Response:
-    report = _state().queue.health_check()
+    try:
+        report = _state().queue.health_check()
+    except Exception:  # a health check answers "unhealthy", never a 500
+        log.exception("[API] health check failed")
+        response = error_response(503, "Health check failed; see the server log.", {"healthy": [False]})
+        response.headers["Cache-Control"] = "no-store"
+        return response
     status = 200 if report["healthy"] else 503
     return json_response(HealthSchema().dump(report), status, {"Cache-Control": "no-store"})
 
@@ -328,11 +334,15 @@ def _conflict(exc: InvalidTransition) -> Response:
 @blueprint.errorhandler(QueueError)
 def _store_error(exc: QueueError) -> Response:
     # The driver's text can name hosts and files: it goes to the log, not the client.
-    log.warning("[API] %s %s: store error: %s", request.method, request.path, exc)
-    unavailable = isinstance(exc, StoreUnavailable)
-    message = ("The job store is unavailable; nothing was changed, try again shortly." if unavailable
-               else "The job store failed to answer; nothing was changed, try again shortly.")
-    response = error_response(503, message, {"store": ["unavailable" if unavailable else "error"]})
+    log.warning("[API] %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+    if isinstance(exc, StoreUnavailable):
+        response = error_response(503, "The job store is unavailable; try again shortly.",
+                                  {"store": ["unavailable"]})
+    elif isinstance(exc, StoreError):
+        response = error_response(503, "The job store failed to answer; try again shortly.", {"store": ["error"]})
+    else:  # ConfigurationError and the like: the server's problem, not the request's
+        response = error_response(503, "The queue cannot serve this request; see the server log.",
+                                  {"queue": [type(exc).__name__]})
     response.headers["Retry-After"] = "5"
     return response
 

@@ -40,7 +40,7 @@ ERRORS = {
     404: "No job with this id (ids that are not UUIDs included).",
     409: "The job is not in a state that allows this.",
     413: "Request body over QUEUE_MAX_BODY_BYTES.",
-    503: "The job store cannot be reached; nothing was changed.",
+    503: "The job store cannot be reached (or failed); try again shortly.",
 }
 ADMIN_ERRORS = (401, 403)
 
