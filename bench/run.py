@@ -28,7 +28,8 @@ SECTIONS = ("enqueue", "drain", "http", "image", "memory", "storage")
 
 
 def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of every numeric field over the runs; the last run's other fields."""
+    """Median of every numeric field over the runs; the last run's other
+    fields; the runs themselves under "samples" (for per-round ratios)."""
     out: dict[str, Any] = dict(runs[-1])
     for key, value in runs[-1].items():
         if isinstance(value, dict):
@@ -36,6 +37,7 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = median([r[key] for r in runs])
     out["runs"] = len(runs)
+    out["samples"] = runs
     return out
 
 
@@ -135,7 +137,8 @@ def render(results: dict[str, Any], args: argparse.Namespace, command: str, star
         f"Machine: {os.cpu_count()} cores ({_cpu_model()}), **shared with other engineers running "
         f"tests during the run** (load average {load[0]:.1f} at the start, {load[1]:.1f} at the end): "
         f"every figure is the median of {args.repeat} run(s), each system in a fresh process, "
-        "systems interleaved per round; ratios within a run are steadier than absolute numbers.",
+        "systems interleaved per round; each ratio is the median of the ratios within a round "
+        "(steadier than absolute numbers when the load from elsewhere comes and goes).",
         f"Versions: {versions}.",
         "",
         table.markdown(),

@@ -94,3 +94,11 @@ def test_bad_arguments_are_refused(argv, message, capsys):
         parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_ratios_are_taken_within_each_round():
+    # Round 2 ran while the machine was busy: both systems slowed down alike.
+    a = {"p50_us": 60.0, "samples": [{"p50_us": 30.0}, {"p50_us": 90.0}, {"p50_us": 33.0}]}
+    b = {"p50_us": 22.0, "samples": [{"p50_us": 20.0}, {"p50_us": 60.0}, {"p50_us": 22.0}]}
+    assert report.ratio(a, b, "p50_us") == 1.5      # rounds: 1.5, 1.5, 1.5
+    assert report.ratio({"p50_us": 60.0}, b, "p50_us") == 60.0 / 22.0  # no samples: ratio of medians
