@@ -57,10 +57,13 @@ def _state() -> Any:
 
 
 # -- reading requests ---------------------------------------------------------
-def read_json_object() -> dict[str, Any]:
-    """The request body as a JSON object, or an ApiError (400/413)."""
+def read_json_object(optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, or an ApiError (400/413). With
+    ``optional``, an empty body reads as ``{}``."""
     raw = read_body(body_limit())
     if not raw.strip():
+        if optional:
+            return {}
         raise ApiError(400, "Request body is empty; send a JSON object.", {"body": ["Missing data."]})
     try:
         text = raw.decode("utf-8")
@@ -155,6 +158,14 @@ def read_query(schema: marshmallow.Schema) -> dict[str, Any]:
     return schema.load(request.args.to_dict())
 
 
+def refuse_body() -> None:
+    """Routes that take no input accept no body, ``{}`` or nothing: a client
+    sending fields it expects to matter learns at once that they do not."""
+    body = read_json_object(optional=True)
+    if body:
+        raise ValidationError({key: ["Unknown field."] for key in body})
+
+
 def checked_job_id(job_id: str) -> str:
     """Ids are UUIDs; anything else is a job that does not exist."""
     if not JOB_ID.match(job_id):
@@ -231,13 +242,17 @@ def list_jobs() -> Response:
 @blueprint.post("/job/<job_id>/cancel")
 @admin_required
 def cancel_job(job_id: str) -> Response:
-    return json_response(_dump_job(_state().queue.cancel(checked_job_id(job_id))))
+    job_id = checked_job_id(job_id)
+    refuse_body()
+    return json_response(_dump_job(_state().queue.cancel(job_id)))
 
 
 @blueprint.post("/job/<job_id>/retry")
 @admin_required
 def retry_job(job_id: str) -> Response:
-    return json_response(_dump_job(_state().queue.retry(checked_job_id(job_id))))
+    job_id = checked_job_id(job_id)
+    refuse_body()
+    return json_response(_dump_job(_state().queue.retry(job_id)))
 
 
 @blueprint.get("/stats")
@@ -249,6 +264,7 @@ def stats() -> Response:
 @blueprint.post("/cleanup")
 @admin_required
 def cleanup() -> Response:
+    refuse_body()
     count = _state().queue.cleanup_stuck_jobs()
     return json_response(CleanupResponseSchema().dump({"success": True, "requeuedCount": count}))
 

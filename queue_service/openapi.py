@@ -43,6 +43,9 @@ ERRORS = {
     503: "The job store cannot be reached (or failed); try again shortly.",
 }
 ADMIN_ERRORS = (401, 403)
+# Routes without input: no body, or an empty object.
+NO_INPUT = {"required": False, "description": "None; an empty object is accepted.", "content": {
+    "application/json": {"schema": {"type": "object", "maxProperties": 0, "additionalProperties": False}}}}
 
 
 def document(registry: Any, server_url: str) -> dict[str, Any]:
@@ -165,14 +168,16 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
     for action, what in (("cancel", "pending -> cancelled"), ("retry", "failed -> pending, fresh retries")):
         spec.path(f"/job/{{id}}/{action}", parameters=[job_id], operations={
             "post": {"summary": f"{action.capitalize()} a job: {what} (admin)", "operationId": f"{action}Job",
-                     "responses": _responses((200, "The job after the change.", "Job"), 404, 409, 503)},
+                     "requestBody": NO_INPUT,
+                     "responses": _responses((200, "The job after the change.", "Job"), 400, 404, 409, 413, 503)},
         })
     spec.path("/stats", operations={"get": {
         "summary": "Job counts by status (admin)", "operationId": "getStats",
         "responses": _responses((200, "Counts and oldest ages in seconds.", "StatsResponse"), 503)}})
     spec.path("/cleanup", operations={"post": {
         "summary": "Requeue jobs whose worker stopped heartbeating (admin)", "operationId": "cleanup",
-        "responses": _responses((200, "How many stuck jobs were recovered.", "CleanupResponse"), 503)}})
+        "requestBody": NO_INPUT,
+        "responses": _responses((200, "How many stuck jobs were recovered.", "CleanupResponse"), 400, 413, 503)}})
     spec.path("/health", operations={"get": {
         "summary": "Health check (public)", "operationId": "health", "security": public,
         "responses": {

@@ -284,6 +284,17 @@ def test_cancel_and_conflict(api):
     assert_error(api.post("/job/nope/cancel"), 404)
 
 
+@pytest.mark.parametrize("path", ["/job/{id}/cancel", "/job/{id}/retry", "/cleanup"])
+def test_routes_without_input_refuse_bodies(api, path):
+    job_id = api.add("NOOP")
+    target = path.format(id=job_id)
+    assert_error(api.post(target, json={"reason": "x"}), 400, "reason")
+    assert_error(api.post(target, data=b"{", content_type="application/json"), 400, "body")
+    assert_error(api.post(target, data=b"[]", content_type="application/json"), 400, "body")
+    assert api.get(f"/job/{job_id}").get_json()["status"] == "pending"  # nothing happened
+    assert api.post(target, json={}).status_code in (200, 409)
+
+
 def test_retry_failed_job_and_conflict(api):
     job_id = api.add("BOOM")
     api.run_once()
