@@ -3,12 +3,15 @@
 post_fork arms each worker process; the queue's worker and scheduler threads
 start there (never in the master), once per worker, with or without
 --preload. worker_exit stops them gracefully within QUEUE_SHUTDOWN_TIMEOUT,
-which must stay below graceful_timeout.
-"""
-import logging
-import os
+cut short to end 2 s before graceful_timeout so an unfinished job is handed
+back before the master's SIGKILL.
 
-from queue_service import hosting
+queue_service is imported inside the hooks, in the worker: the master stays
+free of it (and of Flask) unless the app is preloaded, and this file loads
+from any directory (``--chdir`` is applied after it is read).
+"""
+import os
+import sys
 
 _port = os.environ.get("PORT")
 bind = f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000"  # Heroku/Render hand out PORT
@@ -21,16 +24,23 @@ loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 
 
 def post_fork(server, worker):
-    queue_log = logging.getLogger("queue_service")
-    if not queue_log.handlers:  # queue logs go where gunicorn's error log goes
-        for handler in server.log.error_log.handlers:
-            queue_log.addHandler(handler)
-        queue_log.setLevel(server.log.error_log.level)
-        queue_log.propagate = False
+    from queue_service import hosting
+
+    # Queue logs go where gunicorn's error log goes, unless the app configures logging.
+    hosting.route_logs(server.log.error_log.handlers, server.log.error_log.level)
     started = hosting.on_post_fork()
     if started:
         server.log.info("queue_service: started %d preloaded queue(s) in worker %s", started, worker.pid)
 
 
+def post_worker_init(worker):
+    from queue_service import hosting
+
+    hosting.yield_logs_to_host()  # the app is loaded: if it configured logging, that wins
+
+
 def worker_exit(server, worker):
-    hosting.on_worker_exit()
+    # Also called in the master (for a worker that vanished): nothing to stop there.
+    hosting = sys.modules.get("queue_service.hosting")
+    if hosting is not None:
+        hosting.on_worker_exit(graceful_timeout=server.cfg.graceful_timeout)

@@ -5,6 +5,9 @@ gunicorn calls ``post_fork`` in each worker *before* the worker loads the app
 already initialised here (preloaded, inherited from the master) start now, and
 any queue initialised later in this process starts from ``init_app``. The
 master never starts threads: nothing is armed there.
+
+gunicorn.conf.py imports this module inside its hooks, so the master imports
+neither queue_service nor Flask unless the app itself is preloaded.
 """
 from __future__ import annotations
 
@@ -12,12 +15,18 @@ import logging
 import os
 import sys
 import weakref
-from typing import Any
+from typing import Any, Iterable
 
 log = logging.getLogger("queue_service.hosting")
 
+# gunicorn SIGKILLs a worker graceful_timeout after its SIGTERM; the queue's
+# wait for the in-flight job ends this much earlier, so the job is handed
+# back to pending before the kill (not stranded until QUEUE_STUCK_AFTER).
+GRACEFUL_MARGIN_SECONDS = 2.0
+
 _armed_pid: int | None = None
 _states: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_routed_handlers: list[logging.Handler] = []
 
 
 def register(state: Any) -> None:
@@ -46,7 +55,63 @@ def on_post_fork() -> int:
     return started
 
 
-def on_worker_exit(timeout: float | None = None) -> None:
-    """Graceful stop of every queue running in this process."""
+def shutdown_timeout(state: Any, graceful_timeout: float | None) -> float:
+    """How long ``worker_exit`` waits for this queue's in-flight job."""
+    timeout = state.settings.shutdown_timeout
+    if graceful_timeout is None:
+        return timeout
+    ceiling = max(0.0, graceful_timeout - GRACEFUL_MARGIN_SECONDS)
+    if timeout > ceiling:
+        log.warning("[Queue] QUEUE_SHUTDOWN_TIMEOUT %gs is not below gunicorn's graceful_timeout %gs: "
+                    "waiting %gs for the in-flight job", timeout, graceful_timeout, ceiling)
+        return ceiling
+    return timeout
+
+
+def on_worker_exit(timeout: float | None = None, graceful_timeout: float | None = None) -> None:
+    """Graceful stop of every queue running in this process: ``timeout`` (default
+    each queue's QUEUE_SHUTDOWN_TIMEOUT, capped to end before gunicorn's
+    ``graceful_timeout`` when given) for the in-flight job, then hand it back."""
     for state in list(_states):
-        state.shutdown(timeout)
+        if state._started_pid != os.getpid():
+            continue  # not running here (the master, or a queue never started)
+        state.shutdown(timeout if timeout is not None else shutdown_timeout(state, graceful_timeout))
+
+
+# -- logs -----------------------------------------------------------------------
+# Nothing in a gunicorn worker shows INFO records of a logger nobody configured,
+# so the queue's logs ("[Worker] Processing job ...") would vanish. Until the
+# host app configures logging itself, they go where gunicorn's error log goes.
+def _host_configured_logging() -> bool:
+    queue_log = logging.getLogger("queue_service")
+    own = [h for h in queue_log.handlers if h not in _routed_handlers]
+    return bool(logging.getLogger().handlers or own)
+
+
+def route_logs(handlers: Iterable[logging.Handler], level: int) -> bool:
+    """``post_fork``: send queue logs to ``handlers`` (gunicorn's error log)
+    unless the host app already configured logging. Returns True if routed."""
+    if _routed_handlers or _host_configured_logging():
+        return False
+    queue_log = logging.getLogger("queue_service")
+    for handler in handlers:
+        queue_log.addHandler(handler)
+        _routed_handlers.append(handler)
+    queue_log.setLevel(level)
+    queue_log.propagate = False
+    return True
+
+
+def yield_logs_to_host() -> bool:
+    """``post_worker_init`` (the app is loaded now): if the app configured
+    logging while loading, its configuration wins from here on. Returns True
+    if the routing to gunicorn's log was undone."""
+    if not _routed_handlers or not _host_configured_logging():
+        return False
+    queue_log = logging.getLogger("queue_service")
+    for handler in _routed_handlers:
+        queue_log.removeHandler(handler)
+    _routed_handlers.clear()
+    queue_log.setLevel(logging.NOTSET)
+    queue_log.propagate = True
+    return True

@@ -14,10 +14,12 @@ so the test that starts the process controls it. Job types:
 ``GET /census`` answers this process's pid and its live threads (name, native
 id), so a test can count queue threads per gunicorn worker; ``?hold=S``
 keeps the request S seconds (at most 2), so concurrent requests spread over
-the workers.
+the workers. With TEST_APP_LOG_FILE set, the app configures logging itself
+(``logging.basicConfig`` to that file), as many host apps do.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -64,6 +66,9 @@ def thread_census() -> dict[str, Any]:
 
 
 def create_app() -> Flask:
+    if os.environ.get("TEST_APP_LOG_FILE"):  # a host app that configures logging itself
+        logging.basicConfig(filename=os.environ["TEST_APP_LOG_FILE"], level=logging.INFO,
+                            format="%(process)d %(name)s %(message)s")
     app = Flask(__name__)
     app.config.update({key: value for key, value in os.environ.items() if key.startswith("QUEUE_")})
     queue = JobQueue(builtins=False)
