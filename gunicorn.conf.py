@@ -6,12 +6,19 @@ start there (never in the master), once per worker, with or without
 cut short to end 2 s before graceful_timeout so an unfinished job is handed
 back before the master's SIGKILL.
 
-queue_service is imported inside the hooks, in the worker: the master stays
-free of it (and of Flask) unless the app is preloaded, and this file loads
-from any directory (``--chdir`` is applied after it is read).
+queue_service is imported here, in the master: it starts and connects
+nothing on import, and the workers then share its pages (and Flask's)
+copy-on-write; importing it in each worker instead measured ~8 MB more in
+total with 2 workers.
 """
 import os
 import sys
+
+_here = os.path.dirname(os.path.abspath(__file__))
+if _here not in sys.path:  # found from any working directory (--chdir applies after this file)
+    sys.path.append(_here)
+
+from queue_service import hosting  # noqa: E402
 
 _port = os.environ.get("PORT")
 bind = f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000"  # Heroku/Render hand out PORT
@@ -24,8 +31,6 @@ loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 
 
 def post_fork(server, worker):
-    from queue_service import hosting
-
     # Queue logs go where gunicorn's error log goes, unless the app configures logging.
     hosting.route_logs(server.log.error_log.handlers, server.log.error_log.level)
     started = hosting.on_post_fork()
@@ -34,13 +39,9 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    from queue_service import hosting
-
     hosting.yield_logs_to_host()  # the app is loaded: if it configured logging, that wins
 
 
 def worker_exit(server, worker):
-    # Also called in the master (for a worker that vanished): nothing to stop there.
-    hosting = sys.modules.get("queue_service.hosting")
-    if hosting is not None:
-        hosting.on_worker_exit(graceful_timeout=server.cfg.graceful_timeout)
+    # Also called in the master (for a worker that vanished): nothing runs there to stop.
+    hosting.on_worker_exit(graceful_timeout=server.cfg.graceful_timeout)

@@ -5,9 +5,6 @@ gunicorn calls ``post_fork`` in each worker *before* the worker loads the app
 already initialised here (preloaded, inherited from the master) start now, and
 any queue initialised later in this process starts from ``init_app``. The
 master never starts threads: nothing is armed there.
-
-gunicorn.conf.py imports this module inside its hooks, so the master imports
-neither queue_service nor Flask unless the app itself is preloaded.
 """
 from __future__ import annotations
 
@@ -91,7 +88,8 @@ def _host_configured_logging() -> bool:
 def route_logs(handlers: Iterable[logging.Handler], level: int) -> bool:
     """``post_fork``: send queue logs to ``handlers`` (gunicorn's error log)
     unless the host app already configured logging. Returns True if routed."""
-    if _routed_handlers or _host_configured_logging():
+    handlers = list(handlers)
+    if not handlers or _routed_handlers or _host_configured_logging():
         return False
     queue_log = logging.getLogger("queue_service")
     for handler in handlers:

@@ -1,207 +1,34 @@
 """gunicorn for real: the project's gunicorn.conf.py serving tests/gunicorn_app.py
-on 127.0.0.1 with 2 workers and a temporary SQLite file, and the standalone
-``flask queue worker``. Every job added is completed; a worker killed with
-SIGKILL mid-job loses nothing; SIGTERM hands an unfinished job back; one
-worker thread and one scheduler thread per worker process, none in the master.
+on 127.0.0.1 with 2 workers and a temporary SQLite file, the standalone
+``flask queue worker`` and ``python wsgi.py``. Every job added is completed;
+a worker killed with SIGKILL mid-job loses nothing; SIGTERM hands an
+unfinished job back; one worker thread and one scheduler thread per worker
+process, none in the master. (The process helpers: tests/processes.py.)
 
-Real processes cannot be driven by a manual clock: the waits below poll with
-a deadline (a bound for a hung run) and assert states, never durations.
 ``pytest tests/test_gunicorn.py -s`` prints the measured figures.
-
-Each server runs with ``--no-control-socket``: gunicorn's control socket
-defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), which parallel
-test servers would share, and it is not part of the queue.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from flask import Flask
 
 from gunicorn_app import register_job_types
+from processes import (BIN, BOOT_SECONDS, GRACEFUL_TIMEOUT, Gunicorn, Process, alive, base_env, free_port,
+                       http, os_threads, wait_for)
 from queue_service import JobQueue
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-TOKEN = "gunicorn-test-token"
 API = "/api/queue"
-BOOT_SECONDS = 30.0
-WAIT_SECONDS = 60.0  # bound for any one condition; no test expects to get near it
-GRACEFUL_TIMEOUT = 10
 QUEUE_THREADS = ("queue-worker", "queue-scheduler")
 
-# Short leases so a killed worker's job is recovered in seconds.
-FAST = {
-    "QUEUE_HEARTBEAT_INTERVAL": "0.5",
-    "QUEUE_STUCK_AFTER": "2",
-    "QUEUE_CLEANUP_INTERVAL": "0.5",
-    "QUEUE_POLL_INTERVAL": "0.1",
-    "QUEUE_SHUTDOWN_TIMEOUT": "1",
-}
-
 pytestmark = pytest.mark.slow
-
-
-# -- helpers ------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], Any], seconds: float = WAIT_SECONDS, every: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(every)  # another process is working; no clock of ours to advance
-
-
-def children(pid: int) -> set[int]:
-    """PIDs whose parent is ``pid`` (the gunicorn workers of a master)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry))
-    return found
-
-
-def os_threads(pid: int) -> set[int]:
-    return {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("QUEUE_", "GUNICORN_", "WEB_CONCURRENCY", "MONGO_URI"))}
-    env.pop("PORT", None)
-    env.update({"QUEUE_DATABASE_URL": f"sqlite:///{tmp_path / 'queue.db'}", "QUEUE_ADMIN_TOKEN": TOKEN,
-                "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT), **FAST, **extra})
-    return env
-
-
-def http(port: int, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-class Process:
-    """A process this test started; stopped by PID (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-        self.seen_children: set[int] = set()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def workers(self) -> set[int]:
-        pids = children(self.pid)
-        self.seen_children |= pids
-        return pids
-
-    def stop(self, grace: float = GRACEFUL_TIMEOUT + 10) -> None:
-        if self.proc.poll() is None:
-            self.workers()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        for pid in self.seen_children:  # a worker orphaned by a killed master
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        self._log.close()
-
-
-class Gunicorn(Process):
-    def __init__(self, tmp_path: Path, workers: int = 2, preload: bool = False, **env: str):
-        self.port = free_port()
-        args = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-w", str(workers),
-                "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
-        if preload:
-            args.append("--preload")
-        super().__init__([*args, "tests.gunicorn_app:app"], base_env(tmp_path, **env),
-                         tmp_path / f"gunicorn-{self.port}.log")
-        self.expected_workers = workers
-
-    def wait_ready(self) -> None:
-        """Until the port answers and every worker process exists."""
-        def ready() -> bool:
-            assert self.proc.poll() is None, f"gunicorn exited:\n{self.log()}"
-            try:
-                status, _ = http(self.port, "GET", "/census", timeout=2)
-            except OSError:
-                return False
-            return status == 200 and len(self.workers()) == self.expected_workers
-        wait_for("gunicorn to boot", ready, BOOT_SECONDS)
-
-    def census(self) -> dict[int, dict[str, Any]]:
-        """The thread census of every worker process, by pid. Requests are sent
-        in concurrent rounds that each hold a worker briefly, so every worker
-        answers some of them."""
-        pids = self.workers()
-        answers: dict[int, dict[str, Any]] = {}
-
-        def ask() -> None:
-            try:
-                status, body = http(self.port, "GET", "/census?hold=0.2")
-            except OSError:
-                return
-            if status == 200:
-                answers[body["pid"]] = body
-
-        def all_answered() -> bool:
-            batch = [threading.Thread(target=ask) for _ in range(2 * len(pids))]
-            for thread in batch:
-                thread.start()
-            for thread in batch:
-                thread.join(15)
-            return pids <= set(answers)
-        wait_for("every worker to answer the census", all_answered, every=0)
-        return {pid: answers[pid] for pid in pids}
-
 
 @pytest.fixture
 def processes():
@@ -471,5 +298,17 @@ def test_queue_logs_follow_the_host_apps_logging_config(tmp_path, processes, loc
     ids = [queue.add_job("NOOP", {"n": n}, app=app) for n in range(10)]
     for job_id in ids:
         wait_status(local, job_id, "completed")
-    wait_for("the host's log", lambda: all(f"Job {job_id} completed" in host_log.read_text() for job_id in ids))
+    wait_for("the host's log",
+             lambda: all(f"Job {job_id} completed" in host_log.read_text() for job_id in ids))
     assert "[Worker] ✅ Job" not in server.log()
+
+
+def test_config_loads_from_another_directory(tmp_path, processes, local):
+    """``gunicorn -c /path/to/gunicorn.conf.py --chdir /path/to/app`` from
+    elsewhere: the config finds queue_service although --chdir applies after
+    the config file is read."""
+    server = processes(Gunicorn, tmp_path, workers=1, cwd=tmp_path)
+    server.wait_ready()
+    app, queue = local
+    job_id = queue.add_job("NOOP", {"n": 7}, app=app)
+    assert wait_status(local, job_id, "completed")["result"]["pid"] in server.workers()
