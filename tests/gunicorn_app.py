@@ -15,7 +15,9 @@ so the test that starts the process controls it. Job types:
 id), so a test can count queue threads per gunicorn worker; ``?hold=S``
 keeps the request S seconds (at most 2), so concurrent requests spread over
 the workers. With TEST_APP_LOG_FILE set, the app configures logging itself
-(``logging.basicConfig`` to that file), as many host apps do.
+(``logging.basicConfig`` to that file), as many host apps do. With
+TEST_APP_ENQUEUE_AT_IMPORT set, it adds a NOOP job while it is created (so
+under --preload the gunicorn master opens the store before forking).
 """
 from __future__ import annotations
 
@@ -74,6 +76,9 @@ def create_app() -> Flask:
     queue = JobQueue(builtins=False)
     register_job_types(queue)
     queue.init_app(app)
+    if os.environ.get("TEST_APP_ENQUEUE_AT_IMPORT"):  # the store is used in the master under --preload
+        with app.app_context():
+            queue.add_job("NOOP", {"n": -1})
 
     @app.get("/census")
     def census():

@@ -77,12 +77,17 @@ def pid_of(worker_id: str) -> int:
 
 
 # -- every job added is completed ----------------------------------------------
-def test_every_job_added_over_http_or_python_is_completed(tmp_path, processes, local):
-    server = processes(Gunicorn, tmp_path)
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload-store-used-in-master"])
+def test_every_job_added_over_http_or_python_is_completed(tmp_path, processes, local, preload):
+    """With --preload the app adds a job while it loads, in the master: the
+    workers must not reuse the master's SQLite connections after fork."""
+    env = {"TEST_APP_ENQUEUE_AT_IMPORT": "1"} if preload else {}
+    server = processes(Gunicorn, tmp_path, preload=preload, **env)
     server.wait_ready()
     app, queue = local
-    ids = []
-    for n in range(60):
+    ids = [job.id for job in queue.list_jobs(app=app)]  # the job the app added while loading
+    assert len(ids) == (1 if preload else 0)
+    for n in range(100):
         status, body = http(server.port, "POST", f"{API}/jobs", {"type": "NOOP", "payload": {"n": n}})
         assert status == 201, body
         ids.append(body["id"])
@@ -95,7 +100,7 @@ def test_every_job_added_over_http_or_python_is_completed(tmp_path, processes, l
              lambda: queue.get_queue_stats(app=app)["completed"] == len(ids))
     drained = time.monotonic() - began
     workers = server.workers()
-    ran_on = Counter()
+    ran_on: Counter[int] = Counter()
     for job_id in ids:
         job = job_of(local, job_id)
         assert job["status"] == "completed" and job["retryCount"] == 0
@@ -104,8 +109,9 @@ def test_every_job_added_over_http_or_python_is_completed(tmp_path, processes, l
         ran_on[job["result"]["pid"]] += 1
     stats = queue.get_queue_stats(app=app)
     assert stats["total"] == len(ids) and stats["pending"] == stats["processing"] == 0
-    print(f"\n{len(ids)} jobs completed by gunicorn -w 2, last one {drained:.2f}s after the last add; "
-          f"per worker: {sorted(ran_on.values())}")
+    assert "Traceback" not in server.log() and "ERROR" not in server.log()
+    print(f"\n{len(ids)} jobs completed by gunicorn -w 2{' --preload' if preload else ''}, the last "
+          f"{drained:.2f}s after the last add; per worker: {sorted(ran_on.values())}")
 
 
 # -- SIGKILL of a worker mid-job -----------------------------------------------
