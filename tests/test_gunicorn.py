@@ -318,3 +318,37 @@ def test_config_loads_from_another_directory(tmp_path, processes, local):
     app, queue = local
     job_id = queue.add_job("NOOP", {"n": 7}, app=app)
     assert wait_status(local, job_id, "completed")["result"]["pid"] in server.workers()
+
+
+def test_sighup_reload_hands_the_job_to_a_new_worker(tmp_path, processes, local):
+    """gunicorn's reload (SIGHUP): new workers start, the old ones stop
+    gracefully; the in-flight job moves over without counting a retry."""
+    server = processes(Gunicorn, tmp_path, QUEUE_SHUTDOWN_TIMEOUT="0.5")
+    server.wait_ready()
+    app, queue = local
+    job_id = queue.add_job("SLEEP", {"seconds": 2}, app=app)
+    first = pid_of(wait_status(local, job_id, "processing")["worker"])
+    old_workers = server.workers()
+    server.proc.send_signal(signal.SIGHUP)
+    done = wait_status(local, job_id, "completed")
+    assert done["retryCount"] == 0
+    assert [a["outcome"] for a in done["attempts"]] == ["released", "completed"]
+    assert pid_of(done["worker"]) not in old_workers and pid_of(done["attempts"][0]["worker"]) == first
+    wait_for("the old workers to exit", lambda: not (server.workers() & old_workers))
+    for census in server.census().values():
+        assert Counter(t["name"] for t in census["threads"] if t["name"] in QUEUE_THREADS) == \
+            {"queue-worker": 1, "queue-scheduler": 1}
+
+
+def test_autostart_off_web_process_and_a_separate_worker_process(tmp_path, processes, local):
+    """The Procfile's split: QUEUE_AUTOSTART=false web workers run no queue
+    thread; ``flask queue worker`` (the worker: line) runs the jobs."""
+    server = processes(Gunicorn, tmp_path, workers=1, QUEUE_AUTOSTART="false")
+    server.wait_ready()
+    for census in server.census().values():
+        assert [t["name"] for t in census["threads"]] == ["MainThread"]
+    status, body = http(server.port, "POST", f"{API}/jobs", {"type": "NOOP", "payload": {"n": 1}})
+    assert status == 201 and body["status"] == "pending"
+    worker = processes(Process, [str(BIN / "flask"), "--app", "tests.gunicorn_app", "queue", "worker"],
+                       base_env(tmp_path), tmp_path / "worker.log")
+    assert wait_status(local, body["id"], "completed")["result"]["pid"] == worker.pid
