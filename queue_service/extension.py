@@ -48,6 +48,8 @@ def _store_from_settings(settings: Settings, mongo: Any) -> Store:
     """Pick the store from configuration: MongoDB when a client or MONGO_URI
     is given, else the SQLite file. Nothing is connected here."""
     if mongo is not None or settings.mongo_uri:
+        from flask_pymongo import PyMongo
+
         from .stores.mongo import MongoStore  # only the MongoDB path needs pymongo loaded
 
         if mongo is None:
@@ -58,12 +60,16 @@ def _store_from_settings(settings: Settings, mongo: Any) -> Store:
             client = MongoClient(settings.mongo_uri, connect=False, tz_aware=True)
             database = client.get_default_database()
             get_db = lambda: database  # noqa: E731
-        elif hasattr(mongo, "db") and hasattr(mongo, "cx"):  # a flask_pymongo.PyMongo
+        elif isinstance(mongo, PyMongo):  # the host app's flask-pymongo instance
             if mongo.db is None:
                 raise StoreError("the PyMongo instance has no database (put one in MONGO_URI)")
             get_db = lambda: mongo.db  # noqa: E731
-        else:  # a pymongo / mongomock Database
+        elif all(hasattr(type(mongo), name) for name in ("get_collection", "list_collection_names")):
+            # a pymongo (or mongomock) Database, recognised by its class: an
+            # instance answers any attribute name with a collection of that name.
             get_db = lambda: mongo  # noqa: E731
+        else:
+            raise StoreError(f"mongo= takes a flask_pymongo.PyMongo or a database, not {type(mongo).__name__}")
         return MongoStore(get_db, settings.mongo_collection, settings.completed_ttl)
     from .stores.sqlite import SQLiteStore, path_from_url
 
