@@ -119,6 +119,35 @@ def test_exif_orientation_applied_and_metadata_stripped():
     assert out.bytes_before == len(source)
 
 
+QUADRANTS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255))  # TL, TR, BL, BR
+
+
+def quadrant_colours(image: Image.Image) -> list[tuple[int, int, int]]:
+    """The nearest of QUADRANTS at the centre of each quarter, TL TR BL BR."""
+    rgb, (w, h) = image.convert("RGB"), image.size
+    points = [(w // 4, h // 4), (3 * w // 4, h // 4), (w // 4, 3 * h // 4), (3 * w // 4, 3 * h // 4)]
+    nearest = lambda px: min(QUADRANTS, key=lambda c: sum((a - b) ** 2 for a, b in zip(px, c)))  # noqa: E731
+    return [nearest(rgb.getpixel(p)) for p in points]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("max_side", [1600, 40])  # as it is, and shrunk (rotated after the resize)
+def test_every_exif_orientation_comes_out_as_pillow_shows_it(orientation, max_side):
+    from PIL import ImageOps
+
+    image = Image.new("RGB", (120, 80))
+    for colour, box in zip(QUADRANTS, [(0, 0, 60, 40), (60, 0, 120, 40), (0, 40, 60, 80), (60, 40, 120, 80)]):
+        image.paste(colour, box)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    source = jpeg_bytes(image, exif=exif, quality=95)
+    expected = ImageOps.exif_transpose(decode(source))
+    out = decode(transcode(source, max_side=max_side, fmt="jpeg", quality=95).data)
+    want_size = fitted_box(*expected.size, max_side)
+    assert out.size == want_size
+    assert quadrant_colours(out) == quadrant_colours(expected)
+
+
 def test_large_jpeg_fits_within_max_side():
     out = transcode(big_jpeg())
     assert (out.width, out.height) == (1600, 1200)
