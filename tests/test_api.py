@@ -123,6 +123,14 @@ def test_create_job_idempotency_key(api):
     assert api.total() == 1
 
 
+def test_create_job_idempotency_key_answers_the_running_jobs_status(api, clock):
+    first = api.post("/jobs", json={"type": "NOOP", "payload": {}, "idempotencyKey": "k2"}).get_json()
+    assert first["status"] == "pending"
+    assert api.state.store.claim("w1", "token-1", clock.now()).id == first["id"]
+    again = api.post("/jobs", json={"type": "NOOP", "payload": {}, "idempotencyKey": "k2"}).get_json()
+    assert again == {"id": first["id"], "status": "processing"}
+
+
 @pytest.mark.parametrize("body, field", [
     ({"type": "EMAIL", "payload": {"to": "nobody", "subject": "x"}}, "payload"),
     ({"type": "EMAIL", "payload": {"subject": "x"}}, "payload"),
