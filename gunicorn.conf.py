@@ -28,6 +28,10 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG")  # off unless asked for
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# gunicorn's largest allowed request line (its default is 4094): a long
+# bad id in a URL then reaches the app and gets the API's JSON 404, not
+# gunicorn's plain-text 414. Longer lines still get the 414.
+limit_request_line = 8190
 
 
 def post_fork(server, worker):
