@@ -148,6 +148,29 @@ def test_every_exif_orientation_comes_out_as_pillow_shows_it(orientation, max_si
     assert quadrant_colours(out) == quadrant_colours(expected)
 
 
+CAMERA_JPEGS = sorted((ROOT / "tests" / "data" / "camera").glob("*.jpg"))
+CAMERA_MAKES = (b"Canon", b"CASIO", b"OLYMPUS", b"Panasonic", b"PENTAX", b"SIGMA", b"SONY")
+
+
+@pytest.mark.parametrize("path", CAMERA_JPEGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("fmt", ["webp", "jpeg"])
+def test_real_camera_exif_is_stripped(path, fmt):
+    source = path.read_bytes()
+    original = decode(source)
+    make = original.getexif().get(ExifTags.Base.Make, "").strip().encode()
+    assert make and make in source  # the camera's own EXIF is really there
+    out = transcode(source, max_side=200, fmt=fmt)
+    image = decode(out.data)
+    assert image.size == fitted_box(*original.size, 200) == (out.width, out.height)
+    assert len(image.getexif()) == 0 and "exif" not in image.info and "xmp" not in image.info
+    assert not [m for m in CAMERA_MAKES if m in out.data]
+    assert b"GPS" not in out.data and b"Exif" not in out.data
+
+
+def test_camera_jpegs_are_here():
+    assert len(CAMERA_JPEGS) >= 8
+
+
 def test_large_jpeg_fits_within_max_side():
     out = transcode(big_jpeg())
     assert (out.width, out.height) == (1600, 1200)
