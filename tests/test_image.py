@@ -171,6 +171,50 @@ def test_camera_jpegs_are_here():
     assert len(CAMERA_JPEGS) >= 8
 
 
+def heic_bytes(size: tuple[int, int] = (2000, 1500)) -> bytes:
+    """A real HEIC (HEVC-coded, as iPhones write), made with pillow-heif's
+    encoder, carrying a camera make and GPS in its EXIF."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Apple"
+    exif[ExifTags.Base.Model] = "TestPhone 15"
+    exif.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSLatitudeRef] = "N"
+    out = io.BytesIO()
+    photo(size).save(out, "HEIF", exif=exif, quality=85)
+    return out.getvalue()
+
+
+def test_heic_is_decoded_fitted_and_stripped():
+    source = heic_bytes()
+    assert source[4:12] == b"ftypheic" and b"TestPhone" in source
+    for fmt, content_type in (("webp", "image/webp"), ("jpeg", "image/jpeg")):
+        out = transcode(source, fmt=fmt)
+        image = decode(out.data)
+        assert (out.width, out.height) == image.size == (1600, 1200)
+        assert out.content_type == content_type
+        assert len(image.getexif()) == 0
+        assert b"TestPhone" not in out.data and b"Apple" not in out.data
+
+
+def test_heic_without_pillow_heif_is_an_image_error(monkeypatch):
+    source = heic_bytes((64, 48))
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import fails as if not installed
+    with pytest.raises(ImageError, match="pillow-heif is not installed"):
+        transcode(source)
+
+
+def test_heic_sniffing_does_not_open_other_formats_as_heif():
+    from queue_service.handlers.image import is_heif
+
+    assert is_heif(heic_bytes((64, 48)))
+    assert not is_heif(jpeg_bytes(photo((64, 48))))
+    assert not is_heif(b"\x00\x00\x00\x18ftypisom")  # an MP4 video
+    with pytest.raises(ImageError):
+        transcode(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)  # a HEIC header and nothing else
+
+
 def test_large_jpeg_fits_within_max_side():
     out = transcode(big_jpeg())
     assert (out.width, out.height) == (1600, 1200)

@@ -27,8 +27,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("queue_service.worker")
 
-#: Decoders we open; anything else is refused before decoding.
+#: Decoders we open; anything else is refused before decoding. HEIC (what
+#: iPhones write) is opened by pillow-heif, loaded on the first HEIC seen.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+#: ISO BMFF major brands of HEVC-coded HEIF stills, read at bytes 8..12.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 MAX_IMAGES = 20
 SIGNATURE_HEADER = "X-Queue-Signature"
 CALLBACK_MAX_RESPONSE_BYTES = 1024 * 1024
@@ -64,20 +67,36 @@ def fitted_box(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def is_heif(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
+
+
+def _heif_formats() -> tuple[str, ...]:
+    """Register pillow-heif's opener (once; its libraries stay out of the
+    process until a HEIC arrives) and name it for Image.open."""
+    try:
+        import pillow_heif
+    except ImportError:  # an optional dependency for hosts that install only Pillow
+        raise ImageError("HEIC image, but pillow-heif is not installed") from None
+    pillow_heif.register_heif_opener()  # idempotent
+    return ("HEIF",)
+
+
 def _open(data: bytes) -> "PILImage.Image":
     from PIL import Image, UnidentifiedImageError
 
+    formats = _heif_formats() if is_heif(data) else ALLOWED_FORMATS
     try:
         # The bomb check runs inside Image.open from the header alone; above
         # MAX_IMAGE_PIXELS it only warns, so the warning is made an error here
         # (the limit itself is never lifted).
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=formats)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(f"image too large to decode safely: {exc}") from None
     except UnidentifiedImageError:
-        raise ImageError(f"not a supported image (allowed: {', '.join(ALLOWED_FORMATS)})") from None
+        raise ImageError(f"not a supported image (allowed: {', '.join(ALLOWED_FORMATS)}, HEIC)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"unreadable image: {exc}") from None
     # catch_warnings is process-wide state, so another thread could have
@@ -108,7 +127,7 @@ def _to_output_mode(image: "PILImage.Image", keep_alpha: bool) -> "PILImage.Imag
 
 
 def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: int = 80) -> Transcoded:
-    """Decode ``data`` (JPEG, PNG, WebP or GIF's first frame), apply the EXIF
+    """Decode ``data`` (JPEG, PNG, WebP, GIF's first frame or HEIC), apply the EXIF
     orientation, fit it within ``max_side`` and encode it as ``fmt`` ("webp"
     or "jpeg") at ``quality`` with EXIF, GPS and XMP dropped (the ICC colour
     profile is kept: it is colour, not metadata). Raises ImageError."""
