@@ -444,7 +444,9 @@
     if (job.status === 'processing' || job.progress) parts.push(section('Progress', progressBlock(job.progress)));
     parts.push(section(`Attempts (${(job.attempts || []).length} of at most ${(job.maxRetries ?? 0) + 1})`, attemptsTable(job)));
     parts.push(section('Payload', jsonBlock(job.payload, 'No payload shown.')));
-    parts.push(section('Result', jsonBlock(job.result, job.status === 'completed' ? 'The handler returned nothing.' : 'No result yet.')));
+    const noResult = { completed: 'The handler returned nothing.', failed: 'None: the job failed (see the error).',
+                       cancelled: 'None: the job was cancelled before it ran.' }[job.status] || 'No result yet.';
+    parts.push(section('Result', jsonBlock(job.result, noResult)));
     ui.detailBody.replaceChildren(...parts);
   }
 
