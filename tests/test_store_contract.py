@@ -118,6 +118,7 @@ def test_complete_records_result_and_ends_attempt(store, clock):
     assert got.status is JobStatus.COMPLETED and got.result == {"ok": True, "list": [1, "a"]}
     assert got.completed_at == clock.now() and got.lock_token is None
     assert got.attempts[0]["endedAt"] == clock.now() and got.attempts[0]["outcome"] == "completed"
+    assert set(got.attempts[0]) == {"startedAt", "worker", "endedAt", "outcome"}  # no null keys
     assert not store.complete(job, clock.now(), "again")  # recorded exactly once
 
 

@@ -1,0 +1,206 @@
+"""SQLite-only mechanisms behind the contract: the idle claim's read-only
+check, the in-process writer lock, the attempts' stored form and the listing
+index. (The contract itself is tests/test_store_contract.py.)"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import timedelta
+
+import pytest
+
+from queue_service.clock import ManualClock
+from queue_service.errors import StoreUnavailable
+from queue_service.jobs import Job, new_job_id, new_lock_token
+from queue_service.stores.sqlite import SQLiteStore
+
+
+def make_job(clock, delay=0.0, key=None) -> Job:
+    now = clock.now()
+    return Job(id=new_job_id(), type="T", payload={"n": 1}, created_at=now,
+               run_at=now + timedelta(seconds=delay), idempotency_key=key)
+
+
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+def open_store(tmp_path, **kwargs) -> SQLiteStore:
+    store = SQLiteStore(str(tmp_path / "queue.db"), **kwargs)
+    store.setup()
+    return store
+
+
+@pytest.fixture
+def writer(tmp_path):
+    """A second connection, as another process would have, that can hold the write lock."""
+    conn = sqlite3.connect(str(tmp_path / "queue.db"), isolation_level=None)
+    yield conn
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.close()
+
+
+# -- idle claims take no write lock ----------------------------------------------
+def test_idle_claim_returns_none_while_another_connection_writes(tmp_path, clock, writer):
+    # busy_timeout 0: any attempt to take the write lock would fail at once.
+    store = open_store(tmp_path, busy_timeout_seconds=0)
+    store.insert(make_job(clock, delay=60))  # pending but not runnable yet
+    writer.execute("BEGIN IMMEDIATE")
+    assert store.claim("w", new_lock_token(), clock.now()) is None
+    assert store.claim("w", new_lock_token(), clock.now()) is None
+    writer.execute("ROLLBACK")
+    clock.advance(60)
+    assert store.claim("w", new_lock_token(), clock.now()) is not None
+
+
+def test_claim_of_a_runnable_job_still_takes_the_write_lock(tmp_path, clock, writer):
+    store = open_store(tmp_path, busy_timeout_seconds=0)
+    job = make_job(clock)
+    store.insert(job)
+    writer.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailable):
+        store.claim("w", new_lock_token(), clock.now())
+    writer.execute("ROLLBACK")
+    assert store.claim("w", new_lock_token(), clock.now()).id == job.id
+
+
+def test_idle_check_returns_after_a_burst_ends(tmp_path, clock, writer):
+    store = open_store(tmp_path, busy_timeout_seconds=0)
+    store.insert(make_job(clock))
+    assert store.claim("w", new_lock_token(), clock.now()) is not None
+    assert store.claim("w", new_lock_token(), clock.now()) is None  # the burst's last claim
+    writer.execute("BEGIN IMMEDIATE")
+    assert store.claim("w", new_lock_token(), clock.now()) is None  # idle: no write lock
+    writer.execute("ROLLBACK")
+
+
+# -- threads of one process queue for the write lock ------------------------------
+def test_threads_of_one_process_never_meet_sqlites_busy_error(tmp_path, clock):
+    """With busy_timeout 0, two connections writing at once would get
+    SQLITE_BUSY at once; the store's thread lock makes them take turns."""
+    store = open_store(tmp_path, busy_timeout_seconds=0, writer_wait_seconds=60)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def enqueue():
+        start.wait()
+        try:
+            for _ in range(150):
+                store.insert(make_job(clock))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def drain():
+        start.wait()
+        try:
+            for _ in range(300):
+                job = store.claim("w", new_lock_token(), clock.now())
+                if job is not None:
+                    assert store.complete(job, clock.now(), None)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (enqueue, enqueue, drain, drain)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    counts = store.counts(clock.now())
+    assert counts["total"] == 300 and counts["processing"] == 0
+
+
+def test_processes_take_turns_at_the_side_file_lock(tmp_path, clock):
+    """Another process's store holding the writer lock (a second open file
+    description of the side file stands in for it) makes our writes wait,
+    boundedly, before SQLite is even asked."""
+    import fcntl
+    import os
+
+    store = open_store(tmp_path, writer_wait_seconds=0.05)
+    other = os.open(str(tmp_path / "queue.db") + "-writer.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(StoreUnavailable, match="another process"):
+            store.insert(make_job(clock))
+        assert not store._write_lock.thread_lock.locked()
+        fcntl.flock(other, fcntl.LOCK_UN)
+        store.insert(make_job(clock))
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the write: free at once
+    finally:
+        os.close(other)
+    assert store.counts(clock.now())["pending"] == 1
+
+
+def test_writer_lock_wait_is_bounded(tmp_path, clock):
+    store = open_store(tmp_path, writer_wait_seconds=0.05)
+    store.insert(make_job(clock))
+    store._write_lock.thread_lock.acquire()  # another thread of this process writing for too long
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.insert(make_job(clock))
+        with pytest.raises(StoreUnavailable):
+            store.claim("w", new_lock_token(), clock.now())
+    finally:
+        store._write_lock.thread_lock.release()
+    assert store.claim("w", new_lock_token(), clock.now()) is not None
+
+
+def test_a_forked_child_does_not_inherit_a_held_writer_lock(tmp_path, clock):
+    store = open_store(tmp_path, writer_wait_seconds=0.05)
+    store._write_lock.acquire()  # held by a parent thread at fork time
+    store._pid = -1  # as seen from the child: another process made this pool
+    store.insert(make_job(clock))
+    assert store.counts(clock.now())["pending"] == 1
+
+
+# -- stored forms ------------------------------------------------------------------
+def stored_attempts(store: SQLiteStore, job_id: str) -> list[dict]:
+    (text,), = store._read("SELECT attempts FROM queue_jobs WHERE id = ?", (job_id,))
+    return json.loads(text)
+
+
+def test_attempts_are_stored_without_null_keys(tmp_path, clock):
+    store = open_store(tmp_path)
+    store.insert(make_job(clock))
+    job = store.claim("w", new_lock_token(), clock.now())
+    assert store.retry_later(job, clock.now(), "boom", clock.now())
+    job = store.claim("w", new_lock_token(), clock.now())
+    assert store.complete(job, clock.now(), {"ok": 1})
+    retried, completed = stored_attempts(store, job.id)
+    assert set(retried) == {"startedAt", "worker", "endedAt", "outcome", "error", "nextDelaySeconds"}
+    assert set(completed) == {"startedAt", "worker", "endedAt", "outcome"}
+
+
+def test_attempts_written_with_null_keys_read_without_them(tmp_path, clock):
+    """Files written before null keys were left out keep them; they read the same."""
+    store = open_store(tmp_path)
+    store.insert(make_job(clock))
+    job = store.claim("w", new_lock_token(), clock.now())
+    assert store.complete(job, clock.now(), None)
+    old = [{**stored_attempts(store, job.id)[0], "error": None, "nextDelaySeconds": None}]
+    store._write("UPDATE queue_jobs SET attempts = ? WHERE id = ?", (json.dumps(old), job.id))
+    assert set(store.get(job.id).attempts[0]) == {"startedAt", "worker", "endedAt", "outcome"}
+
+
+# -- listing -------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [{}, {"before": True}])
+def test_newest_first_listing_reads_the_index_instead_of_sorting(tmp_path, clock, monkeypatch, kwargs):
+    store = open_store(tmp_path)
+    jobs = []
+    for _ in range(3):
+        jobs.append(make_job(clock))
+        store.insert(jobs[-1])
+        clock.advance(1)
+    seen: list[tuple] = []
+    read = store._read
+    monkeypatch.setattr(store, "_read", lambda sql, params=(): seen.append((sql, params)) or read(sql, params))
+    before = (jobs[-1].created_at, jobs[-1].id) if kwargs else None
+    listed = store.list_jobs(limit=2, before=before)
+    assert [j.id for j in listed] == [j.id for j in reversed(jobs)][1 if before else 0:][:2]
+    (sql, params), = seen
+    plan = " | ".join(row[3] for row in read("EXPLAIN QUERY PLAN " + sql, params))
+    assert "queue_jobs_newest" in plan and "TEMP B-TREE" not in plan, plan
