@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import marshmallow
-from flask import Flask, current_app, has_app_context
+from flask import Flask, current_app
 
 from . import hosting
 from .api import blueprint
@@ -220,8 +220,12 @@ class JobQueue:
 
     def state(self, app: Flask | None = None) -> QueueState:
         if app is None:
-            if has_app_context() and EXTENSION_KEY in current_app.extensions:
-                return current_app.extensions[EXTENSION_KEY]
+            try:  # one proxy lookup (has_app_context() and current_app.x were three: ~1.5 us)
+                state = current_app._get_current_object().extensions.get(EXTENSION_KEY)
+            except RuntimeError:  # outside an app context
+                state = None
+            if state is not None:
+                return state
             if self._app is not None:
                 app = self._app
             elif len(self._states) == 1:
@@ -276,7 +280,10 @@ class JobQueue:
             raise UnknownJobType(str(job_type))
         try:
             loaded = spec.load(payload)
-            stored_payload = json.loads(json.dumps(spec.dump(loaded)))
+            # Encoded once: the JSON form is what every store keeps (the
+            # SQLite store writes this text as is; MongoDB takes the dict).
+            payload_json = json.dumps(spec.dump(loaded), separators=(",", ":"))
+            stored_payload = json.loads(payload_json)
         except marshmallow.ValidationError as exc:
             errors["payload"] = exc.messages
         except (TypeError, ValueError) as exc:
@@ -318,7 +325,8 @@ class JobQueue:
         job = Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,
                   max_retries=retries,
                   retry_delays=list(spec.retry_delays or state.settings.retry_delays),
-                  created_at=now, run_at=when, idempotency_key=idempotency_key)
+                  created_at=now, run_at=when, idempotency_key=idempotency_key,
+                  payload_json=payload_json)
         job_id, created = state.store.insert(job)
         if created:
             log.info("[Queue] Added job %s (type: %s, priority: %d)", job_id, job_type, priority)

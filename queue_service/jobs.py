@@ -91,6 +91,10 @@ class Job:
     progress: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str | None = None
+    #: ``payload`` as compact JSON text, when whoever built the Job already
+    #: encoded it (add_job does); a store may write it instead of encoding
+    #: ``payload`` again. Not part of the record: stores never return it.
+    payload_json: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def attempt_number(self) -> int:

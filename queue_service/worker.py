@@ -151,10 +151,11 @@ class Worker:
         except Exception as exc:  # a handler's failure is the job's, never the worker's
             log.debug("handler traceback for job %s:\n%s", job.id, traceback.format_exc())
             return self._failed_attempt(job, describe(exc), True)
-        try:
-            result = json.loads(json.dumps(result))  # the same JSON on every store
-        except (TypeError, ValueError) as exc:  # running it again would return the same thing
-            return self._failed_attempt(job, f"handler result is not JSON: {describe(exc)}", False)
+        if result is not None:  # None is JSON already (most handlers return nothing)
+            try:
+                result = json.loads(json.dumps(result))  # the same JSON on every store
+            except (TypeError, ValueError) as exc:  # running it again would return the same thing
+                return self._failed_attempt(job, f"handler result is not JSON: {describe(exc)}", False)
         if not self.store.complete(job, self.clock.now(), result):
             log.warning("[Worker] ⚠️ Job %s finished but its claim was taken over; outcome not recorded", job.id)
             return Outcome("lost")

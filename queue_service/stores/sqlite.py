@@ -436,7 +436,8 @@ class SQLiteStore(Store):
 
     # -- jobs -----------------------------------------------------------------
     def insert(self, job: Job) -> tuple[str, bool]:
-        params = (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
+        payload = job.payload_json or json.dumps(job.payload, separators=(",", ":"))
+        params = (job.id, job.type, payload, str(job.status),
                   job.priority, job.retry_count, job.max_retries, _encode_delays(job.retry_delays),
                   _ts(job.created_at), _ts(job.run_at), job.idempotency_key)
         if job.idempotency_key is None:
