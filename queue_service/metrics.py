@@ -8,20 +8,15 @@ one process and repeated ``init_app`` never collide. Only the ``queue_worker_*``
 series describe this process.
 
 What a scrape costs: ``store.counts`` (indexed), the processing jobs (few),
-and one paged pass over the newest stored jobs for the per-type series,
-bounded by ``MAX_SCANNED_JOBS`` (``queue_metrics_scan_truncated`` is 1 when
-the store holds more and those series are partial; the per-status totals
-stay exact). The store contract has no count grouped by type, hence the
-pass. Measured on SQLite here: 1,000 jobs 0.02 s, 10,000 jobs 0.23 s,
-50,000 jobs 0.67 s per scrape (capped at 10,000 read).
+and ``store.counts_by_type`` (grouped in the store: on SQLite two scans, one
+of them through every job's attempts). Measured on SQLite here, 100,000 jobs:
+~0.33 s per scrape, exact at any size.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterator
 
@@ -37,13 +32,12 @@ from .stores.base import Store
 log = logging.getLogger("queue_service.metrics")
 
 SCAN_PAGE_SIZE = 2500
-MAX_SCANNED_JOBS = 10_000  # ~0.3 s on SQLite here; see the module docstring
 MAX_PROCESSING_SCANNED = 10_000
 ATTEMPT_OUTCOMES = ("completed", "retry", "failed", "lost", "released", "running")
 ERROR_OUTCOMES = ("retry", "failed", "lost")
 
 
-def iter_jobs(store: Store, status: str | None = None, limit: int = MAX_SCANNED_JOBS,
+def iter_jobs(store: Store, status: str | None = None, limit: int = MAX_PROCESSING_SCANNED,
               page_size: int = SCAN_PAGE_SIZE) -> Iterator[Job]:
     """Every stored job (newest first), ``page_size`` at a time, at most ``limit``.
     Pages keep memory flat on a 512 MB dyno however big the store is."""
@@ -67,27 +61,6 @@ def is_stuck(job: Job, now: datetime, stuck_after: float) -> bool:
 def stuck_jobs(store: Store, now: datetime, stuck_after: float) -> list[Job]:
     return [job for job in iter_jobs(store, JobStatus.PROCESSING.value, MAX_PROCESSING_SCANNED)
             if is_stuck(job, now, stuck_after)]
-
-
-@dataclass
-class TypeSummary:
-    jobs: Counter = field(default_factory=Counter)        # (type, status) -> jobs
-    attempts: Counter = field(default_factory=Counter)    # (type, outcome) -> attempts
-    scanned: int = 0
-    truncated: bool = False
-
-
-def summarize_by_type(store: Store, limit: int = MAX_SCANNED_JOBS) -> TypeSummary:
-    summary = TypeSummary()
-    for job in iter_jobs(store, limit=limit + 1):  # one more tells whether there was more
-        if summary.scanned == limit:
-            summary.truncated = True
-            break
-        summary.scanned += 1
-        summary.jobs[(job.type, str(job.status))] += 1
-        for attempt in job.attempts:
-            summary.attempts[(job.type, str(attempt.get("outcome") or "running"))] += 1
-    return summary
 
 
 def _age(now: datetime, then: datetime | None) -> float:
@@ -121,7 +94,7 @@ class QueueCollector:
             store = state.store
             counts = store.counts(now)
             stuck = len(stuck_jobs(store, now, state.settings.stuck_after))
-            summary = summarize_by_type(store)
+            summary = store.counts_by_type()
         except StoreError as exc:
             log.warning("[Queue] metrics: the store did not answer: %s", exc)
             up.add_metric([], 0)
@@ -140,7 +113,7 @@ class QueueCollector:
         types = sorted(set(state.queue.registry.names()) | {t for t, _ in summary.jobs})
         for job_type in types:
             for status in JobStatus:
-                by_type.add_metric([job_type, status.value], summary.jobs[(job_type, status.value)])
+                by_type.add_metric([job_type, status.value], summary.jobs.get((job_type, status.value), 0))
         yield by_type
 
         pending_age = GaugeMetricFamily(
@@ -171,20 +144,10 @@ class QueueCollector:
             "Attempts that ended in an error (retried, failed or lost), by type.", labels=["type"])
         for job_type in types:
             for outcome in ATTEMPT_OUTCOMES:
-                attempts.add_metric([job_type, outcome], summary.attempts[(job_type, outcome)])
-            errors.add_metric([job_type], sum(summary.attempts[(job_type, o)] for o in ERROR_OUTCOMES))
+                attempts.add_metric([job_type, outcome], summary.attempts.get((job_type, outcome), 0))
+            errors.add_metric([job_type], sum(summary.attempts.get((job_type, o), 0) for o in ERROR_OUTCOMES))
         yield attempts
         yield errors
-
-        scanned = GaugeMetricFamily("queue_metrics_scanned_jobs",
-                                    "Jobs read for the per-type series in this scrape.")
-        scanned.add_metric([], summary.scanned)
-        yield scanned
-        truncated = GaugeMetricFamily(
-            "queue_metrics_scan_truncated",
-            f"1 if the store holds more than {MAX_SCANNED_JOBS} jobs and the per-type series are partial.")
-        truncated.add_metric([], 1 if summary.truncated else 0)
-        yield truncated
 
     def _worker_metrics(self) -> Iterator[Any]:
         state = self.state

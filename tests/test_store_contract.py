@@ -300,6 +300,29 @@ def test_counts_and_oldest_times(store, clock):
     assert c["oldestProcessingAt"] == started
 
 
+def test_counts_by_type_groups_jobs_and_attempts(store, clock):
+    assert store.counts_by_type().jobs == {} and store.counts_by_type().attempts == {}
+    for _ in range(3):
+        add(store, clock, job_type="MAIL")
+    add(store, clock, job_type="IMG")
+    add(store, clock, job_type="IMG", delay=3600)
+    mail = claim(store, clock)                          # MAIL: one retried, then completed
+    assert store.retry_later(mail, clock.now(), "451", clock.now())
+    again = claim(store, clock)
+    assert again.id == mail.id and store.complete(again, clock.now(), None)
+    failed = claim(store, clock)                        # MAIL: one failed
+    assert store.fail(failed, clock.now(), "550")
+    running = claim(store, clock)                       # MAIL: one running (no outcome yet)
+    img = claim(store, clock)
+    assert (running.type, img.type) == ("MAIL", "IMG")
+    store.cancel(add(store, clock, job_type="IMG").id, clock.now())
+    counts = store.counts_by_type()
+    assert counts.jobs == {("MAIL", "completed"): 1, ("MAIL", "failed"): 1, ("MAIL", "processing"): 1,
+                           ("IMG", "processing"): 1, ("IMG", "pending"): 1, ("IMG", "cancelled"): 1}
+    assert counts.attempts == {("MAIL", "retry"): 1, ("MAIL", "completed"): 1, ("MAIL", "failed"): 1,
+                               ("MAIL", "running"): 1, ("IMG", "running"): 1}
+
+
 def test_list_jobs_newest_first_with_filters_and_cursor(store, clock):
     jobs = []
     for i in range(7):

@@ -16,7 +16,7 @@ or ``StoreError`` (anything else), ``from`` the original.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,12 @@ class StoredFile:
     data: bytes
     content_type: str
     created_at: datetime
+
+
+@dataclass
+class TypeCounts:
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)      # (type, status) -> jobs
+    attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, outcome) -> attempts
 
 
 @dataclass
@@ -136,6 +142,12 @@ class Store(ABC):
         oldestPendingAt, oldestProcessingAt}``: the times are the earliest
         ``run_at`` among runnable pending jobs and the earliest
         ``processed_at`` among processing jobs, or None."""
+
+    @abstractmethod
+    def counts_by_type(self) -> TypeCounts:
+        """Every stored job counted by ``(type, status)``, and every attempt
+        recorded on them by ``(type, outcome)``; an attempt still running
+        (no outcome yet) counts as ``"running"``. Grouped in the store."""
 
     @abstractmethod
     def list_jobs(self, status: str | None = None, job_type: str | None = None,

@@ -22,7 +22,7 @@ from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError,
 
 from ..errors import StoreError, StoreUnavailable
 from ..jobs import Job, JobStatus
-from .base import Store, StoredFile
+from .base import Store, StoredFile, TypeCounts
 
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
@@ -297,6 +297,19 @@ class MongoStore(Store):
         out["oldestPendingAt"] = _aware(pending["runAt"]) if pending else None
         out["oldestProcessingAt"] = _aware(processing["processedAt"]) if processing else None
         return out
+
+    def counts_by_type(self) -> TypeCounts:
+        with self._errors():
+            jobs = self.coll.aggregate([
+                {"$group": {"_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1}}}])
+            by_job = {(r["_id"]["type"], r["_id"]["status"]): r["n"] for r in jobs}
+            attempts = self.coll.aggregate([
+                {"$project": {"type": 1, "attempts.outcome": 1}},
+                {"$unwind": "$attempts"},
+                {"$group": {"_id": {"type": "$type", "outcome": {"$ifNull": ["$attempts.outcome", "running"]}},
+                            "n": {"$sum": 1}}}])
+            by_attempt = {(r["_id"]["type"], r["_id"]["outcome"]): r["n"] for r in attempts}
+        return TypeCounts(by_job, by_attempt)
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
