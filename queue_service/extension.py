@@ -384,30 +384,33 @@ class JobQueue:
             log.info("[Queue] Cleanup: %d stuck job(s) requeued, %d failed", requeued, failed)
         return requeued + failed
 
-    def cancel(self, job_id: str, app: Flask | None = None) -> Job:
-        """pending -> cancelled. Raises JobNotFound or InvalidTransition."""
-        state = self.state(app)
-        if not state.store.cancel(job_id, state.clock.now()):
+    @staticmethod
+    def _transition(state: QueueState, job_id: str, action: str,
+                    change: Callable[[str, datetime], bool]) -> Job:
+        """Apply a store transition; if it changed nothing, say why."""
+        if not change(job_id, state.clock.now()):
             job = state.store.get(job_id)
             if job is None:
                 raise JobNotFound(job_id)
-            raise InvalidTransition(job_id, str(job.status), "cancel")
-        log.info("[Queue] Cancelled job %s", job_id)
+            raise InvalidTransition(job_id, str(job.status), action)
         return state.store.get(job_id)
+
+    def cancel(self, job_id: str, app: Flask | None = None) -> Job:
+        """pending -> cancelled. Raises JobNotFound or InvalidTransition."""
+        state = self.state(app)
+        job = self._transition(state, job_id, "cancel", state.store.cancel)
+        log.info("[Queue] Cancelled job %s", job_id)
+        return job
 
     def retry(self, job_id: str, app: Flask | None = None) -> Job:
         """failed -> pending with a fresh retry budget. Raises JobNotFound or
         InvalidTransition."""
         state = self.state(app)
-        if not state.store.requeue_failed(job_id, state.clock.now()):
-            job = state.store.get(job_id)
-            if job is None:
-                raise JobNotFound(job_id)
-            raise InvalidTransition(job_id, str(job.status), "retry")
+        job = self._transition(state, job_id, "retry", state.store.requeue_failed)
         log.info("[Queue] Job %s requeued by hand", job_id)
         if state.worker is not None:
             state.worker.wake.set()
-        return state.store.get(job_id)
+        return job
 
     def cancel_job(self, job_id: str, app: Flask | None = None) -> bool:
         try:
