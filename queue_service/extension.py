@@ -206,7 +206,7 @@ class JobQueue:
         hosting.register(state)
         if settings.autostart is not False:
             if hosting.armed():
-                state.start()  # a gunicorn worker loading the app after post_fork
+                hosting.start_loaded(state)  # a gunicorn worker loading the app after post_fork
             elif not hosting.under_gunicorn():
                 app.before_request(self._autostart_hook(state))
         return state

@@ -52,6 +52,15 @@ def on_post_fork() -> int:
     return started
 
 
+def start_loaded(state: Any) -> bool:
+    """``init_app`` in an armed worker (the app loads after ``post_fork``):
+    start now. If the app configured logging before this point, that
+    configuration gets the worker's first records too: ``post_worker_init``
+    only runs once the whole app has loaded, and jobs may run before then."""
+    yield_logs_to_host()
+    return state.start()
+
+
 def shutdown_timeout(state: Any, graceful_timeout: float | None) -> float:
     """How long ``worker_exit`` waits for this queue's in-flight job."""
     timeout = state.settings.shutdown_timeout
