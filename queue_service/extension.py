@@ -23,7 +23,7 @@ from . import hosting
 from .api import blueprint
 from .cli import queue_cli
 from .clock import Clock, ensure_aware
-from .errors import InvalidTransition, JobNotFound, StoreError, UnknownJobType, ValidationError
+from .errors import ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType, ValidationError
 from .jobs import Job, JobStatus, iso, new_job_id
 from .registry import JobType, Registry
 from .scheduler import Scheduler
@@ -44,15 +44,32 @@ def _age_seconds(now: datetime, then: datetime | None) -> int | None:
     return None if then is None else max(0, int((now - then).total_seconds()))
 
 
-def _store_from_settings(settings: Settings, mongo: Any) -> Store:
-    """Pick the store from configuration: MongoDB when a client or MONGO_URI
-    is given, else the SQLite file. Nothing is connected here."""
-    if mongo is not None or settings.mongo_uri:
-        from flask_pymongo import PyMongo
+def _database_getter(mongo: Any) -> Callable[[], Any]:
+    """How to reach the database of what a host app handed to ``init_app``:
+    a ``flask_pymongo.PyMongo`` (its ``db``, read when used) or a pymongo
+    (or mongomock) Database. Anything else is a ConfigurationError."""
+    from flask_pymongo import PyMongo
 
+    if isinstance(mongo, PyMongo):
+        def get_db() -> Any:
+            if mongo.db is None:
+                raise StoreError("the PyMongo instance has no database (put one in MONGO_URI)")
+            return mongo.db
+        return get_db
+    # A Database is recognised by its class: an instance answers any attribute
+    # name (db, cx, ...) with a collection of that name.
+    if all(hasattr(type(mongo), name) for name in ("get_collection", "list_collection_names")):
+        return lambda: mongo
+    raise ConfigurationError(f"mongo= takes a flask_pymongo.PyMongo or a database, not {type(mongo).__name__}")
+
+
+def _store_from_settings(settings: Settings, get_db: Callable[[], Any] | None) -> Store:
+    """Pick the store from configuration: MongoDB when the host gave one or
+    MONGO_URI is set, else the SQLite file. Nothing is connected here."""
+    if get_db is not None or settings.mongo_uri:
         from .stores.mongo import MongoStore  # only the MongoDB path needs pymongo loaded
 
-        if mongo is None:
+        if get_db is None:
             from flask_pymongo.wrappers import MongoClient
 
             # flask-pymongo's client, made here (after fork) without PyMongo(app),
@@ -60,16 +77,6 @@ def _store_from_settings(settings: Settings, mongo: Any) -> Store:
             client = MongoClient(settings.mongo_uri, connect=False, tz_aware=True)
             database = client.get_default_database()
             get_db = lambda: database  # noqa: E731
-        elif isinstance(mongo, PyMongo):  # the host app's flask-pymongo instance
-            if mongo.db is None:
-                raise StoreError("the PyMongo instance has no database (put one in MONGO_URI)")
-            get_db = lambda: mongo.db  # noqa: E731
-        elif all(hasattr(type(mongo), name) for name in ("get_collection", "list_collection_names")):
-            # a pymongo (or mongomock) Database, recognised by its class: an
-            # instance answers any attribute name with a collection of that name.
-            get_db = lambda: mongo  # noqa: E731
-        else:
-            raise StoreError(f"mongo= takes a flask_pymongo.PyMongo or a database, not {type(mongo).__name__}")
         return MongoStore(get_db, settings.mongo_collection, settings.completed_ttl)
     from .stores.sqlite import SQLiteStore, path_from_url
 
@@ -80,13 +87,13 @@ class QueueState:
     """One app's queue: settings, store, worker and scheduler."""
 
     def __init__(self, queue: "JobQueue", app: Flask, settings: Settings, clock: Clock,
-                 store: Store | None, mongo: Any):
+                 store: Store | None, get_db: Callable[[], Any] | None):
         self.queue = queue
         self.app = app
         self.settings = settings
         self.clock = clock
         self._injected_store = store
-        self._mongo = mongo
+        self._get_db = get_db
         self._store: Store | None = None
         self._store_pid: int | None = None
         self._lock = threading.RLock()
@@ -103,7 +110,7 @@ class QueueState:
         if self._store is None or self._store_pid != pid:
             with self._lock:
                 if self._store is None or self._store_pid != pid:
-                    store = self._injected_store or _store_from_settings(self.settings, self._mongo)
+                    store = self._injected_store or _store_from_settings(self.settings, self._get_db)
                     store.setup()
                     self._store, self._store_pid = store, pid
         return self._store
@@ -197,7 +204,8 @@ class JobQueue:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("queue_service is already initialised on this app")
         settings = Settings.from_config(app.config)
-        state = QueueState(self, app, settings, clock or self.clock, store, mongo)
+        get_db = _database_getter(mongo) if mongo is not None else None  # a wrong type fails here
+        state = QueueState(self, app, settings, clock or self.clock, store, get_db)
         app.extensions[EXTENSION_KEY] = state
         self._states.append(state)
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix or None)

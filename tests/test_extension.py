@@ -10,7 +10,7 @@ from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from queue_service import JobQueue, ManualClock, UnknownJobType, ValidationError
-from queue_service.errors import ConfigurationError, DuplicateJobType, InvalidTransition, JobNotFound, StoreError
+from queue_service.errors import ConfigurationError, DuplicateJobType, InvalidTransition, JobNotFound
 from queue_service.settings import Settings
 
 
@@ -210,12 +210,10 @@ def test_a_pymongo_database_is_used_as_given_not_mistaken_for_pymongo():
     # must be told apart from flask_pymongo.PyMongo by its class.
     import pymongo
 
-    from queue_service.extension import _store_from_settings
+    from queue_service.extension import _database_getter
 
     database = pymongo.MongoClient("mongodb://db.invalid:27017", connect=False, tz_aware=True)["shop"]
-    settings = Settings.from_config({})
-    store = _store_from_settings(settings, database)
-    assert store.db is database  # nothing connected: store.db only picks the database
+    assert _database_getter(database)() is database  # nothing connected: only picks the database
 
 
 def test_a_mongomock_database_given_to_init_app_holds_the_jobs():
@@ -231,11 +229,12 @@ def test_a_mongomock_database_given_to_init_app_holds_the_jobs():
     assert database["queue_jobs"].find_one({"_id": job_id})["type"] == "X"
 
 
-def test_mongo_given_something_else_is_refused_by_name():
-    from queue_service.extension import _store_from_settings
-
-    with pytest.raises(StoreError, match="not str"):
-        _store_from_settings(Settings.from_config({}), "mongodb://x/y")
+def test_mongo_given_something_else_is_refused_at_init_app():
+    app = Flask("host")
+    app.config.update(QUEUE_AUTOSTART=False)
+    with pytest.raises(ConfigurationError, match="not str"):
+        JobQueue(builtins=False).init_app(app, mongo="mongodb://x/y")
+    assert "queue_service" not in app.extensions
 
 
 def test_start_is_idempotent_and_shutdown_hands_back_the_in_flight_job(make_app, clock):
