@@ -288,10 +288,7 @@ class JobQueue:
             raise UnknownJobType(str(job_type))
         try:
             loaded = spec.load(payload)
-            # Encoded once: the JSON form is what every store keeps (the
-            # SQLite store writes this text as is; MongoDB takes the dict).
-            payload_json = json.dumps(spec.dump(loaded), separators=(",", ":"))
-            stored_payload = json.loads(payload_json)
+            stored_payload = json.loads(json.dumps(spec.dump(loaded)))  # the same JSON on every store
         except marshmallow.ValidationError as exc:
             errors["payload"] = exc.messages
         except (TypeError, ValueError) as exc:
@@ -333,8 +330,7 @@ class JobQueue:
         job = Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,
                   max_retries=retries,
                   retry_delays=list(spec.retry_delays or state.settings.retry_delays),
-                  created_at=now, run_at=when, idempotency_key=idempotency_key,
-                  payload_json=payload_json)
+                  created_at=now, run_at=when, idempotency_key=idempotency_key)
         job_id, created = state.store.insert(job)
         if created:
             log.info("[Queue] Added job %s (type: %s, priority: %d)", job_id, job_type, priority)

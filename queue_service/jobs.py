@@ -5,7 +5,7 @@ the API turns it into JSON with ``to_dict``; both sides agree on this one shape.
 """
 from __future__ import annotations
 
-import os
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -31,18 +31,11 @@ FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 def new_job_id() -> str:
-    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` makes it,
-    built without the UUID object (2.5 -> 1.1 us: one per enqueue)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return str(uuid.uuid4())
 
 
 def new_lock_token() -> str:
-    """128 random bits as 32 hex digits (one per claim)."""
-    return os.urandom(16).hex()
+    return uuid.uuid4().hex
 
 
 def retry_delay_seconds(delays: Sequence[float], retry_number: int) -> float:
@@ -91,10 +84,6 @@ class Job:
     progress: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str | None = None
-    #: ``payload`` as compact JSON text, when whoever built the Job already
-    #: encoded it (add_job does); a store may write it instead of encoding
-    #: ``payload`` again. Not part of the record: stores never return it.
-    payload_json: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def attempt_number(self) -> int:

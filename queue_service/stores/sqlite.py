@@ -23,6 +23,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
@@ -87,14 +88,16 @@ _COLUMNS = ("id, type, payload, status, priority, retry_count, max_retries, retr
             " created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id,"
             " lock_token, error, result, progress, attempts, idempotency_key")
 
-# Ends the current (last) attempt in the JSON attempts list. Keys whose value
-# would be null are left out (as the MongoDB store does): a successful attempt
-# is {startedAt, worker, endedAt, outcome}.
-_END_ATTEMPT = "json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', :outcome)"
-_END_ATTEMPT_ERROR = ("json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', :outcome,"
-                      " '$[#-1].error', :error)")
-_END_ATTEMPT_RETRY = ("json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', :outcome,"
-                      " '$[#-1].error', :error, '$[#-1].nextDelaySeconds', :next_delay)")
+
+def _end_attempt(*keys: str) -> str:
+    """SQL ending the current (last) attempt in the JSON attempts list with
+    endedAt, outcome and the named parameters ``keys`` (attempt key = SQL
+    parameter name). Keys whose value would be null are not named, so they are
+    left out (as the MongoDB store does): a successful attempt is
+    {startedAt, worker, endedAt, outcome}."""
+    pairs = [("endedAt", "now_iso"), ("outcome", "outcome"), *((k, k) for k in keys)]
+    return "json_set(attempts, " + ", ".join(f"'$[#-1].{key}', :{param}" for key, param in pairs) + ")"
+
 
 MAX_IDLE_CONNECTIONS = 4
 
@@ -109,8 +112,6 @@ _CLAIM = ("UPDATE queue_jobs SET status = 'processing', lock_token = :token, wor
           f" ORDER BY priority DESC, created_at, seq LIMIT 1) RETURNING {_COLUMNS}")
 _INSERT = ("INSERT INTO queue_jobs (id, type, payload, status, priority, retry_count, max_retries,"
            " retry_delays, created_at, run_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_COMPLETE = (f"UPDATE queue_jobs SET status = 'completed', completed_at = :now, result = :result,"
-             f" lock_token = NULL, error = NULL, attempts = {_END_ATTEMPT} WHERE {_FENCE}")
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -141,29 +142,15 @@ def _decode_attempts(text: str) -> list[dict[str, Any]]:
 
 
 # retry_delays is nearly always one of a few lists (the app's or the type's):
-# decode each text once. Bounded, in case callers pass many distinct ones.
-_DELAYS_CACHE: dict[str, tuple[float, ...]] = {}
-_ENCODED_DELAYS: dict[tuple[float, ...], str] = {}
-_CACHE_LIMIT = 64
+# each text is decoded, and each list encoded, once.
+@lru_cache(maxsize=64)
+def _decoded_delays(text: str) -> tuple[float, ...]:
+    return tuple(json.loads(text))
 
 
-def _decode_delays(text: str) -> list[float]:
-    delays = _DELAYS_CACHE.get(text)
-    if delays is None:
-        delays = tuple(json.loads(text))
-        if len(_DELAYS_CACHE) < _CACHE_LIMIT:
-            _DELAYS_CACHE[text] = delays
-    return list(delays)
-
-
-def _encode_delays(delays: list[float]) -> str:
-    key = tuple(delays)
-    text = _ENCODED_DELAYS.get(key)
-    if text is None:
-        text = json.dumps(delays)
-        if len(_ENCODED_DELAYS) < _CACHE_LIMIT:
-            _ENCODED_DELAYS[key] = text
-    return text
+@lru_cache(maxsize=64)
+def _encoded_delays(delays: tuple[float, ...]) -> str:
+    return json.dumps(list(delays))
 
 
 def _row_to_job(row: tuple) -> Job:
@@ -180,7 +167,7 @@ def _row_to_job(row: tuple) -> Job:
         priority=priority,
         retry_count=retry_count,
         max_retries=max_retries,
-        retry_delays=_decode_delays(retry_delays),
+        retry_delays=list(_decoded_delays(retry_delays)),
         created_at=_dt(created_at),
         run_at=_dt(run_at),
         processed_at=_dt(processed_at),
@@ -244,6 +231,14 @@ class _WriterLock:
         finally:
             self.thread_lock.release()
 
+    # A class-based context manager: cheap on the hot paths, unlike a generator.
+    def __enter__(self) -> "_WriterLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
     def close(self) -> None:
         with self.thread_lock:
             if self._fd is not None:
@@ -257,14 +252,8 @@ class _WriterLock:
             except OSError:
                 self.path = None  # a read-only directory: SQLite's busy handler alone, as before
                 return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
         deadline = time.monotonic() + self.wait_seconds
         for attempt in itertools.count():
-            time.sleep(self.POLL_SECONDS[min(attempt, len(self.POLL_SECONDS) - 1)])
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
@@ -272,6 +261,31 @@ class _WriterLock:
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable("SQLite: database is locked (another process kept writing"
                                            f" for {self.wait_seconds:g}s)") from None
+            time.sleep(self.POLL_SECONDS[min(attempt, len(self.POLL_SECONDS) - 1)])
+
+
+class _Immediate:
+    """``BEGIN IMMEDIATE`` on ``conn`` under the writer lock; COMMIT on
+    success, ROLLBACK on any exception. Class-based, so the hot claim path
+    pays no generator context manager."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: _WriterLock):
+        self.conn, self.lock = conn, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.conn
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.lock.release()
 
 
 def _translate(exc: sqlite3.Error) -> StoreError:
@@ -354,12 +368,6 @@ class SQLiteStore(Store):
                 return
         conn.close()
 
-    def _lock_writes(self) -> _WriterLock:
-        """Take the writer lock (see _WriterLock); the caller releases it."""
-        lock = self._write_lock
-        lock.acquire()
-        return lock
-
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         conn = self._acquire()
@@ -377,28 +385,15 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as conn, self._errors():
-            lock = self._lock_writes()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            finally:
-                lock.release()
+        with self._connection() as conn, self._errors(), _Immediate(conn, self._write_lock):
+            yield conn
 
     def _write(self, sql: str, params: dict[str, Any] | tuple = ()) -> int:
         """One statement in its own (autocommit) transaction."""
         conn = self._acquire()
         try:
-            lock = self._lock_writes()
-            try:
+            with self._write_lock:
                 return conn.execute(sql, params).rowcount
-            finally:
-                lock.release()
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         finally:
@@ -415,12 +410,8 @@ class SQLiteStore(Store):
 
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
-        with self._connection() as conn, self._errors():
-            lock = self._lock_writes()
-            try:
-                conn.executescript(SCHEMA)
-            finally:
-                lock.release()
+        with self._connection() as conn, self._errors(), self._write_lock:
+            conn.executescript(SCHEMA)
 
     def close(self) -> None:
         """Close the idle connections (those in use close when returned)."""
@@ -436,9 +427,8 @@ class SQLiteStore(Store):
 
     # -- jobs -----------------------------------------------------------------
     def insert(self, job: Job) -> tuple[str, bool]:
-        payload = job.payload_json or json.dumps(job.payload, separators=(",", ":"))
-        params = (job.id, job.type, payload, str(job.status),
-                  job.priority, job.retry_count, job.max_retries, _encode_delays(job.retry_delays),
+        params = (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
+                  job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
                   _ts(job.created_at), _ts(job.run_at), job.idempotency_key)
         if job.idempotency_key is None:
             self._write(_INSERT, params)
@@ -471,17 +461,8 @@ class SQLiteStore(Store):
                 return None
             params = {"token": lock_token, "worker": worker_id, "now": ts,
                       "attempt": json.dumps({"startedAt": iso(now), "worker": worker_id})}
-            lock = self._lock_writes()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = conn.execute(_CLAIM, params).fetchone()
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            finally:
-                lock.release()
+            with _Immediate(conn, self._write_lock):
+                row = conn.execute(_CLAIM, params).fetchone()
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         finally:
@@ -491,10 +472,11 @@ class SQLiteStore(Store):
 
     def _end(self, job: Job, now: datetime, set_sql: str, outcome: str,
              error: str | None = None, next_delay: float | None = None, **extra: Any) -> bool:
-        end = _END_ATTEMPT if error is None else _END_ATTEMPT_ERROR if next_delay is None else _END_ATTEMPT_RETRY
-        sql = f"UPDATE queue_jobs SET {set_sql}, attempts = {end} WHERE {_FENCE}"
+        ended = {"error": error, "nextDelaySeconds": next_delay}
+        ended = {key: value for key, value in ended.items() if value is not None}
+        sql = f"UPDATE queue_jobs SET {set_sql}, attempts = {_end_attempt(*ended)} WHERE {_FENCE}"
         params = {"id": job.id, "token": job.lock_token, "now": _ts(now), "now_iso": iso(now),
-                  "outcome": outcome, "error": error, "next_delay": next_delay, **extra}
+                  "outcome": outcome, **ended, **extra}
         return self._write(sql, params) == 1
 
     def heartbeat(self, job: Job, now: datetime, progress: dict[str, Any] | None = None) -> bool:
@@ -508,9 +490,9 @@ class SQLiteStore(Store):
         return self._write(sql, params) == 1
 
     def complete(self, job: Job, now: datetime, result: Any) -> bool:
-        return self._write(_COMPLETE, {
-            "id": job.id, "token": job.lock_token, "now": now.timestamp(), "now_iso": iso(now),
-            "outcome": "completed", "result": json.dumps(result, separators=(",", ":"))}) == 1
+        return self._end(job, now, "status = 'completed', completed_at = :now, result = :result,"
+                         " lock_token = NULL, error = NULL", "completed",
+                         result=json.dumps(result, separators=(",", ":")))
 
     def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
         delay = round(run_at.timestamp() - now.timestamp(), 3)
@@ -529,15 +511,16 @@ class SQLiteStore(Store):
     def requeue_stuck(self, heartbeat_before: datetime, now: datetime, error: str) -> tuple[int, int]:
         params = {"before": _ts(heartbeat_before), "now": _ts(now), "now_iso": iso(now),
                   "outcome": "lost", "error": error}
+        end = _end_attempt("error")
         with self._immediate() as conn:
             requeued = conn.execute(
                 "UPDATE queue_jobs SET status = 'pending', retry_count = retry_count + 1,"
-                f" run_at = :now, lock_token = NULL, error = :error, attempts = {_END_ATTEMPT_ERROR}"
+                f" run_at = :now, lock_token = NULL, error = :error, attempts = {end}"
                 " WHERE status = 'processing' AND heartbeat_at < :before"
                 " AND retry_count < max_retries", params).rowcount
             failed = conn.execute(
                 "UPDATE queue_jobs SET status = 'failed', completed_at = :now, lock_token = NULL,"
-                f" error = :error, attempts = {_END_ATTEMPT_ERROR}"
+                f" error = :error, attempts = {end}"
                 " WHERE status = 'processing' AND heartbeat_at < :before", params).rowcount
         return requeued, failed
 
