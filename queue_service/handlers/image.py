@@ -164,7 +164,7 @@ def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: 
                 # larger on a noisy 12 MP photo for no visible gain.
                 image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
             else:
-                image.load()
+                image.load()  # decode here, inside the try: a truncated file is an ImageError
             result = image
             if orientation in _TRANSPOSE:
                 result = image.transpose(Image.Transpose[_TRANSPOSE[orientation]])
