@@ -17,8 +17,8 @@ def _rate(count: int, seconds: float, **extra: Any) -> dict[str, Any]:
 
 
 def queue_service(count: int) -> dict[str, Any]:
-    """The worker's own step, ``run_once()`` in a loop: what the worker
-    thread runs (it only adds a wait when the queue is empty)."""
+    """The worker's own step, ``run_once(claim_next=True)`` in a loop: what
+    the worker thread runs (it only adds a wait when the queue is empty)."""
     work = fresh_dir("drain-qs")
     app, queue = subjects.queue_app(work / "queue.db")
     state = queue.state()
@@ -27,7 +27,7 @@ def queue_service(count: int) -> dict[str, Any]:
     worker = state.make_worker()
     done = 0
     started = time.perf_counter()
-    while worker.run_once() is not None and done <= count:
+    while worker.run_once(claim_next=True) is not None and done <= count:
         done += 1
     seconds = time.perf_counter() - started
     left = state.store.counts(state.clock.now())
@@ -37,8 +37,9 @@ def queue_service(count: int) -> dict[str, Any]:
 
 
 def store_only(count: int) -> dict[str, Any]:
-    """What bounds the worker: the queue's own store calls, claim() then
-    complete(), with no handler, schema or app context around them."""
+    """What bounds the worker: the queue's own store calls as the worker
+    makes them (claim() once, then complete_and_claim() per job), with no
+    handler, schema or app context around them."""
     from queue_service.jobs import new_lock_token
 
     work = fresh_dir("drain-store")
@@ -48,11 +49,9 @@ def store_only(count: int) -> dict[str, Any]:
         queue.add_job(subjects.NOOP_TYPE, subjects.payload(i))
     store, clock, done = state.store, state.clock, 0
     started = time.perf_counter()
-    while done <= count:
-        job = store.claim("bench:1:store", new_lock_token(), clock.now())
-        if job is None:
-            break
-        store.complete(job, clock.now(), None)
+    job = store.claim("bench:1:store", new_lock_token(), clock.now())
+    while job is not None and done <= count:
+        _, job = store.complete_and_claim(job, clock.now(), None, "bench:1:store", new_lock_token())
         done += 1
     seconds = time.perf_counter() - started
     if done != count:

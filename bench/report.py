@@ -91,7 +91,7 @@ def _drain(t: Table, d: dict[str, Any], count: int) -> None:
           ("drain ≥ 10× RQ SimpleWorker", vs_rq >= 10.0))
     if "store_only" in d:
         so = d["store_only"]
-        t.row(m, "bound: queue_service store.claim + complete only", rate(so), f"{_x(ratio(so, floor, key))} floor")
+        t.row(m, "bound: queue_service store calls only (complete_and_claim)", rate(so), f"{_x(ratio(so, floor, key))} floor")
     t.row(m, "Huey consumer Worker.loop (NORMAL as ours)", rate(huey), f"{_x(ratio(huey, floor, key))} floor")
     if "huey_defaults" in d:
         hd = d["huey_defaults"]

@@ -5,6 +5,7 @@ the API turns it into JSON with ``to_dict``; both sides agree on this one shape.
 """
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +36,9 @@ def new_job_id() -> str:
 
 
 def new_lock_token() -> str:
-    return uuid.uuid4().hex
+    """128 random bits, as hex. Not a UUID: nothing parses it, and uuid4()
+    costs ~3x as much, once per claim."""
+    return secrets.token_hex(16)
 
 
 def retry_delay_seconds(delays: Sequence[float], retry_number: int) -> float:

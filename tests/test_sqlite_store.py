@@ -213,3 +213,37 @@ def test_payload_is_stored_as_compact_json(tmp_path, clock):
     (text,), = store._read("SELECT payload FROM queue_jobs WHERE id = ?", (job.id,))
     assert text == '{"n":1}'
     assert store.get(job.id).payload == {"n": 1}
+
+
+# -- the drain path ------------------------------------------------------------------
+def test_complete_and_claim_is_one_write_transaction(tmp_path, clock, monkeypatch):
+    store = open_store(tmp_path)
+    for _ in range(2):
+        store.insert(make_job(clock))
+    job = store.claim("w", new_lock_token(), clock.now())
+    statements: list[str] = []
+    conn = store._acquire()
+    conn.set_trace_callback(statements.append)
+    store._release(conn)
+    completed, following = store.complete_and_claim(job, clock.now(), None, "w", new_lock_token())
+    assert completed and following is not None
+    assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "UPDATE", "COMMIT"]
+
+
+def test_setup_drops_the_completed_at_index_of_older_files(tmp_path, clock):
+    store = open_store(tmp_path)
+    store._write("CREATE INDEX queue_jobs_finished ON queue_jobs (completed_at) WHERE completed_at IS NOT NULL")
+    store.setup()  # as the next version's first start on that file
+    names = [row[0] for row in store._read("SELECT name FROM sqlite_master WHERE type = 'index'")]
+    assert "queue_jobs_finished" not in names and "queue_jobs_newest" in names
+
+
+def test_purge_scans_up_to_the_cutoff_by_creation_time(tmp_path, clock, monkeypatch):
+    store = open_store(tmp_path)
+    seen: list[tuple] = []
+    write = store._write
+    monkeypatch.setattr(store, "_write", lambda sql, params=(): seen.append((sql, params)) or write(sql, params))
+    store.purge(clock.now(), clock.now())
+    (sql, params), = seen
+    plan = " | ".join(row[3] for row in store._read("EXPLAIN QUERY PLAN " + sql, params))
+    assert "queue_jobs_newest (created_at<?)" in plan, plan

@@ -122,6 +122,40 @@ def test_complete_records_result_and_ends_attempt(store, clock):
     assert not store.complete(job, clock.now(), "again")  # recorded exactly once
 
 
+def test_complete_and_claim_records_one_and_claims_the_next(store, clock):
+    first = add(store, clock)
+    low = add(store, clock, priority=-1)
+    high = add(store, clock, priority=5)
+    later = add(store, clock, priority=9, delay=60)  # not due: never the next one
+    job = claim(store, clock)
+    assert job.id == high.id
+    clock.advance(2)
+    completed, following = store.complete_and_claim(job, clock.now(), {"ok": 1}, "w1", "token-2")
+    assert completed and following.id == first.id  # priority, then age, as claim() orders
+    assert following.status is JobStatus.PROCESSING and following.lock_token == "token-2"
+    assert following.processed_at == following.heartbeat_at == clock.now()
+    assert following.attempts == [{"startedAt": clock.now(), "worker": "w1"}]
+    done = store.get(high.id)
+    assert done.status is JobStatus.COMPLETED and done.result == {"ok": 1} and done.completed_at == clock.now()
+    assert done.attempts[0]["outcome"] == "completed"
+    completed, following = store.complete_and_claim(following, clock.now(), None, "w1", new_lock_token())
+    assert completed and following.id == low.id
+    completed, following = store.complete_and_claim(following, clock.now(), None, "w1", new_lock_token())
+    assert completed and following is None
+    assert store.get(later.id).status is JobStatus.PENDING
+    assert claim(store, clock) is None
+
+
+def test_complete_and_claim_with_a_lost_claim_records_nothing_but_still_claims(store, clock):
+    a = add(store, clock)
+    b = add(store, clock)
+    job = claim(store, clock)
+    stale = Job(**{**job.__dict__, "lock_token": "not-mine"})
+    completed, following = store.complete_and_claim(stale, clock.now(), None, "w1", new_lock_token())
+    assert not completed and following.id == b.id
+    assert store.get(a.id).status is JobStatus.PROCESSING  # untouched: its claim is someone else's
+
+
 def test_retry_later_requeues_with_delay_and_counts(store, clock):
     add(store, clock)
     job = claim(store, clock)
@@ -358,6 +392,17 @@ def test_purge_by_age_and_status(store, clock):
     assert store.purge(clock.now() - timedelta(days=7), clock.now() - timedelta(days=30)) == 2
     assert store.get(failed.id) is None and store.get(cancelled.id) is None
     assert store.get(pending.id).status is JobStatus.PENDING  # never purged
+
+
+def test_purge_goes_by_when_a_job_finished_not_when_it_was_created(store, clock):
+    old_but_just_done = add(store, clock)
+    clock.advance(10 * 86400)
+    store.complete(claim(store, clock), clock.now(), None)
+    clock.advance(86400)
+    assert store.purge(clock.now() - timedelta(days=7), clock.now() - timedelta(days=30)) == 0
+    assert store.get(old_but_just_done.id) is not None
+    clock.advance(7 * 86400)
+    assert store.purge(clock.now() - timedelta(days=7), clock.now() - timedelta(days=30)) == 1
 
 
 # -- media ----------------------------------------------------------------------------------

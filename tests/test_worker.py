@@ -198,6 +198,64 @@ def test_progress_and_heartbeat_if_due(make_app, clock):
     assert not worker.heartbeat_if_due(clock.now())  # nothing in flight
 
 
+def test_claim_next_holds_the_following_job_until_the_next_step(setup, clock):
+    app, queue, state, worker, calls, _ = setup
+    a = queue.add_job("FLAKY", {"n": 1}, app=app)
+    b = queue.add_job("FLAKY", {"n": 2}, app=app)
+    assert worker.run_once(claim_next=True).id == a
+    held = queue.get_job(b, app=app)
+    assert held.status is JobStatus.PROCESSING and held.worker_id == worker.worker_id
+    assert worker.current.id == b and [c["payload"]["n"] for c in calls] == [1]
+    clock.advance(31)
+    assert worker.heartbeat_if_due(clock.now())  # the scheduler renews the held claim
+    assert queue.get_job(b, app=app).heartbeat_at == clock.now()
+    assert worker.run_once(claim_next=True).id == b and worker.current is None
+    assert [c["payload"]["n"] for c in calls] == [1, 2]
+    assert queue.get_job_status(b, app=app)["result"] == {"double": 4}
+    assert worker.run_once(claim_next=True) is None
+
+
+def test_without_claim_next_a_step_holds_nothing(setup):
+    app, queue, state, worker, calls, _ = setup
+    queue.add_job("FLAKY", {"n": 1}, app=app)
+    b = queue.add_job("FLAKY", {"n": 2}, app=app)
+    worker.run_once()
+    assert worker.current is None and queue.get_job(b, app=app).status is JobStatus.PENDING
+
+
+def test_a_failed_attempt_claims_nothing_ahead(setup, clock):
+    app, queue, state, worker, calls, behaviour = setup
+    behaviour["fail_times"] = 1
+    queue.add_job("FLAKY", {"n": 1}, app=app)
+    b = queue.add_job("FLAKY", {"n": 2}, app=app)
+    worker.run_once(claim_next=True)
+    assert worker.current is None and queue.get_job(b, app=app).status is JobStatus.PENDING
+
+
+def test_stopping_hands_back_the_job_claimed_for_the_next_step(make_app, clock):
+    queue = JobQueue(clock=clock, builtins=False)
+    ran: list[int] = []
+    queue.job_type("STEP")(lambda payload, job: ran.append(payload["n"]))
+    app, _ = make_app(queue)
+    state = app.extensions["queue_service"]
+    worker = state.make_worker()
+
+    @queue.on_complete("STEP")
+    def stop_after_first(job):  # runs after the next job was claimed with this one's completion
+        worker.stop()
+
+    queue.add_job("STEP", {"n": 1}, app=app)
+    b = queue.add_job("STEP", {"n": 2}, app=app)
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and ran == [1] and worker.current is None
+    back = queue.get_job(b, app=app)
+    assert back.status is JobStatus.PENDING and back.retry_count == 0 and back.lock_token is None
+    assert back.attempts[-1]["outcome"] == "released"
+    assert back.attempts[-1]["error"] == "worker stopped before the job started"
+
+
 def test_worker_id_is_host_pid_random_and_new_each_time(make_app):
     app, queue = make_app()
     state = app.extensions["queue_service"]
@@ -260,8 +318,10 @@ def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
     app, queue = make_app()
     queue.job_type("QUICK")(lambda payload, job: None)
     worker = app.extensions["queue_service"].make_worker()
-    collections = []
+    collections, freezes = [], []
     monkeypatch.setattr(worker_module.gc, "collect", lambda *a: collections.append(a))
+    monkeypatch.setattr(worker_module.gc, "freeze", lambda: freezes.append(len(collections)))
+    monkeypatch.setattr(worker_module, "_frozen_pid", None)
     queue.add_job("QUICK", {}, app=app)
     worker.run_once()
     assert collections == []  # a quick job in a burst: no 5-20 ms full collection yet
@@ -269,6 +329,7 @@ def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
     queue.add_job("QUICK", {}, app=app)
     worker.run_once()
     assert len(collections) == 1  # a "long" job pays for its own collection
+    assert freezes == [1]  # what survived the first collection is set aside, once per process
     monkeypatch.setattr(worker_module, "GC_AFTER_JOB_SECONDS", 3600.0)
     queue.add_job("QUICK", {}, app=app)
     thread = threading.Thread(target=worker.run_forever, name="queue-worker", daemon=True)
@@ -282,3 +343,4 @@ def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
         worker.stop()
         thread.join(5)
     assert len(collections) == 2  # collected once the queue ran dry
+    assert freezes == [1]

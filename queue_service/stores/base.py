@@ -97,6 +97,14 @@ class Store(ABC):
         """processing -> completed with ``result``; ``completed_at = now``;
         the current attempt ends with outcome "completed". Fenced."""
 
+    def complete_and_claim(self, job: Job, now: datetime, result: Any, worker_id: str,
+                           lock_token: str) -> tuple[bool, Job | None]:
+        """``complete(job)``, then ``claim()`` the next runnable job for the
+        same worker: (completed?, the claimed job or None). The worker's loop
+        uses it so that a store that can do both in one write (SQLite: one
+        transaction instead of two) does. Here: the two calls in turn."""
+        return self.complete(job, now, result), self.claim(worker_id, lock_token, now)
+
     @abstractmethod
     def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
         """processing -> pending, ``retry_count + 1``, runnable at ``run_at``;
