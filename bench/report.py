@@ -84,7 +84,7 @@ def _drain(t: Table, d: dict[str, Any], count: int) -> None:
         return f"{_n(r['jobs_per_s'])} jobs/s"
     key = "jobs_per_s"
     vs_floor, vs_huey, vs_rq = ratio(qs, floor, key), ratio(qs, huey, key), ratio(qs, rq, key)
-    t.row(m, "queue_service, worker.run_once() loop", rate(qs),
+    t.row(m, "queue_service, worker.run_once(claim_next=True) loop", rate(qs),
           f"{_x(vs_floor)} floor · {_x(vs_huey)} Huey · {_x(vs_rq)} RQ", "≥ 0.5× floor; ≥ Huey; ≥ 10× RQ",
           ("drain ≥ 0.5× floor", vs_floor >= 0.5),
           ("drain ≥ Huey (same synchronous)", vs_huey >= 1.0),
