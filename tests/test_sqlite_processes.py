@@ -1,6 +1,7 @@
 """SQLite across processes: three processes, each with its own SQLiteStore on
-one file, claim and complete 3,000 jobs while the parent is still adding
-them. Every job is completed exactly once and none is lost.
+one file, claim and complete 3,000 jobs (each completion claiming the next job
+in the same transaction, as the worker's loop does) while the parent is still
+adding them. Every job is completed exactly once and none is lost.
 
 ``pytest tests/test_sqlite_processes.py -s`` prints the run's figures.
 """
@@ -36,26 +37,32 @@ def make_job(n: int) -> Job:
 
 def drain(path: str, total: int, start: "multiprocessing.synchronize.Barrier",
           results: "multiprocessing.Queue") -> None:
-    """A claiming process: claim and complete until all ``total`` jobs exist
+    """A claiming process, as the worker's loop drains: claim, then complete
+    each job and claim the next in one call, until all ``total`` jobs exist
     and none is pending. Sends back (pid, ids it completed, claims lost)."""
     store = SQLiteStore(path)  # opened here, in this process
     worker_id = f"test:{os.getpid()}"
     completed: list[str] = []
     lost = 0
+    job = None
     start.wait(timeout=60)
     deadline = time.monotonic() + DEADLINE_SECONDS
     while time.monotonic() < deadline:
-        job = store.claim(worker_id, new_lock_token(), now())
+        if job is None:
+            job = store.claim(worker_id, new_lock_token(), now())
         if job is None:
             counts = store.counts(now())
             if counts["total"] >= total and counts["pending"] == 0:
                 break
             time.sleep(0.005)  # the parent is still adding: look again soon
             continue
-        if store.complete(job, now(), {"by": os.getpid()}):
+        done, following = store.complete_and_claim(job, now(), {"by": os.getpid()}, worker_id,
+                                                   new_lock_token())
+        if done:
             completed.append(job.id)
         else:
             lost += 1
+        job = following
     store.close()
     results.put((os.getpid(), completed, lost))
 
