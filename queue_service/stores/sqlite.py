@@ -110,6 +110,7 @@ _FENCE = "id = :id AND status = 'processing' AND lock_token = :token"
 def _end_sql(set_sql: str, keys: tuple[str, ...]) -> str:
     return f"UPDATE queue_jobs SET {set_sql}, attempts = {_end_attempt(*keys)} WHERE {_FENCE}"
 
+
 _RUNNABLE = "status = 'pending' AND run_at <= :now"
 _IDLE_CHECK = f"SELECT 1 FROM queue_jobs WHERE {_RUNNABLE} LIMIT 1"
 _CLAIM = ("UPDATE queue_jobs SET status = 'processing', lock_token = :token, worker_id = :worker,"
