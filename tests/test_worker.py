@@ -1,6 +1,8 @@
 """The worker, one step at a time, with a manual clock (no sleeping)."""
 from __future__ import annotations
 
+import os
+import platform
 import threading
 from datetime import timedelta
 
@@ -318,10 +320,11 @@ def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
     app, queue = make_app()
     queue.job_type("QUICK")(lambda payload, job: None)
     worker = app.extensions["queue_service"].make_worker()
-    collections, freezes = [], []
+    collections, freezes, trims = [], [], []
     monkeypatch.setattr(worker_module.gc, "collect", lambda *a: collections.append(a))
     monkeypatch.setattr(worker_module.gc, "freeze", lambda: freezes.append(len(collections)))
     monkeypatch.setattr(worker_module, "_frozen_pid", None)
+    monkeypatch.setattr(worker_module, "trim_heap", lambda: trims.append(len(collections)))
     queue.add_job("QUICK", {}, app=app)
     worker.run_once()
     assert collections == []  # a quick job in a burst: no 5-20 ms full collection yet
@@ -330,6 +333,7 @@ def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
     worker.run_once()
     assert len(collections) == 1  # a "long" job pays for its own collection
     assert freezes == [1]  # what survived the first collection is set aside, once per process
+    assert trims == [1]  # and the long job's freed heap goes back to the OS
     monkeypatch.setattr(worker_module, "GC_AFTER_JOB_SECONDS", 3600.0)
     queue.add_job("QUICK", {}, app=app)
     thread = threading.Thread(target=worker.run_forever, name="queue-worker", daemon=True)
@@ -343,4 +347,24 @@ def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
         worker.stop()
         thread.join(5)
     assert len(collections) == 2  # collected once the queue ran dry
-    assert freezes == [1]
+    assert freezes == [1] and trims == [1]  # no trim after small jobs
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/statm"),
+                    reason="malloc_trim is glibc's")
+def test_trim_heap_gives_freed_heap_pages_back_to_the_os():
+    from queue_service.worker import trim_heap
+
+    blocks = [bytes(4000 + i % 7) for i in range(20_000)]  # ~80 MB of malloc heap, not mmap
+    pins = blocks[::50] + [blocks[-1]]  # live blocks all along it: the heap cannot just shrink
+    del blocks
+    held = _rss_bytes()
+    assert trim_heap()
+    released = held - _rss_bytes()
+    assert released > 30 * 2**20, f"only {released / 2**20:.1f} MiB went back"
+    assert len(pins) == 401
