@@ -48,7 +48,7 @@ def trim_heap() -> bool:
             import ctypes  # here, not at import: ~0.3 MB that idle workers never pay
 
             _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (ImportError, OSError, AttributeError):
+        except (ImportError, OSError, AttributeError, TypeError):  # TypeError: CDLL(None) on Windows
             _malloc_trim = None
     if _malloc_trim is None:
         return False
