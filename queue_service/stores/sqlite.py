@@ -22,10 +22,9 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from functools import lru_cache
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 try:
     import fcntl
@@ -272,10 +271,40 @@ class _WriterLock:
             time.sleep(self.POLL_SECONDS[min(attempt, len(self.POLL_SECONDS) - 1)])
 
 
+def _translate(exc: sqlite3.Error) -> StoreError:
+    """A driver error as the contract's exception (raise it ``from exc``)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        message = str(exc)
+        if "locked" in message or "busy" in message or "unable to open" in message:
+            return StoreUnavailable(f"SQLite: {message}")
+        return StoreError(f"SQLite: {message}")
+    return StoreError(f"SQLite: {exc}")
+
+
+class _Pooled:
+    """``with _Pooled(store) as conn``: a connection from the store's pool for
+    one call, given back after it; a sqlite3 error leaves as the contract's
+    StoreError/StoreUnavailable. Class-based, like _Immediate and _WriterLock:
+    a generator context manager cost ~2 us per use on the hot paths."""
+
+    __slots__ = ("store", "conn")
+
+    def __init__(self, store: "SQLiteStore"):
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn = self.store._acquire()
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.store._release(self.conn)
+        if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+            raise _translate(exc) from exc
+
+
 class _Immediate:
     """``BEGIN IMMEDIATE`` on ``conn`` under the writer lock; COMMIT on
-    success, ROLLBACK on any exception. Class-based, so the hot claim path
-    pays no generator context manager."""
+    success, ROLLBACK on any exception."""
 
     def __init__(self, conn: sqlite3.Connection, lock: _WriterLock):
         self.conn, self.lock = conn, lock
@@ -294,16 +323,6 @@ class _Immediate:
             self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
             self.lock.release()
-
-
-def _translate(exc: sqlite3.Error) -> StoreError:
-    """A driver error as the contract's exception (raise it ``from exc``)."""
-    if isinstance(exc, sqlite3.OperationalError):
-        message = str(exc)
-        if "locked" in message or "busy" in message or "unable to open" in message:
-            return StoreUnavailable(f"SQLite: {message}")
-        return StoreError(f"SQLite: {message}")
-    return StoreError(f"SQLite: {exc}")
 
 
 def path_from_url(url: str) -> str:
@@ -354,8 +373,7 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
         return conn
 
-    # The hot paths (insert, claim, complete) call _acquire/_release directly:
-    # a generator-based context manager costs ~2 us per use, three per call.
+    # Used through _Pooled.
     def _acquire(self) -> sqlite3.Connection:
         with self._pool_lock:
             if self._pid != os.getpid():  # forked: never reuse the parent's handles or locks
@@ -376,49 +394,18 @@ class SQLiteStore(Store):
                 return
         conn.close()
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        conn = self._acquire()
-        try:
-            yield conn
-        finally:
-            self._release(conn)
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-
-    @contextmanager
-    def _immediate(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as conn, self._errors(), _Immediate(conn, self._write_lock):
-            yield conn
-
     def _write(self, sql: str, params: dict[str, Any] | tuple = ()) -> int:
         """One statement in its own (autocommit) transaction."""
-        conn = self._acquire()
-        try:
-            with self._write_lock:
-                return conn.execute(sql, params).rowcount
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-        finally:
-            self._release(conn)
+        with _Pooled(self) as conn, self._write_lock:
+            return conn.execute(sql, params).rowcount
 
     def _read(self, sql: str, params: dict[str, Any] | tuple = ()) -> list[tuple]:
-        conn = self._acquire()
-        try:
+        with _Pooled(self) as conn:
             return conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-        finally:
-            self._release(conn)
 
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
-        with self._connection() as conn, self._errors(), self._write_lock:
+        with _Pooled(self) as conn, self._write_lock:
             conn.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -441,7 +428,7 @@ class SQLiteStore(Store):
         if job.idempotency_key is None:
             self._write(_INSERT, params)
             return job.id, True
-        with self._immediate() as conn:
+        with _Pooled(self) as conn, _Immediate(conn, self._write_lock):
             if conn.execute(_INSERT + " ON CONFLICT DO NOTHING RETURNING id", params).fetchone() is not None:
                 return job.id, True
             row = conn.execute(
@@ -464,8 +451,7 @@ class SQLiteStore(Store):
         return _row_to_job(row) if row is not None else None
 
     def claim(self, worker_id: str, lock_token: str, now: datetime) -> Job | None:
-        conn = self._acquire()
-        try:
+        with _Pooled(self) as conn:
             # After a claim that found nothing (an idle poll), a plain read
             # first: with nothing runnable no write lock is taken, so idle
             # pollers never hold up other writers. The read sees the last
@@ -476,10 +462,6 @@ class SQLiteStore(Store):
                 return None
             with _Immediate(conn, self._write_lock):
                 row = conn.execute(_CLAIM, self._claim_params(worker_id, lock_token, now)).fetchone()
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-        finally:
-            self._release(conn)
         return self._claimed(row)
 
     def complete_and_claim(self, job: Job, now: datetime, result: Any, worker_id: str,
@@ -487,15 +469,9 @@ class SQLiteStore(Store):
         """Both in one write transaction: a drained job costs one commit, and
         the pages the two share (the row's table page, the processing index's
         edge) are written once."""
-        conn = self._acquire()
-        try:
-            with _Immediate(conn, self._write_lock):
-                done = conn.execute(*self._complete_statement(job, now, result)).rowcount == 1
-                row = conn.execute(_CLAIM, self._claim_params(worker_id, lock_token, now)).fetchone()
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-        finally:
-            self._release(conn)
+        with _Pooled(self) as conn, _Immediate(conn, self._write_lock):
+            done = conn.execute(*self._complete_statement(job, now, result)).rowcount == 1
+            row = conn.execute(_CLAIM, self._claim_params(worker_id, lock_token, now)).fetchone()
         return done, self._claimed(row)
 
     @staticmethod
@@ -522,8 +498,9 @@ class SQLiteStore(Store):
                       "progress": json.dumps(progress)}
         return self._write(sql, params) == 1
 
-    def _complete_statement(self, job: Job, now: datetime, result: Any) -> tuple[str, dict[str, Any]]:
-        return self._end_statement(job, now, "status = 'completed', completed_at = :now, result = :result,"
+    @classmethod
+    def _complete_statement(cls, job: Job, now: datetime, result: Any) -> tuple[str, dict[str, Any]]:
+        return cls._end_statement(job, now, "status = 'completed', completed_at = :now, result = :result,"
                                    " lock_token = NULL, error = NULL", "completed",
                                    result="null" if result is None else json.dumps(result, separators=(",", ":")))
 
@@ -548,7 +525,7 @@ class SQLiteStore(Store):
         params = {"before": _ts(heartbeat_before), "now": _ts(now), "now_iso": iso(now),
                   "outcome": "lost", "error": error}
         end = _end_attempt("error")
-        with self._immediate() as conn:
+        with _Pooled(self) as conn, _Immediate(conn, self._write_lock):
             requeued = conn.execute(
                 "UPDATE queue_jobs SET status = 'pending', retry_count = retry_count + 1,"
                 f" run_at = :now, lock_token = NULL, error = :error, attempts = {end}"
