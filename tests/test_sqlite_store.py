@@ -1,30 +1,18 @@
 """SQLite-only mechanisms behind the contract: the idle claim's read-only
 check, the in-process writer lock, the attempts' stored form and the listing
-index. (The contract itself is tests/test_store_contract.py.)"""
+index. (The contract itself is tests/test_store_contract.py; its make_job and
+conftest's clock serve here too.)"""
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
-from datetime import timedelta
-
 import pytest
+from test_store_contract import make_job
 
-from queue_service.clock import ManualClock
-from queue_service.errors import StoreUnavailable
-from queue_service.jobs import Job, new_job_id, new_lock_token
+from queue_service.errors import StoreError, StoreUnavailable
+from queue_service.jobs import new_lock_token
 from queue_service.stores.sqlite import SQLiteStore
-
-
-def make_job(clock, delay=0.0, key=None) -> Job:
-    now = clock.now()
-    return Job(id=new_job_id(), type="T", payload={"n": 1}, created_at=now,
-               run_at=now + timedelta(seconds=delay), idempotency_key=key)
-
-
-@pytest.fixture
-def clock():
-    return ManualClock()
 
 
 def open_store(tmp_path, **kwargs) -> SQLiteStore:
@@ -247,3 +235,16 @@ def test_purge_scans_up_to_the_cutoff_by_creation_time(tmp_path, clock, monkeypa
     (sql, params), = seen
     plan = " | ".join(row[3] for row in store._read("EXPLAIN QUERY PLAN " + sql, params))
     assert "queue_jobs_newest (created_at<?)" in plan, plan
+
+
+def test_a_driver_error_leaves_as_a_store_error_and_the_pool_stays_usable(tmp_path, clock):
+    store = open_store(tmp_path)
+    with pytest.raises(StoreError) as caught:
+        store._read("SELECT no_such_column FROM queue_jobs")
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    assert not isinstance(caught.value, StoreUnavailable)  # a bad statement, not a busy file
+    with pytest.raises(StoreError):
+        store._write("INSERT INTO queue_jobs (id) VALUES ('x')")  # NOT NULL columns missing
+    job = make_job(clock)
+    store.insert(job)  # the same pooled connections serve on
+    assert store.claim("w", new_lock_token(), clock.now()).id == job.id

@@ -394,6 +394,16 @@ def test_purge_by_age_and_status(store, clock):
     assert store.get(pending.id).status is JobStatus.PENDING  # never purged
 
 
+def test_purge_with_failed_jobs_kept_shorter_than_completed_ones(store, clock):
+    done = add(store, clock)
+    failed = add(store, clock)
+    store.complete(claim(store, clock), clock.now(), None)
+    store.fail(claim(store, clock), clock.now(), "x")
+    clock.advance(3 * 86400)
+    assert store.purge(clock.now() - timedelta(days=7), clock.now() - timedelta(days=2)) == 1
+    assert store.get(failed.id) is None and store.get(done.id) is not None
+
+
 def test_purge_goes_by_when_a_job_finished_not_when_it_was_created(store, clock):
     old_but_just_done = add(store, clock)
     clock.advance(10 * 86400)
