@@ -15,8 +15,14 @@ from marshmallow import Schema, fields, validate
 
 import config
 from queue_service import JobQueue, ValidationError
+from queue_service.handlers.image import items_hook
 
 queue = JobQueue()
+
+if os.environ.get("MONGO_URI"):
+    # On MongoDB the demo keeps an ``items`` collection pointed at each item's
+    # processed images (the hook runs in the worker, inside the app context).
+    queue.on_complete("IMAGE_PROCESS")(items_hook(lambda: queue.state().runtime.store.db))
 
 
 class ReportSchema(Schema):

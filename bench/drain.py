@@ -24,13 +24,13 @@ def queue_service(count: int) -> dict[str, Any]:
     state = queue.state()
     for i in range(count):
         queue.add_job(subjects.NOOP_TYPE, subjects.payload(i))
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
     done = 0
     started = time.perf_counter()
     while worker.run_once(claim_next=True) is not None and done <= count:
         done += 1
     seconds = time.perf_counter() - started
-    left = state.store.counts(state.clock.now())
+    left = state.runtime.store.counts(state.runtime.clock.now())
     if done != count or left["completed"] != count:
         raise RuntimeError(f"drained {done}, completed {left['completed']} of {count}")
     return _rate(count, seconds)
@@ -40,14 +40,14 @@ def store_only(count: int) -> dict[str, Any]:
     """What bounds the worker: the queue's own store calls as the worker
     makes them (claim() once, then complete_and_claim() per job), with no
     handler, schema or app context around them."""
-    from queue_service.jobs import new_lock_token
+    from queue_service.core.jobs import new_lock_token
 
     work = fresh_dir("drain-store")
     app, queue = subjects.queue_app(work / "queue.db")
     state = queue.state()
     for i in range(count):
         queue.add_job(subjects.NOOP_TYPE, subjects.payload(i))
-    store, clock, done = state.store, state.clock, 0
+    store, clock, done = state.runtime.store, state.runtime.clock, 0
     started = time.perf_counter()
     job = store.claim("bench:1:store", new_lock_token(), clock.now())
     while job is not None and done <= count:

@@ -15,7 +15,7 @@ def queue_service(count: int) -> dict[str, Any]:
     work = fresh_dir("enqueue-qs")
     app, queue = subjects.queue_app(work / "queue.db")
     with app.app_context():
-        queue.state().store  # open the file and create the schema before timing
+        queue.state().runtime.store  # open the file and create the schema before timing
         return latencies_us(lambda i: queue.add_job(subjects.NOOP_TYPE, subjects.payload(i)), count)
 
 

@@ -110,7 +110,7 @@ def _idle_worker(db_name: str, **config: Any):
                       QUEUE_IMAGE_QUALITY=QUALITY, QUEUE_IMAGE_FORMAT="webp", **config)
     queue = JobQueue(app)
     state = queue.state()
-    state.store.setup()
+    state.runtime.store.setup()
     return queue, state
 
 
@@ -133,7 +133,7 @@ def transcode_only(runs: int) -> dict[str, Any]:
 
 def queue_job(runs: int) -> dict[str, Any]:
     queue, state = _idle_worker("image-queue.db", QUEUE_ALLOW_PRIVATE_URLS=True)
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                                "--directory", str(SOURCE.parent)],
@@ -156,7 +156,7 @@ def queue_job(runs: int) -> dict[str, Any]:
     output: dict[str, Any] = {"status": last["status"], "error": last["error"]}
     names = _media_names(last["result"])
     if names:
-        stored = state.store.get_file(names[0])
+        stored = state.runtime.store.get_file(names[0])
         if stored is not None:
             from PIL import Image
 

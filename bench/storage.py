@@ -65,7 +65,7 @@ def sqlite(count: int) -> dict[str, Any]:
     db = work / "queue.db"
     app, queue, schema = _queue(config={"QUEUE_DATABASE_URL": f"sqlite:///{db}"})
     state = queue.state()
-    state.store.setup()
+    state.runtime.store.setup()
     conn = sqlite3.connect(str(db))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     empty_pages, empty_content = _dbstat(conn)
@@ -73,7 +73,7 @@ def sqlite(count: int) -> dict[str, Any]:
     for _ in range(count):
         queue.add_job(EMAIL_TYPE, dict(EMAIL))
     queued_pages, queued_content = _dbstat(conn)
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
     for _ in range(count + 1):
         if worker.run_once() is None:
             break
@@ -106,7 +106,7 @@ def mongo(count: int) -> dict[str, Any]:
     collection = database["queue_jobs"]
     ids = [queue.add_job(EMAIL_TYPE, dict(EMAIL)) for _ in range(count)]
     queued = [len(bson.encode(collection.find_one({"_id": job_id}))) for job_id in ids]
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
     for _ in range(count + 1):
         if worker.run_once() is None:
             break

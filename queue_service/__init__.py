@@ -1,12 +1,13 @@
 """queue_service: a persistent background job queue inside a Flask app."""
-from .clock import Clock, ManualClock
-from .errors import (InvalidTransition, JobNotFound, PermanentJobError, QueueError, StoreError,
-                     StoreUnavailable, UnknownJobType, ValidationError)
-from .extension import JobQueue
-from .jobs import Job, JobStatus
+from .core.clock import Clock, ManualClock
+from .core.context import JobContext
+from .core.errors import (InvalidTransition, JobNotFound, PermanentJobError, QueueError, StoreError,
+                          StoreUnavailable, UnknownJobType, ValidationError)
+from .core.jobs import Job, JobStatus
+from .web.extension import JobQueue
 
 __all__ = [
-    "Clock", "InvalidTransition", "Job", "JobNotFound", "JobQueue", "JobStatus", "ManualClock",
+    "Clock", "InvalidTransition", "Job", "JobContext", "JobNotFound", "JobQueue", "JobStatus", "ManualClock",
     "PermanentJobError", "QueueError", "StoreError", "StoreUnavailable", "UnknownJobType",
     "ValidationError",
 ]

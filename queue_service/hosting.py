@@ -22,13 +22,13 @@ log = logging.getLogger("queue_service.hosting")
 GRACEFUL_MARGIN_SECONDS = 2.0
 
 _armed_pid: int | None = None
-_states: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_runtimes: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _routed_handlers: list[logging.Handler] = []
 
 
-def register(state: Any) -> None:
-    """Called by ``init_app`` for every queue state."""
-    _states.add(state)
+def register(runtime: Any) -> None:
+    """Called by ``init_app`` for every app's queue runtime (``core.runtime.Runtime``)."""
+    _runtimes.add(runtime)
 
 
 def armed() -> bool:
@@ -46,24 +46,24 @@ def on_post_fork() -> int:
     global _armed_pid
     _armed_pid = os.getpid()
     started = 0
-    for state in list(_states):
-        if state.wants_threads_in_gunicorn() and state.start():
+    for runtime in list(_runtimes):
+        if runtime.wants_threads_in_gunicorn() and runtime.start():
             started += 1
     return started
 
 
-def start_loaded(state: Any) -> bool:
+def start_loaded(runtime: Any) -> bool:
     """``init_app`` in an armed worker (the app loads after ``post_fork``):
     start now. If the app configured logging before this point, that
     configuration gets the worker's first records too: ``post_worker_init``
     only runs once the whole app has loaded, and jobs may run before then."""
     yield_logs_to_host()
-    return state.start()
+    return runtime.start()
 
 
-def shutdown_timeout(state: Any, graceful_timeout: float | None) -> float:
+def shutdown_timeout(runtime: Any, graceful_timeout: float | None) -> float:
     """How long ``worker_exit`` waits for this queue's in-flight job."""
-    timeout = state.settings.shutdown_timeout
+    timeout = runtime.settings.shutdown_timeout
     if graceful_timeout is None:
         return timeout
     ceiling = max(0.0, graceful_timeout - GRACEFUL_MARGIN_SECONDS)
@@ -78,10 +78,10 @@ def on_worker_exit(timeout: float | None = None, graceful_timeout: float | None 
     """Graceful stop of every queue running in this process: ``timeout`` (default
     each queue's QUEUE_SHUTDOWN_TIMEOUT, capped to end before gunicorn's
     ``graceful_timeout`` when given) for the in-flight job, then hand it back."""
-    for state in list(_states):
-        if state._started_pid != os.getpid():
+    for runtime in list(_runtimes):
+        if not runtime.started_here:
             continue  # not running here (the master, or a queue never started)
-        state.shutdown(timeout if timeout is not None else shutdown_timeout(state, graceful_timeout))
+        runtime.shutdown(timeout if timeout is not None else shutdown_timeout(runtime, graceful_timeout))
 
 
 # -- logs -----------------------------------------------------------------------

@@ -67,14 +67,28 @@ def store(store_kind, tmp_path):
 
 
 @pytest.fixture
-def make_app(store, clock):
-    """Build a Flask app with a JobQueue on the ``store`` fixture's store."""
+def app_store(request, tmp_path):
+    """The store ``make_app`` mounts: SQLite, or each store in turn for a test
+    that asks for ``store_kind`` (the API, CLI and worker tests exercise the
+    web and core layers, which are the same over every store; the store
+    contract suite covers the stores)."""
+    kind = request.getfixturevalue("store_kind") if "store_kind" in request.fixturenames else "sqlite"
+    store, cleanup = make_store(kind, tmp_path)
+    store.setup()
+    yield store
+    store.close()
+    cleanup()
+
+
+@pytest.fixture
+def make_app(app_store, clock):
+    """Build a Flask app with a JobQueue on the ``app_store`` fixture's store."""
     def factory(queue: JobQueue | None = None, **config) -> tuple[Flask, JobQueue]:
         app = Flask("test_app")
         # A dict, so a test may override the defaults (QUEUE_DEVELOPMENT=False).
         app.config.update({"TESTING": True, "QUEUE_AUTOSTART": False, "QUEUE_DEVELOPMENT": True, **config})
         queue = queue or JobQueue(clock=clock)
-        queue.init_app(app, store=store)
+        queue.init_app(app, store=app_store)
         return app, queue
     return factory
 

@@ -18,7 +18,8 @@ from flask.json.provider import DefaultJSONProvider
 from marshmallow import fields
 
 from queue_service import JobQueue, PermanentJobError
-from queue_service import extension, schemas
+from queue_service.core import limits
+from queue_service.web import schemas
 
 TOKEN = "s3cret-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -62,7 +63,7 @@ class Api:
             return self.queue.add_job(job_type, payload or {}, **options)
 
     def run_once(self):
-        return self.state.make_worker().run_once()
+        return self.state.runtime.make_worker().run_once()
 
     def total(self) -> int:
         with self.app.app_context():
@@ -126,7 +127,7 @@ def test_create_job_idempotency_key(api):
 def test_create_job_idempotency_key_answers_the_running_jobs_status(api, clock):
     first = api.post("/jobs", json={"type": "NOOP", "payload": {}, "idempotencyKey": "k2"}).get_json()
     assert first["status"] == "pending"
-    assert api.state.store.claim("w1", "token-1", clock.now()).id == first["id"]
+    assert api.state.runtime.store.claim("w1", "token-1", clock.now()).id == first["id"]
     again = api.post("/jobs", json={"type": "NOOP", "payload": {}, "idempotencyKey": "k2"}).get_json()
     assert again == {"id": first["id"], "status": "processing"}
 
@@ -205,11 +206,14 @@ def test_body_over_cap_refused_when_chunked(make_app, clock):
         assert_error(response, 413)
 
 
-def test_limits_match_add_job():
-    assert schemas.PRIORITY_RANGE == extension.PRIORITY_RANGE
-    assert schemas.MAX_DELAY_SECONDS == extension.MAX_DELAY_SECONDS
-    assert schemas.MAX_RETRIES_LIMIT == extension.MAX_RETRIES_LIMIT
-    assert schemas.MAX_IDEMPOTENCY_KEY_CHARS == extension.MAX_IDEMPOTENCY_KEY_CHARS
+def test_the_documented_limits_are_the_ones_submit_checks():
+    """The OpenAPI document's ranges come from core.limits, which core.service.submit checks."""
+    fields = schemas.JobCreateSchema().fields
+    priority = fields["priority"].validators[0]
+    assert (priority.min, priority.max) == limits.PRIORITY_RANGE
+    assert fields["delay"].validators[0].max == limits.MAX_DELAY_SECONDS
+    assert fields["maxRetries"].validators[0].max == limits.MAX_RETRIES_LIMIT
+    assert fields["idempotencyKey"].validators[0].max == limits.MAX_IDEMPOTENCY_KEY_CHARS
 
 
 # -- GET /job/<id> ------------------------------------------------------------
@@ -315,7 +319,7 @@ def test_retry_failed_job_and_conflict(api):
 
 def test_cancel_processing_job_conflicts(api, clock):
     job_id = api.add("NOOP")
-    assert api.state.store.claim("test-worker", "token", clock.now()).id == job_id
+    assert api.state.runtime.store.claim("test-worker", "token", clock.now()).id == job_id
     assert assert_error(api.post(f"/job/{job_id}/cancel"), 409)["details"]["status"] == "processing"
 
 
@@ -331,7 +335,7 @@ def test_stats(api, clock):
 
 def test_cleanup_requeues_stuck_jobs(api, clock):
     job_id = api.add("NOOP")
-    api.state.store.claim("dead-worker", "token", clock.now())
+    api.state.runtime.store.claim("dead-worker", "token", clock.now())
     assert api.post("/cleanup").get_json() == {"success": True, "requeuedCount": 0}
     clock.advance(api.state.settings.stuck_after + 1)
     assert api.post("/cleanup").get_json() == {"success": True, "requeuedCount": 1}
@@ -350,24 +354,24 @@ def test_health_public(api, clock):
 
 
 def test_health_503_when_a_thread_died(api):
-    api.state.start()
+    api.state.runtime.start()
     try:
-        api.state.scheduler.stop()
-        api.state.threads[1].join(5)
+        api.state.runtime.scheduler.stop()
+        api.state.runtime.threads[1].join(5)
         response = api.client.get(f"{PREFIX}/health")
         assert response.status_code == 503
         assert any("died" in p for p in response.get_json()["problems"])
     finally:
-        api.state.shutdown(timeout=5)
+        api.state.runtime.shutdown(timeout=5)
 
 
 def test_health_with_running_threads(api):
-    api.state.start()
+    api.state.runtime.start()
     try:
         body = api.client.get(f"{PREFIX}/health").get_json()
         assert body["healthy"] is True and body["worker"]["running"] is True
     finally:
-        api.state.shutdown(timeout=5)
+        api.state.runtime.shutdown(timeout=5)
 
 
 # -- a store that cannot be reached -------------------------------------------
@@ -433,7 +437,7 @@ def test_development_config_opens_admin_routes_without_token(make_app, clock):
 
 def test_public_routes_need_no_token(api, clock):
     job_id = api.add("NOOP")
-    api.state.store.put_file("a.webp", b"RIFF....WEBP", "image/webp", clock.now())
+    api.state.runtime.store.put_file("a.webp", b"RIFF....WEBP", "image/webp", clock.now())
     assert api.client.get(f"{PREFIX}/job/{job_id}").status_code == 200
     assert api.client.get(f"{PREFIX}/health").status_code == 200
     assert api.client.get(f"{PREFIX}/media/a.webp").status_code == 200
@@ -487,7 +491,7 @@ def test_host_app_keeps_its_own_error_pages(make_app, clock):
     app2, _ = make_app(make_queue(clock))
     # A host 404 handler registered before init_app still answers outside the prefix.
     queue = make_queue(clock)
-    queue.init_app(app, store=app2.extensions["queue_service"].store)
+    queue.init_app(app, store=app2.extensions["queue_service"].runtime.store)
     client = app.test_client()
     assert client.get("/elsewhere").get_data(as_text=True) == "host page"
     assert client.get(f"{PREFIX}/nowhere").mimetype == "application/json"
@@ -506,7 +510,7 @@ def test_custom_prefix(make_app, clock):
 
 
 def test_media(api, clock):
-    api.state.store.put_file("pic.webp", b"RIFF1234WEBPVP8 ", "image/webp", clock.now())
+    api.state.runtime.store.put_file("pic.webp", b"RIFF1234WEBPVP8 ", "image/webp", clock.now())
     response = api.client.get(f"{PREFIX}/media/pic.webp")
     assert response.status_code == 200 and response.data == b"RIFF1234WEBPVP8 "
     assert "immutable" in response.headers["Cache-Control"]

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from queue_service import JobQueue
-from queue_service.errors import ValidationError
+from queue_service.core.errors import ValidationError
 from queue_service.handlers.cleanup import parse_age
 
 
@@ -26,7 +26,7 @@ def setup(make_app, clock):
 
 
 def run_all(state, limit=50):
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
     for _ in range(limit):
         if worker.run_once() is None:
             return
@@ -69,14 +69,14 @@ def test_purge_jobs_deletes_finished_jobs_older_than_the_age(setup, clock):
 
 def test_delete_old_files_deletes_media_older_than_the_age(setup, clock):
     app, queue, state = setup
-    state.store.put_file("old.webp", b"old", "image/webp", clock.now())
+    state.runtime.store.put_file("old.webp", b"old", "image/webp", clock.now())
     clock.advance(86400 * 2)
-    state.store.put_file("new.webp", b"new", "image/webp", clock.now())
+    state.runtime.store.put_file("new.webp", b"new", "image/webp", clock.now())
     clock.advance(60)
     job = cleanup(app, queue, state, {"task": "delete_old_files", "olderThan": "1d"})
     assert job["status"] == "completed" and job["result"]["deleted"] == 1
-    assert state.store.get_file("old.webp") is None
-    assert state.store.get_file("new.webp").data == b"new"
+    assert state.runtime.store.get_file("old.webp") is None
+    assert state.runtime.store.get_file("new.webp").data == b"new"
 
 
 @pytest.mark.parametrize("payload, field", [

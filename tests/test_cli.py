@@ -14,7 +14,7 @@ import pytest
 from marshmallow import Schema, fields, validate
 
 from queue_service import JobQueue, JobStatus
-from queue_service.jobs import new_lock_token
+from queue_service.core.jobs import new_lock_token
 
 STUCK_AFTER = 60
 
@@ -53,7 +53,7 @@ def state_of(app):
 
 
 def run_worker_once(app) -> None:
-    state_of(app).make_worker().run_once()
+    state_of(app).runtime.make_worker().run_once()
 
 
 def failed_job(app, queue) -> str:
@@ -178,7 +178,7 @@ def test_show_text_and_json_with_attempts(env):
 def test_show_marks_a_stuck_job(env, clock):
     app, queue, run = env
     job_id = queue.add_job("REPORT", {"name": "slow"})
-    state_of(app).store.claim("gone:1:abc", new_lock_token(), clock.now())
+    state_of(app).runtime.store.claim("gone:1:abc", new_lock_token(), clock.now())
     assert json.loads(run("show", job_id, "--json").stdout)["stuck"] is False
     clock.advance(STUCK_AFTER + 1)
     assert json.loads(run("show", job_id, "--json").stdout)["stuck"] is True
@@ -214,7 +214,7 @@ def test_stats_counts_match_the_store(env, clock):
 def test_cleanup_requeues_a_stuck_job(env, clock):
     app, queue, run = env
     job_id = queue.add_job("REPORT", {"name": "slow"})
-    state_of(app).store.claim("gone:1:abc", new_lock_token(), clock.now())
+    state_of(app).runtime.store.claim("gone:1:abc", new_lock_token(), clock.now())
     assert run("cleanup").stdout.strip() == "no stuck jobs"
     clock.advance(STUCK_AFTER + 1)
     assert json.loads(run("stats", "--json").stdout)["stuck"] == 1

@@ -17,7 +17,7 @@ from marshmallow import Schema, fields
 from werkzeug.serving import make_server
 
 from queue_service import Clock, JobQueue, JobStatus
-from queue_service.jobs import new_lock_token
+from queue_service.core.jobs import new_lock_token
 
 TOKEN = "dashboard-test-token"
 CHROMIUM = "/usr/bin/chromium"
@@ -89,7 +89,7 @@ def test_assets_are_served_with_their_types_and_versions(make_app):
 
 
 def test_script_never_parses_job_values_as_html():
-    source = (Path(__file__).resolve().parent.parent / "queue_service" / "static" / "dashboard.js").read_text()
+    source = (Path(__file__).resolve().parent.parent / "queue_service" / "web" / "static" / "dashboard.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in source.replace("never innerHTML", ""), sink
 
@@ -200,8 +200,8 @@ def serve(tmp_path):
     for server, app in started:
         server.__exit__(None, None, None)
         state = app.extensions["queue_service"]
-        state.shutdown(5)  # no-op unless the test started the threads
-        state.store.close()
+        state.runtime.shutdown(5)  # no-op unless the test started the threads
+        state.runtime.store.close()
 
 
 @pytest.fixture
@@ -214,7 +214,7 @@ def seed_every_state(app, queue) -> dict[str, str]:
     """One job per state (plus a stuck one) through the JobQueue API; the
     worker steps are run here, so no thread is involved."""
     state = app.extensions["queue_service"]
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
     ids = {}
     with app.app_context():
         ids["completed"] = queue.add_job("NOTE", {"note": HOSTILE_IMG})
@@ -224,12 +224,12 @@ def seed_every_state(app, queue) -> dict[str, str]:
         ids["cancelled"] = queue.add_job("NOTE", {"note": "never mind"})
         queue.cancel(ids["cancelled"])
         # Queued and claimed an hour ago by a worker that sent no heartbeat since.
-        state.clock.shift = -timedelta(hours=1)
+        state.runtime.clock.shift = -timedelta(hours=1)
         try:
             ids["stuck"] = queue.add_job("NOTE", {"note": "the worker died"})
-            claimed = state.store.claim("gone-host:4242:dead01", new_lock_token(), state.clock.now())
+            claimed = state.runtime.store.claim("gone-host:4242:dead01", new_lock_token(), state.runtime.clock.now())
         finally:
-            state.clock.shift = timedelta(0)
+            state.runtime.clock.shift = timedelta(0)
         assert claimed.id == ids["stuck"]
         ids["hostile"] = queue.add_job("NOTE", {"note": HOSTILE_SCRIPT + HOSTILE_IMG}, delay=3600,
                                        idempotency_key="<b>key</b>")
@@ -373,7 +373,7 @@ def test_retry_a_failed_job_until_it_completes(browser, live):
     server, app, queue = live
     ids = seed_every_state(app, queue)
     state = app.extensions["queue_service"]
-    state.start()  # the real worker thread runs the retried job; the fixture shuts it down
+    state.runtime.start()  # the real worker thread runs the retried job; the fixture shuts it down
     context, page, problems = open_page(browser, server)
     try:
         sign_in(page)

@@ -6,7 +6,7 @@ from email.header import decode_header, make_header
 
 import pytest
 
-from queue_service.errors import ValidationError
+from queue_service.core.errors import ValidationError
 from servers import free_port, smtp_server  # noqa: F401  (fixture)
 
 SENDER = "Shop <noreply@shop.example>"
@@ -24,7 +24,7 @@ def mail_app(make_app, smtp_server):
 
 def run(app, queue, payload, **options):
     job_id = queue.add_job("EMAIL_SEND", payload, app=app, **options)
-    app.extensions["queue_service"].make_worker().run_once()
+    app.extensions["queue_service"].runtime.make_worker().run_once()
     return job_id, queue.get_job_status(job_id, app=app)
 
 
@@ -79,9 +79,9 @@ def test_451_retries_then_delivers_once_with_the_same_message_id(mail_app, smtp_
     job_id, job = run(app, queue, {"to": "a@example.com", "subject": "x", "body": "y"})
     assert job["status"] == "pending" and job["retryCount"] == 1
     assert "451" in job["attempts"][0]["error"] and job["attempts"][0]["nextDelaySeconds"] == 1
-    assert state.make_worker().run_once() is None  # the 1 s delay has not passed
+    assert state.runtime.make_worker().run_once() is None  # the 1 s delay has not passed
     clock.advance(1.001)
-    assert state.make_worker().run_once() is not None
+    assert state.runtime.make_worker().run_once() is not None
     job = queue.get_job_status(job_id, app=app)
     assert job["status"] == "completed"
     assert smtp_server.recorder.attempts == 2

@@ -10,8 +10,8 @@ from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from queue_service import JobQueue, ManualClock, UnknownJobType, ValidationError
-from queue_service.errors import ConfigurationError, DuplicateJobType, InvalidTransition, JobNotFound
-from queue_service.settings import Settings
+from queue_service.core.errors import ConfigurationError, DuplicateJobType, InvalidTransition, JobNotFound
+from queue_service.core.settings import Settings
 
 
 class EmailLike(Schema):
@@ -105,7 +105,7 @@ def test_delay_run_at_priority_and_idempotency(app_queue, clock):
     first = queue.add_job("MAIL", good, idempotency_key="welcome:42", app=app)
     assert queue.add_job("MAIL", good, idempotency_key="welcome:42", app=app) == first
     high = queue.add_job("MAIL", good, priority=5, app=app)
-    worker = app.extensions["queue_service"].make_worker()
+    worker = app.extensions["queue_service"].runtime.make_worker()
     assert worker.run_once().id == high
 
 
@@ -185,7 +185,7 @@ def test_mongo_uri_uses_flask_pymongo_client_and_leaves_host_json_alone():
         queue.init_app(app)
         job_id = queue.add_job("X", {}, app=app)
         state = app.extensions["queue_service"]
-        assert state.store.kind == "mongodb" and state.store.db.name == "shop"
+        assert state.runtime.store.kind == "mongodb" and state.runtime.store.db.name == "shop"
     assert app.json is provider  # PyMongo(app) would have replaced it
     assert queue.get_job_status(job_id, app=app)["status"] == "pending"
 
@@ -210,7 +210,7 @@ def test_a_pymongo_database_is_used_as_given_not_mistaken_for_pymongo():
     # must be told apart from flask_pymongo.PyMongo by its class.
     import pymongo
 
-    from queue_service.extension import _database_getter
+    from queue_service.web.extension import _database_getter
 
     database = pymongo.MongoClient("mongodb://db.invalid:27017", connect=False, tz_aware=True)["shop"]
     assert _database_getter(database)() is database  # nothing connected: only picks the database
@@ -252,7 +252,7 @@ def test_start_is_idempotent_and_shutdown_hands_back_the_in_flight_job(make_app,
     job_id = queue.add_job("BLOCK", {}, app=app)
     assert queue.start(app=app) is True
     assert queue.start(app=app) is False
-    assert sorted(t.name for t in state.threads) == ["queue-scheduler", "queue-worker"]
+    assert sorted(t.name for t in state.runtime.threads) == ["queue-scheduler", "queue-worker"]
     try:
         assert running.wait(10)
         assert queue.shutdown(timeout=0.05, app=app) is False  # had to hand a job back
@@ -261,7 +261,7 @@ def test_start_is_idempotent_and_shutdown_hands_back_the_in_flight_job(make_app,
         assert job["attempts"][-1]["outcome"] == "released"
     finally:
         release.set()
-    for thread in state.threads:
+    for thread in state.runtime.threads:
         thread.join(5)
     # the handler finished after the hand-back: its late result is not recorded
     assert queue.get_job_status(job_id, app=app)["status"] == "pending"
@@ -273,13 +273,13 @@ def test_autostart_on_first_request_outside_gunicorn(tmp_path):
     app.config.update(QUEUE_DATABASE_URL=f"sqlite:///{tmp_path}/dev.db", QUEUE_POLL_INTERVAL=0.05)
     queue.init_app(app)
     state = app.extensions["queue_service"]
-    assert not state.running
+    assert not state.runtime.running
     try:
         app.test_client().get("/anything")
-        assert state.running
+        assert state.runtime.running
     finally:
         queue.shutdown(timeout=5, app=app)
-    assert not state.running
+    assert not state.runtime.running
 
 
 def test_health_check_shape(app_queue):

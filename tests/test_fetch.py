@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 import urllib3.util.connection
 
-from queue_service.fetch import (FetchConnectionError, FetchHTTPError, FetchRefused, Fetcher, FetchTimeout,
+from queue_service.handlers.fetch import (FetchConnectionError, FetchHTTPError, FetchRefused, Fetcher, FetchTimeout,
                                  FetchTooLarge, check_url)
 from servers import http_server  # noqa: F401  (fixture)
 

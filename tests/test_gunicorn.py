@@ -53,7 +53,7 @@ def local(tmp_path):
     register_job_types(queue)
     queue.init_app(app)
     yield app, queue
-    app.extensions["queue_service"].store.close()
+    app.extensions["queue_service"].runtime.store.close()
 
 
 def job_of(local, job_id: str) -> dict[str, Any]:

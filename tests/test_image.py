@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import ExifTags, Image
 
-from queue_service import JobQueue
-from queue_service.errors import ValidationError
+from queue_service import JobQueue, ManualClock
+from queue_service.core.errors import ValidationError
 from queue_service.handlers.image import ImageError, fitted_box, transcode
 from servers import http_server  # noqa: F401  (fixture)
 from test_fetch import PUBLIC_HOST, network  # noqa: F401  (fixture)
@@ -314,7 +314,7 @@ def test_bad_arguments():
 def run_job(app, queue, payload, **options):
     state = app.extensions["queue_service"]
     job_id = queue.add_job("IMAGE_PROCESS", payload, app=app, **options)
-    assert state.make_worker().run_once() is not None
+    assert state.runtime.make_worker().run_once() is not None
     return job_id, queue.get_job_status(job_id, app=app)
 
 
@@ -337,7 +337,7 @@ def test_images_processed_stored_and_servable(make_app, http_server):
     assert job["progress"] == {"done": 5, "total": 5, "failed": 0}
     sizes = [(image["width"], image["height"]) for image in result["images"]]
     assert sizes == [(300, 400), (1600, 1200), (500, 400), (120, 80), (800, 600)]
-    store = app.extensions["queue_service"].store
+    store = app.extensions["queue_service"].runtime.store
     for index, image in enumerate(result["images"], 1):
         assert image["source"] == urls[index - 1] and image["error"] is None
         assert media_name(image["url"]) == f"{job_id}-{index}.webp"
@@ -354,7 +354,7 @@ def test_images_processed_stored_and_servable(make_app, http_server):
 
 
 def test_failed_images_keep_their_url_and_the_job_completes(make_app, http_server, monkeypatch):
-    monkeypatch.setattr("queue_service.fetch.DEADLINE_SECONDS", 0.3)
+    monkeypatch.setattr("queue_service.handlers.fetch.DEADLINE_SECONDS", 0.3)
     app, queue = make_app(QUEUE_ALLOW_PRIVATE_URLS=True)
     good = http_server.add("/good.jpg", progressive_jpeg(), content_type="image/jpeg")
     truncated = big_jpeg()
@@ -393,9 +393,9 @@ def test_every_image_failing_transiently_retries_the_job(make_app, http_server, 
     assert "transient" in job["attempts"][0]["error"]
     http_server.add("/a.jpg", progressive_jpeg(), content_type="image/jpeg")
     http_server.add("/b.jpg", png_alpha(), content_type="image/png")
-    assert state.make_worker().run_once() is None  # not before the 1 s delay
+    assert state.runtime.make_worker().run_once() is None  # not before the 1 s delay
     clock.advance(1.001)
-    assert state.make_worker().run_once() is not None
+    assert state.runtime.make_worker().run_once() is not None
     job = queue.get_job_status(job_id, app=app)
     assert job["status"] == "completed" and job["result"]["processed"] == 2
 
@@ -417,24 +417,22 @@ def test_one_transient_failure_among_successes_does_not_retry(make_app, http_ser
 
 
 def test_rerun_after_a_crash_overwrites_the_same_files(make_app, http_server, clock):
-    from queue_service.worker import JobContext
-
     app, queue = make_app(QUEUE_ALLOW_PRIVATE_URLS=True)
     state = app.extensions["queue_service"]
     urls = [http_server.add("/a.jpg", progressive_jpeg()), http_server.add("/b.png", png_alpha())]
     job_id = queue.add_job("IMAGE_PROCESS", {"itemId": "x", "imageUrls": urls}, app=app)
     # Worker A claims and runs the handler, then dies before recording anything.
-    crashed = state.make_worker()
-    claimed = state.store.claim(crashed.worker_id, "token-a", clock.now())
+    crashed = state.runtime.make_worker()
+    claimed = state.runtime.store.claim(crashed.worker_id, "token-a", clock.now())
     with app.app_context():
-        first = queue.registry.get("IMAGE_PROCESS").handler(claimed.payload, JobContext(claimed, crashed))
+        first = queue.registry.get("IMAGE_PROCESS").handler(claimed.payload, crashed.context(claimed))
     clock.advance(state.settings.stuck_after + 1)
     assert queue.cleanup_stuck_jobs(app=app) == 1
-    assert state.make_worker().run_once() is not None
+    assert state.runtime.make_worker().run_once() is not None
     job = queue.get_job_status(job_id, app=app)
     assert job["status"] == "completed" and job["retryCount"] == 1
     assert [i["url"] for i in job["result"]["images"]] == [i["url"] for i in first["images"]]
-    assert state.store.purge_files(clock.now() + timedelta(days=1)) == 2  # not 4
+    assert state.runtime.store.purge_files(clock.now() + timedelta(days=1)) == 2  # not 4
 
 
 def test_progress_is_visible_while_the_job_runs(make_app, http_server):
@@ -450,7 +448,7 @@ def test_progress_is_visible_while_the_job_runs(make_app, http_server):
         request.wfile.write(body)
     urls = [http_server.add("/1.jpg", body), http_server.add_handler("/2.jpg", second_image)]
     job_ids = [queue.add_job("IMAGE_PROCESS", {"itemId": "x", "imageUrls": urls}, app=app)]
-    app.extensions["queue_service"].make_worker().run_once()
+    app.extensions["queue_service"].runtime.make_worker().run_once()
     assert seen == [{"done": 1, "total": 2}]
 
 
@@ -473,7 +471,7 @@ def test_jpeg_output_and_max_side_from_config(make_app, http_server):
     job_id, job = run_job(app, queue, {"itemId": "x", "imageUrls": [http_server.add("/a.png", png_alpha())]})
     image = job["result"]["images"][0]
     assert image["url"].endswith(f"{job_id}-1.jpg") and (image["width"], image["height"]) == (200, 160)
-    stored = app.extensions["queue_service"].store.get_file(media_name(image["url"]))
+    stored = app.extensions["queue_service"].runtime.store.get_file(media_name(image["url"]))
     assert stored.content_type == "image/jpeg" and decode(stored.data).format == "JPEG"
 
 
@@ -508,27 +506,33 @@ def test_redirect_into_loopback_is_refused(make_app, http_server, network):
 
 
 # -- MongoDB items, callback -----------------------------------------------------
-def test_items_document_gets_the_new_urls(make_app, http_server, store_kind):
-    app, queue = make_app(QUEUE_ALLOW_PRIVATE_URLS=True)
-    store = app.extensions["queue_service"].store
-    urls = [http_server.add("/a.jpg", progressive_jpeg()), http_server.url("/gone.jpg")]
-    if store_kind != "mongo":
-        _, job = run_job(app, queue, {"itemId": "x", "imageUrls": urls})
-        assert job["result"]["item"] is None  # no items collection on SQLite
-        return
+def test_items_hook_points_the_items_document_at_the_new_urls(make_app, http_server, caplog):
+    """The host app's items collection is updated by an on_complete hook it
+    registers (handlers.image.items_hook), not by the handler."""
     from bson import ObjectId
 
+    from queue_service.handlers.image import items_hook
+    from tests.conftest import make_mongo_database
+
+    db, cleanup = make_mongo_database()
+    queue = JobQueue(clock=ManualClock())
+    queue.on_complete("IMAGE_PROCESS")(items_hook(lambda: db))
+    app, queue = make_app(queue, QUEUE_ALLOW_PRIVATE_URLS=True)
+    urls = [http_server.add("/a.jpg", progressive_jpeg()), http_server.url("/gone.jpg")]
     oid = ObjectId()
-    store.db["items"].insert_many([{"_id": oid, "imageUrls": urls}, {"_id": "plain-id", "imageUrls": urls},
-                                   {"_id": "65a1b2c3d4e5f60718293a4b", "imageUrls": urls}])
-    for item_id in (str(oid), "plain-id", "65a1b2c3d4e5f60718293a4b"):
-        job_id, job = run_job(app, queue, {"itemId": item_id, "imageUrls": urls})
-        assert job["result"]["item"] == {"updated": True}
-        stored = store.db["items"].find_one({"_id": oid if item_id == str(oid) else item_id})
-        assert stored["imageUrls"] == [f"/api/queue/media/{job_id}-1.webp", urls[1]]
-    _, job = run_job(app, queue, {"itemId": str(ObjectId()), "imageUrls": urls})
-    assert job["status"] == "completed" and job["result"]["item"]["updated"] is False
-    assert "not found" in job["result"]["item"]["error"]
+    db["items"].insert_many([{"_id": oid, "imageUrls": urls}, {"_id": "plain-id", "imageUrls": urls},
+                             {"_id": "65a1b2c3d4e5f60718293a4b", "imageUrls": urls}])
+    try:
+        for item_id in (str(oid), "plain-id", "65a1b2c3d4e5f60718293a4b"):
+            job_id, job = run_job(app, queue, {"itemId": item_id, "imageUrls": urls})
+            stored = db["items"].find_one({"_id": oid if item_id == str(oid) else item_id})
+            assert stored["imageUrls"] == [job["result"]["images"][0]["url"], urls[1]]
+            assert stored["imageUrls"][0].startswith("/api/queue/media/")
+        with caplog.at_level(logging.WARNING, logger="queue_service.worker"):
+            _, job = run_job(app, queue, {"itemId": str(ObjectId()), "imageUrls": urls})
+        assert job["status"] == "completed" and "not found" in caplog.text
+    finally:
+        cleanup()
 
 
 def test_callback_is_signed_and_posted_once(make_app, http_server):
@@ -614,15 +618,15 @@ def test_registering_builtins_loads_neither_pillow_nor_requests():
                                     {"QUEUE_IMAGE_QUALITY": "101"}, {"QUEUE_IMAGE_MAX_SIDE": 8},
                                     {"QUEUE_IMAGE_MAX_SIDE": "big"}])
 def test_bad_image_settings_are_refused(config):
-    from queue_service.errors import ConfigurationError
-    from queue_service.settings import Settings
+    from queue_service.core.errors import ConfigurationError
+    from queue_service.core.settings import Settings
 
     with pytest.raises(ConfigurationError, match=next(iter(config))):
         Settings.from_config(config)
 
 
 def test_image_settings_parse_and_the_secret_stays_out_of_as_dict():
-    from queue_service.settings import Settings
+    from queue_service.core.settings import Settings
 
     settings = Settings.from_config({"QUEUE_IMAGE_FORMAT": " JPG ", "QUEUE_IMAGE_QUALITY": "85",
                                      "QUEUE_IMAGE_MAX_SIDE": "1024", "QUEUE_CALLBACK_SECRET": "s"})

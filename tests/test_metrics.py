@@ -12,8 +12,7 @@ from marshmallow import Schema, fields
 from prometheus_client.parser import text_string_to_metric_families
 
 from queue_service import JobQueue, PermanentJobError
-from queue_service.jobs import new_lock_token
-from queue_service.metrics import iter_jobs
+from queue_service.core.jobs import new_lock_token
 from queue_service.stores.sqlite import SQLiteStore
 
 TOKEN = "metrics-token"
@@ -70,7 +69,7 @@ def env(make_app, clock):
 
 def seed(app, queue, clock) -> dict[str, str]:
     state = app.extensions["queue_service"]
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
     ids = {}
     ids["ok"] = queue.add_job("EMAIL", {})
     worker.run_once()                                     # completed, 1 attempt
@@ -83,7 +82,7 @@ def seed(app, queue, clock) -> dict[str, str]:
     ids["cancelled"] = queue.add_job("RESIZE", {})
     queue.cancel(ids["cancelled"])
     ids["stuck"] = queue.add_job("RESIZE", {}, priority=9)
-    state.store.claim("gone:1:abc", new_lock_token(), clock.now())   # its worker vanished
+    state.runtime.store.claim("gone:1:abc", new_lock_token(), clock.now())   # its worker vanished
     clock.advance(STUCK_AFTER + 1)
     ids["waiting"] = queue.add_job("RESIZE", {}, delay=3600)
     clock.advance(5)
@@ -101,7 +100,7 @@ def store_truth(store) -> tuple[Counter, Counter]:
     return jobs, attempts
 
 
-def test_counts_match_the_store(env, clock, store):
+def test_counts_match_the_store(env, clock, app_store, store_kind):
     app, queue, client = env
     seed(app, queue, clock)
     metrics = scrape(client)
@@ -112,7 +111,7 @@ def test_counts_match_the_store(env, clock, store):
         assert value(metrics, "queue_jobs", status=status) == stats[status]
     assert (stats["pending"], stats["processing"], stats["completed"], stats["failed"]) == (3, 1, 1, 1)
 
-    jobs, attempts = store_truth(store)
+    jobs, attempts = store_truth(app_store)
     for job_type in ("EMAIL", "RESIZE"):
         for status in ("pending", "processing", "completed", "failed", "cancelled"):
             assert value(metrics, "queue_jobs_by_type", type=job_type, status=status) == jobs[(job_type, status)]
@@ -206,13 +205,13 @@ def test_every_process_reports_the_same_totals(tmp_path, clock):
     with app_a.app_context():
         for _ in range(3):
             queue_a.add_job("EMAIL", {})
-        app_a.extensions["queue_service"].make_worker().run_once()
+        app_a.extensions["queue_service"].runtime.make_worker().run_once()
     first, second = (scrape(client) for client in clients)
     for name in ("queue_jobs", "queue_jobs_by_type", "queue_job_attempts", "queue_stuck_jobs"):
         assert first[name] == second[name]
     assert value(first, "queue_jobs", status="pending") == 2
     for app, _ in queues:
-        app.extensions["queue_service"].store.close()
+        app.extensions["queue_service"].runtime.store.close()
 
 
 def test_this_process_worker_state(env):
@@ -225,16 +224,16 @@ def test_this_process_worker_state(env):
     gate = threading.Event()
     # A handler that holds the worker until the test lets go.
     queue.registry.get("RESIZE").handler = lambda payload, job: gate.wait(10) and {"ok": True}
-    state.start()
+    state.runtime.start()
     try:
         job_id = queue.add_job("RESIZE", {})
         deadline = time.monotonic() + 10
-        while state.worker.current is None and time.monotonic() < deadline:
+        while state.runtime.worker.current is None and time.monotonic() < deadline:
             gate.wait(0.01)  # bounded: the worker thread claims the job
         busy = scrape(client)
         assert value(busy, "queue_worker_running") == 1 and value(busy, "queue_worker_busy") == 1
         info = [labels for labels in busy["queue_worker_info"]]
-        assert dict(info[0])["worker_id"] == state.worker.worker_id
+        assert dict(info[0])["worker_id"] == state.runtime.worker.worker_id
         gate.set()
         while queue.get_job(job_id).status.value != "completed" and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -243,7 +242,7 @@ def test_this_process_worker_state(env):
         assert value(done, "queue_worker_busy") == 0
     finally:
         gate.set()
-        state.shutdown(5)
+        state.runtime.shutdown(5)
 
 
 def test_store_down_still_answers(clock):
@@ -263,7 +262,7 @@ def test_store_down_still_answers(clock):
         client.close()
 
 
-def test_stuck_scan_pages_without_gaps(store, clock):
+def test_listing_pages_without_gaps_on_equal_timestamps(store, clock):
     queue = make_queue(clock)
     app = Flask("scan")
     app.config.update(TESTING=True, QUEUE_AUTOSTART=False)
@@ -273,6 +272,11 @@ def test_stuck_scan_pages_without_gaps(store, clock):
         for _ in range(7):
             ids.append(queue.add_job("EMAIL", {}))
             clock.advance(0)  # equal timestamps: the id breaks the tie
-    seen = [job.id for job in iter_jobs(store, page_size=2)]
+    seen, cursor = [], None
+    while True:  # pages of 2 along the listing cursor, as the dashboard pages
+        page = store.list_jobs(limit=2, before=cursor)
+        seen += [job.id for job in page]
+        if len(page) < 2:
+            break
+        cursor = (page[-1].created_at, page[-1].id)
     assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen)) == 7
-    assert [job.id for job in iter_jobs(store, limit=3, page_size=2)] == seen[:3]

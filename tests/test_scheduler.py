@@ -20,12 +20,12 @@ def env(make_app, clock):
 
 def abandon_claim(state, clock):
     """Claim a job as a worker that then dies (never reports back)."""
-    return state.store.claim("dead:1:000000", "token-of-the-dead", clock.now())
+    return state.runtime.store.claim("dead:1:000000", "token-of-the-dead", clock.now())
 
 
 def test_first_tick_sweeps_then_waits_for_the_interval(env, clock):
     app, queue, state, _ = env
-    scheduler = state.make_scheduler(None)
+    scheduler = state.runtime.make_scheduler(None)
     assert scheduler.tick() is not None  # start-up sweep
     clock.advance(299)
     assert scheduler.tick() is None
@@ -35,7 +35,7 @@ def test_first_tick_sweeps_then_waits_for_the_interval(env, clock):
 
 def test_stalled_scheduler_sweeps_once_and_skips_missed_ticks(env, clock):
     app, queue, state, _ = env
-    scheduler = state.make_scheduler(None)
+    scheduler = state.runtime.make_scheduler(None)
     scheduler.tick()
     clock.advance(3600)  # the dyno slept for an hour
     assert scheduler.tick() is not None
@@ -45,7 +45,7 @@ def test_stalled_scheduler_sweeps_once_and_skips_missed_ticks(env, clock):
 
 def test_stuck_job_requeued_after_ten_minutes_and_counts_as_retry(env, clock):
     app, queue, state, _ = env
-    scheduler = state.make_scheduler(None)
+    scheduler = state.runtime.make_scheduler(None)
     scheduler.tick()
     job_id = queue.add_job("NOOP", {}, app=app)
     abandon_claim(state, clock)
@@ -58,14 +58,14 @@ def test_stuck_job_requeued_after_ten_minutes_and_counts_as_retry(env, clock):
     job = queue.get_job_status(job_id, app=app)
     assert job["status"] == "pending" and job["retryCount"] == 1
     assert job["attempts"][0]["outcome"] == "lost" and "worker lost" in job["attempts"][0]["error"]
-    assert state.make_worker().run_once().id == job_id
+    assert state.runtime.make_worker().run_once().id == job_id
     assert queue.get_job_status(job_id, app=app)["status"] == "completed"
 
 
 def test_lost_worker_past_max_retries_fails_the_job(env, clock):
     app, queue, state, _ = env
     job_id = queue.add_job("NOOP", {}, max_retries=1, app=app)
-    scheduler = state.make_scheduler(None)
+    scheduler = state.runtime.make_scheduler(None)
     for _ in range(2):
         abandon_claim(state, clock)
         clock.advance(601)
@@ -89,8 +89,8 @@ def test_heartbeats_keep_a_long_job_from_being_requeued(env, clock):
         seen["status"] = queue.get_job_status(job.id, app=app)["status"]
         return "done"
 
-    worker = state.make_worker()
-    scheduler = state.make_scheduler(worker)
+    worker = state.runtime.make_worker()
+    scheduler = state.runtime.make_scheduler(worker)
     job_id = queue.add_job("LONG", {}, app=app)
     worker.run_once()
     assert seen["status"] == "processing"
@@ -101,14 +101,14 @@ def test_heartbeats_keep_a_long_job_from_being_requeued(env, clock):
 def test_ttl_purge_completed_after_7_days_failed_after_30(env, clock):
     app, queue, state, _ = env
     done_id = queue.add_job("NOOP", {}, app=app)
-    state.make_worker().run_once()
+    state.runtime.make_worker().run_once()
     failed_id = queue.add_job("NOOP", {}, max_retries=0, app=app)
     abandon_claim(state, clock)
     clock.advance(601)
     queue.cleanup_stuck_jobs(app=app)
     assert queue.get_job_status(failed_id, app=app)["status"] == "failed"
     failed_at = clock.now()
-    scheduler = state.make_scheduler(None)
+    scheduler = state.runtime.make_scheduler(None)
     clock.advance(7 * 86400 - 602)
     assert scheduler.tick().purged == 0
     clock.advance(2)
@@ -131,7 +131,7 @@ def test_concurrent_sweeps_recover_each_job_once(env, clock):
         abandon_claim(state, clock)
     clock.advance(601)
     totals = []
-    sweepers = [state.make_scheduler(None) for _ in range(4)]
+    sweepers = [state.runtime.make_scheduler(None) for _ in range(4)]
     threads = [threading.Thread(target=lambda s=s: totals.append(s.tick().requeued)) for s in sweepers]
     for t in threads:
         t.start()
@@ -143,7 +143,7 @@ def test_concurrent_sweeps_recover_each_job_once(env, clock):
 
 def test_scheduler_thread_survives_errors(env, clock):
     app, queue, state, _ = env
-    scheduler = state.make_scheduler(None)
+    scheduler = state.runtime.make_scheduler(None)
     calls = {"n": 0}
     original = scheduler.sweep
 

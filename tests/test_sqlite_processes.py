@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from queue_service.jobs import Job, JobStatus, new_job_id, new_lock_token
+from queue_service.core.jobs import Job, JobStatus, new_job_id, new_lock_token
 from queue_service.stores.sqlite import SQLiteStore
 
 PROCESSES = 3

@@ -10,8 +10,8 @@ import threading
 import pytest
 from test_store_contract import make_job
 
-from queue_service.errors import StoreError, StoreUnavailable
-from queue_service.jobs import new_lock_token
+from queue_service.core.errors import StoreError, StoreUnavailable
+from queue_service.core.jobs import new_lock_token
 from queue_service.stores.sqlite import SQLiteStore
 
 
@@ -114,7 +114,7 @@ def test_processes_take_turns_at_the_side_file_lock(tmp_path, clock):
         fcntl.flock(other, fcntl.LOCK_EX)
         with pytest.raises(StoreUnavailable, match="another process"):
             store.insert(make_job(clock))
-        assert not store._write_lock.thread_lock.locked()
+        assert not store._db.writer.thread_lock.locked()
         fcntl.flock(other, fcntl.LOCK_UN)
         store.insert(make_job(clock))
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the write: free at once
@@ -126,28 +126,28 @@ def test_processes_take_turns_at_the_side_file_lock(tmp_path, clock):
 def test_writer_lock_wait_is_bounded(tmp_path, clock):
     store = open_store(tmp_path, writer_wait_seconds=0.05)
     store.insert(make_job(clock))
-    store._write_lock.thread_lock.acquire()  # another thread of this process writing for too long
+    store._db.writer.thread_lock.acquire()  # another thread of this process writing for too long
     try:
         with pytest.raises(StoreUnavailable):
             store.insert(make_job(clock))
         with pytest.raises(StoreUnavailable):
             store.claim("w", new_lock_token(), clock.now())
     finally:
-        store._write_lock.thread_lock.release()
+        store._db.writer.thread_lock.release()
     assert store.claim("w", new_lock_token(), clock.now()) is not None
 
 
 def test_a_forked_child_does_not_inherit_a_held_writer_lock(tmp_path, clock):
     store = open_store(tmp_path, writer_wait_seconds=0.05)
-    store._write_lock.acquire()  # held by a parent thread at fork time
-    store._pid = -1  # as seen from the child: another process made this pool
+    store._db.writer.acquire()  # held by a parent thread at fork time
+    store._db._pid = -1  # as seen from the child: another process made this pool
     store.insert(make_job(clock))
     assert store.counts(clock.now())["pending"] == 1
 
 
 # -- stored forms ------------------------------------------------------------------
 def stored_attempts(store: SQLiteStore, job_id: str) -> list[dict]:
-    (text,), = store._read("SELECT attempts FROM queue_jobs WHERE id = ?", (job_id,))
+    (text,), = store._db.read("SELECT attempts FROM queue_jobs WHERE id = ?", (job_id,))
     return json.loads(text)
 
 
@@ -163,17 +163,6 @@ def test_attempts_are_stored_without_null_keys(tmp_path, clock):
     assert set(completed) == {"startedAt", "worker", "endedAt", "outcome"}
 
 
-def test_attempts_written_with_null_keys_read_without_them(tmp_path, clock):
-    """Files written before null keys were left out keep them; they read the same."""
-    store = open_store(tmp_path)
-    store.insert(make_job(clock))
-    job = store.claim("w", new_lock_token(), clock.now())
-    assert store.complete(job, clock.now(), None)
-    old = [{**stored_attempts(store, job.id)[0], "error": None, "nextDelaySeconds": None}]
-    store._write("UPDATE queue_jobs SET attempts = ? WHERE id = ?", (json.dumps(old), job.id))
-    assert set(store.get(job.id).attempts[0]) == {"startedAt", "worker", "endedAt", "outcome"}
-
-
 # -- listing -------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs", [{}, {"before": True}])
 def test_newest_first_listing_reads_the_index_instead_of_sorting(tmp_path, clock, monkeypatch, kwargs):
@@ -184,8 +173,8 @@ def test_newest_first_listing_reads_the_index_instead_of_sorting(tmp_path, clock
         store.insert(jobs[-1])
         clock.advance(1)
     seen: list[tuple] = []
-    read = store._read
-    monkeypatch.setattr(store, "_read", lambda sql, params=(): seen.append((sql, params)) or read(sql, params))
+    read = store._db.read
+    monkeypatch.setattr(store._db, "read", lambda sql, params=(): seen.append((sql, params)) or read(sql, params))
     before = (jobs[-1].created_at, jobs[-1].id) if kwargs else None
     listed = store.list_jobs(limit=2, before=before)
     assert [j.id for j in listed] == [j.id for j in reversed(jobs)][1 if before else 0:][:2]
@@ -198,7 +187,7 @@ def test_payload_is_stored_as_compact_json(tmp_path, clock):
     store = open_store(tmp_path)
     job = make_job(clock)
     store.insert(job)
-    (text,), = store._read("SELECT payload FROM queue_jobs WHERE id = ?", (job.id,))
+    (text,), = store._db.read("SELECT payload FROM queue_jobs WHERE id = ?", (job.id,))
     assert text == '{"n":1}'
     assert store.get(job.id).payload == {"n": 1}
 
@@ -210,41 +199,33 @@ def test_complete_and_claim_is_one_write_transaction(tmp_path, clock, monkeypatc
         store.insert(make_job(clock))
     job = store.claim("w", new_lock_token(), clock.now())
     statements: list[str] = []
-    conn = store._acquire()
+    conn = store._db.acquire()
     conn.set_trace_callback(statements.append)
-    store._release(conn)
+    store._db.release(conn)
     completed, following = store.complete_and_claim(job, clock.now(), None, "w", new_lock_token())
     assert completed and following is not None
     assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "UPDATE", "COMMIT"]
 
 
-def test_setup_drops_the_completed_at_index_of_older_files(tmp_path, clock):
-    store = open_store(tmp_path)
-    store._write("CREATE INDEX queue_jobs_finished ON queue_jobs (completed_at) WHERE completed_at IS NOT NULL")
-    store.setup()  # as the next version's first start on that file
-    names = [row[0] for row in store._read("SELECT name FROM sqlite_master WHERE type = 'index'")]
-    assert "queue_jobs_finished" not in names and "queue_jobs_newest" in names
-
-
 def test_purge_scans_up_to_the_cutoff_by_creation_time(tmp_path, clock, monkeypatch):
     store = open_store(tmp_path)
     seen: list[tuple] = []
-    write = store._write
-    monkeypatch.setattr(store, "_write", lambda sql, params=(): seen.append((sql, params)) or write(sql, params))
+    write = store._db.write
+    monkeypatch.setattr(store._db, "write", lambda sql, params=(): seen.append((sql, params)) or write(sql, params))
     store.purge(clock.now(), clock.now())
     (sql, params), = seen
-    plan = " | ".join(row[3] for row in store._read("EXPLAIN QUERY PLAN " + sql, params))
+    plan = " | ".join(row[3] for row in store._db.read("EXPLAIN QUERY PLAN " + sql, params))
     assert "queue_jobs_newest (created_at<?)" in plan, plan
 
 
 def test_a_driver_error_leaves_as_a_store_error_and_the_pool_stays_usable(tmp_path, clock):
     store = open_store(tmp_path)
     with pytest.raises(StoreError) as caught:
-        store._read("SELECT no_such_column FROM queue_jobs")
+        store._db.read("SELECT no_such_column FROM queue_jobs")
     assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
     assert not isinstance(caught.value, StoreUnavailable)  # a bad statement, not a busy file
     with pytest.raises(StoreError):
-        store._write("INSERT INTO queue_jobs (id) VALUES ('x')")  # NOT NULL columns missing
+        store._db.write("INSERT INTO queue_jobs (id) VALUES ('x')")  # NOT NULL columns missing
     job = make_job(clock)
     store.insert(job)  # the same pooled connections serve on
     assert store.claim("w", new_lock_token(), clock.now()).id == job.id

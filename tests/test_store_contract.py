@@ -10,7 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from queue_service.jobs import Job, JobStatus, new_job_id, new_lock_token
+from queue_service.core.jobs import Job, JobStatus, RetryPolicy, new_job_id, new_lock_token
+from queue_service.core.scheduler import recover_stuck
 
 
 def make_job(clock, job_type="T", priority=0, delay=0.0, max_retries=3, key=None, payload=None) -> Job:
@@ -207,7 +208,7 @@ def test_a_stale_token_changes_nothing(store, clock):
     add(store, clock, max_retries=3)
     old = claim(store, clock, worker="old")
     clock.advance(601)
-    assert store.requeue_stuck(clock.now() - timedelta(seconds=600), clock.now(), "worker lost") == (1, 0)
+    assert sweep(store, clock) == (1, 0)
     new = claim(store, clock, worker="new")
     assert new.id == old.id and new.lock_token != old.lock_token
     now = clock.now()
@@ -225,28 +226,70 @@ def test_a_stale_token_changes_nothing(store, clock):
 
 
 # -- stuck jobs -------------------------------------------------------------------
-def test_requeue_stuck_only_touches_stale_heartbeats(store, clock):
+def sweep(store, clock):
+    """The scheduler's recovery (find_stuck, then recover_lost as the policy decides)."""
+    return recover_stuck(store, RetryPolicy(600), clock.now())
+
+
+def test_find_stuck_lists_stale_heartbeats_oldest_first(store, clock):
+    for _ in range(3):
+        add(store, clock)
+    a = claim(store, clock)
+    clock.advance(10)
+    b = claim(store, clock)
+    clock.advance(601)
+    claim(store, clock)
+    before = clock.now() - timedelta(seconds=600)
+    assert [job.id for job in store.find_stuck(before)] == [a.id, b.id]
+    assert [job.id for job in store.find_stuck(before, limit=1)] == [a.id]
+
+
+def test_recover_lost_leaves_a_job_whose_heartbeat_came_back(store, clock):
+    """A worker that renews its claim between find_stuck and recover_lost keeps its job."""
+    add(store, clock)
+    job = claim(store, clock)
+    clock.advance(601)
+    before = clock.now() - timedelta(seconds=600)
+    [seen] = store.find_stuck(before)
+    assert store.heartbeat(job, clock.now())
+    assert not store.recover_lost(seen, before, clock.now(), "lost", retry=True)
+    assert store.get(job.id).status is JobStatus.PROCESSING
+
+
+def test_two_sweepers_recover_each_job_once(store, clock):
+    add(store, clock)
+    claim(store, clock)
+    clock.advance(601)
+    before = clock.now() - timedelta(seconds=600)
+    [seen_by_a] = store.find_stuck(before)
+    [seen_by_b] = store.find_stuck(before)
+    assert store.recover_lost(seen_by_a, before, clock.now(), "lost", retry=True)
+    assert not store.recover_lost(seen_by_b, before, clock.now(), "lost", retry=True)
+    assert store.get(seen_by_a.id).retry_count == 1
+
+
+def test_sweep_only_touches_stale_heartbeats(store, clock):
     add(store, clock)
     add(store, clock)
     stale = claim(store, clock)
     clock.advance(500)
     fresh = claim(store, clock)
     clock.advance(200)  # stale: 700 s old, fresh: 200 s old
-    assert store.requeue_stuck(clock.now() - timedelta(seconds=600), clock.now(), "lost") == (1, 0)
+    assert sweep(store, clock) == (1, 0)
     assert store.get(stale.id).status is JobStatus.PENDING
     assert store.get(stale.id).retry_count == 1
     assert store.get(fresh.id).status is JobStatus.PROCESSING
     # a second sweep (another process) finds nothing more to do
-    assert store.requeue_stuck(clock.now() - timedelta(seconds=600), clock.now(), "lost") == (0, 0)
+    assert sweep(store, clock) == (0, 0)
 
 
-def test_requeue_stuck_fails_a_job_out_of_retries(store, clock):
+def test_sweep_fails_a_job_out_of_retries(store, clock):
     add(store, clock, max_retries=0)
     job = claim(store, clock)
     clock.advance(601)
-    assert store.requeue_stuck(clock.now() - timedelta(seconds=600), clock.now(), "worker lost") == (0, 1)
+    assert sweep(store, clock) == (0, 1)
     got = store.get(job.id)
-    assert got.status is JobStatus.FAILED and got.error == "worker lost"
+    assert got.status is JobStatus.FAILED and got.error == "worker lost (no heartbeat for 600s)"
     assert got.attempts[-1]["outcome"] == "lost"
 
 

@@ -11,8 +11,8 @@ from flask import current_app
 from marshmallow import Schema, fields
 
 from queue_service import JobQueue, JobStatus, PermanentJobError
-from queue_service.jobs import Job, new_job_id
-from queue_service.worker import Worker
+from queue_service.core.jobs import Job, new_job_id
+from queue_service.core.worker import Worker
 
 
 class NumberSchema(Schema):
@@ -35,7 +35,7 @@ def setup(make_app, clock):
 
     app, _ = make_app(queue)
     state = app.extensions["queue_service"]
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
     return app, queue, state, worker, calls, behaviour
 
 
@@ -88,7 +88,7 @@ def test_configured_delays_per_type(make_app, clock):
         raise ValueError("nope")
 
     app, _ = make_app(queue)
-    worker = app.extensions["queue_service"].make_worker()
+    worker = app.extensions["queue_service"].runtime.make_worker()
     job_id = queue.add_job("SLOWRETRY", {}, app=app)
     for _ in range(3):
         worker.run_once()
@@ -101,7 +101,7 @@ def test_app_wide_retry_settings(make_app, clock):
     queue = JobQueue(clock=clock, builtins=False)
     queue.job_type("BAD")(lambda payload, job: 1 / 0)
     app, _ = make_app(queue, QUEUE_MAX_RETRIES="1", QUEUE_RETRY_DELAYS="0.5")
-    worker = app.extensions["queue_service"].make_worker()
+    worker = app.extensions["queue_service"].runtime.make_worker()
     job_id = queue.add_job("BAD", {}, app=app)
     worker.run_once()
     clock.advance(0.5)
@@ -124,20 +124,20 @@ def test_permanent_error_fails_at_once(setup):
 def test_payload_that_no_longer_validates_fails_at_once(setup, clock):
     app, queue, state, worker, calls, _ = setup
     now = clock.now()
-    state.store.insert(Job(id=new_job_id(), type="FLAKY", payload={"n": "not a number"},
+    state.runtime.store.insert(Job(id=new_job_id(), type="FLAKY", payload={"n": "not a number"},
                            created_at=now, run_at=now))
     job = worker.run_once()
-    got = state.store.get(job.id)
+    got = state.runtime.store.get(job.id)
     assert got.status is JobStatus.FAILED and "no longer validates" in got.error and calls == []
 
 
 def test_unknown_type_in_this_process_is_retried(setup, clock):
     app, queue, state, worker, calls, _ = setup
     now = clock.now()
-    state.store.insert(Job(id=new_job_id(), type="FROM_A_NEWER_DEPLOY", payload={},
+    state.runtime.store.insert(Job(id=new_job_id(), type="FROM_A_NEWER_DEPLOY", payload={},
                            created_at=now, run_at=now))
     job = worker.run_once()
-    got = state.store.get(job.id)
+    got = state.runtime.store.get(job.id)
     assert got.status is JobStatus.PENDING and got.retry_count == 1 and "no handler" in got.error
 
 
@@ -146,7 +146,7 @@ def test_non_json_result_fails_without_retry(make_app, clock):
     queue.job_type("SETS")(lambda payload, job: {1, 2})
     app, _ = make_app(queue)
     job_id = queue.add_job("SETS", {}, app=app)
-    app.extensions["queue_service"].make_worker().run_once()
+    app.extensions["queue_service"].runtime.make_worker().run_once()
     job = queue.get_job_status(job_id, app=app)
     assert job["status"] == "failed" and "not JSON" in job["error"] and job["retryCount"] == 0
 
@@ -162,7 +162,7 @@ def test_late_outcome_after_takeover_is_not_recorded(make_app, clock):
         if job.attempt == 1:  # simulate a stall long enough to be presumed dead
             clock.advance(601)
             state_holder["app"].extensions["queue_service"].queue.cleanup_stuck_jobs(app=state_holder["app"])
-            taker = state_holder["app"].extensions["queue_service"].make_worker()
+            taker = state_holder["app"].extensions["queue_service"].runtime.make_worker()
             assert taker.run_once() is not None  # second attempt completes inside
             return "first"
         return "second"
@@ -170,7 +170,7 @@ def test_late_outcome_after_takeover_is_not_recorded(make_app, clock):
     app, _ = make_app(queue)
     state_holder["app"] = app
     job_id = queue.add_job("SLOW", {}, app=app)
-    app.extensions["queue_service"].make_worker().run_once()
+    app.extensions["queue_service"].runtime.make_worker().run_once()
     job = queue.get_job_status(job_id, app=app)
     assert job["status"] == "completed" and job["result"] == "second" and job["retryCount"] == 1
     assert [a["outcome"] for a in job["attempts"]] == ["lost", "completed"]
@@ -192,7 +192,7 @@ def test_progress_and_heartbeat_if_due(make_app, clock):
         return None
 
     app, _ = make_app(queue)
-    worker = app.extensions["queue_service"].make_worker()
+    worker = app.extensions["queue_service"].runtime.make_worker()
     queue.add_job("STEPS", {}, app=app)
     worker.run_once()
     assert seen["mid"]["progress"] == {"done": 1, "total": 2} and seen["mid"]["status"] == "processing"
@@ -240,7 +240,7 @@ def test_stopping_hands_back_the_job_claimed_for_the_next_step(make_app, clock):
     queue.job_type("STEP")(lambda payload, job: ran.append(payload["n"]))
     app, _ = make_app(queue)
     state = app.extensions["queue_service"]
-    worker = state.make_worker()
+    worker = state.runtime.make_worker()
 
     @queue.on_complete("STEP")
     def stop_after_first(job):  # runs after the next job was claimed with this one's completion
@@ -261,7 +261,7 @@ def test_stopping_hands_back_the_job_claimed_for_the_next_step(make_app, clock):
 def test_worker_id_is_host_pid_random_and_new_each_time(make_app):
     app, queue = make_app()
     state = app.extensions["queue_service"]
-    a, b = state.make_worker().worker_id, state.make_worker().worker_id
+    a, b = state.runtime.make_worker().worker_id, state.runtime.make_worker().worker_id
     host, pid, rand = a.split(":")
     assert int(pid) > 0 and len(rand) == 6 and a != b
 
@@ -283,12 +283,12 @@ class FlakyStore:
         return self._store.claim(*args)
 
 
-def test_worker_thread_survives_errors_and_stops_on_request(make_app, clock, store):
-    app, queue = make_app()
-    flaky = FlakyStore(store, failures=2)
+def test_worker_thread_survives_errors_and_stops_on_request(make_app, clock, app_store):
+    app, queue = make_app(QUEUE_POLL_INTERVAL=0.01)
+    flaky = FlakyStore(app_store, failures=2)
     done = threading.Event()
     queue.job_type("PING")(lambda payload, job: done.set())
-    worker = Worker(lambda: flaky, queue.registry, clock, app, heartbeat_interval=30, poll_interval=0.01)
+    worker = Worker(lambda: flaky, queue.registry, clock, app, queue.state(app).settings)
     queue.add_job("PING", {}, app=app)
     thread = threading.Thread(target=worker.run_forever, name="queue-worker", daemon=True)
     thread.start()
@@ -303,23 +303,23 @@ def test_worker_thread_survives_errors_and_stops_on_request(make_app, clock, sto
 def test_add_job_wakes_the_local_worker(make_app):
     app, queue = make_app()
     state = app.extensions["queue_service"]
-    state.worker = state.make_worker()
-    assert not state.worker.wake.is_set()
+    state.runtime.worker = state.runtime.make_worker()
+    assert not state.runtime.worker.wake.is_set()
     queue.job_type("WAKE")(lambda payload, job: None)
     queue.add_job("WAKE", {}, app=app)
-    assert state.worker.wake.is_set()
-    state.worker.wake.clear()
+    assert state.runtime.worker.wake.is_set()
+    state.runtime.worker.wake.clear()
     queue.add_job("WAKE", {}, delay=60, app=app)  # not due: nothing to wake for
-    assert not state.worker.wake.is_set()
-    state.worker = None
+    assert not state.runtime.worker.wake.is_set()
+    state.runtime.worker = None
 
 
 def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
-    import queue_service.worker as worker_module
+    import queue_service.core.worker as worker_module
 
     app, queue = make_app()
     queue.job_type("QUICK")(lambda payload, job: None)
-    worker = app.extensions["queue_service"].make_worker()
+    worker = app.extensions["queue_service"].runtime.make_worker()
     collections, freezes, trims = [], [], []
     monkeypatch.setattr(worker_module.gc, "collect", lambda *a: collections.append(a))
     monkeypatch.setattr(worker_module.gc, "freeze", lambda: freezes.append(len(collections)))
@@ -358,7 +358,7 @@ def _rss_bytes() -> int:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/statm"),
                     reason="malloc_trim is glibc's")
 def test_trim_heap_gives_freed_heap_pages_back_to_the_os():
-    from queue_service.worker import trim_heap
+    from queue_service.core.worker import trim_heap
 
     blocks = [bytes(4000 + i % 7) for i in range(20_000)]  # ~80 MB of malloc heap, not mmap
     pins = blocks[::50] + [blocks[-1]]  # live blocks all along it: the heap cannot just shrink

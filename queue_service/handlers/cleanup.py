@@ -9,7 +9,8 @@ from typing import Any
 import marshmallow
 from marshmallow import fields, validate
 
-from ..jobs import iso
+from ..core.context import JobContext
+from ..core.jobs import iso
 
 log = logging.getLogger("queue_service.worker")
 
@@ -42,17 +43,17 @@ class CleanupSchema(marshmallow.Schema):
     olderThan = fields.String(required=True, validate=_validate_age)
 
 
-def run_cleanup(payload: dict[str, Any], job: Any) -> dict[str, Any]:
+def run_cleanup(payload: dict[str, Any], job: JobContext) -> dict[str, Any]:
     """The CLEANUP handler. Idempotent: a re-run deletes what is left."""
-    now = job.clock.now()
+    now = job.now()
     cutoff = now - parse_age(payload["olderThan"])
     if payload["task"] == "purge_jobs":
         # Finished jobs only (completed, failed, cancelled); pending and
         # processing jobs, this one included, are never touched.
-        deleted = job.store.purge(cutoff, cutoff)
+        deleted = job.purge_finished_jobs(cutoff)
         log.info("[Worker] 🧹 Deleted %d finished job(s) older than %s", deleted, payload["olderThan"])
     else:
-        deleted = job.store.purge_files(cutoff)
+        deleted = job.purge_files(cutoff)
         log.info("[Worker] 🧹 Deleted %d stored file(s) older than %s", deleted, payload["olderThan"])
     return {"task": payload["task"], "olderThan": payload["olderThan"], "cutoff": iso(cutoff),
             "deleted": deleted}

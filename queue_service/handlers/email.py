@@ -25,18 +25,17 @@ from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
 
 import marshmallow
-from flask import current_app
 from marshmallow import fields, validate
 
-from ..errors import PermanentJobError
-from ..settings import as_bool, as_int, as_seconds
+from ..core.context import JobContext
+from ..core.errors import PermanentJobError
+from ..core.settings import MailSettings
 
 log = logging.getLogger("queue_service.worker")
 
 MAX_RECIPIENTS = 50
 MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit
 MAX_BODY_CHARS = 1_000_000
-DEFAULT_TIMEOUT_SECONDS = 30.0
 ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[A-Za-z]?\?[^?\s]*\?=")
 _address_validator = validate.Email(error="Not a valid email address.")
 
@@ -120,10 +119,10 @@ class EmailSchema(marshmallow.Schema):
     html = fields.String(allow_none=True, validate=validate.Length(max=MAX_BODY_CHARS))
 
 
-def _sender(config: Any) -> tuple[str, str]:
+def _sender(mail: MailSettings) -> tuple[str, str]:
     """(From header, envelope address) from MAIL_DEFAULT_SENDER, which
     Flask-Mail allows as "a@b", "Name <a@b>" or ("Name", "a@b")."""
-    sender = config.get("MAIL_DEFAULT_SENDER")
+    sender = mail.default_sender
     if isinstance(sender, (tuple, list)) and len(sender) == 2:
         sender = formataddr((str(sender[0]), str(sender[1])))
     if not sender or not isinstance(sender, str):
@@ -149,23 +148,17 @@ def build_message(payload: dict[str, Any], job_id: str, sender: str, sender_addr
     return message
 
 
-def _deliver(config: Any, message: EmailMessage, sender_address: str, recipients: list[str]) -> dict:
-    host = str(config.get("MAIL_SERVER") or "localhost")
-    port = as_int(config.get("MAIL_PORT") or 25, "MAIL_PORT", 1)
-    use_ssl = as_bool(config.get("MAIL_USE_SSL") or False, "MAIL_USE_SSL")
-    use_tls = as_bool(config.get("MAIL_USE_TLS") or False, "MAIL_USE_TLS")
-    timeout = as_seconds(config.get("MAIL_TIMEOUT") or DEFAULT_TIMEOUT_SECONDS, "MAIL_TIMEOUT", 0.001)
-    username, password = config.get("MAIL_USERNAME"), config.get("MAIL_PASSWORD")
+def _deliver(mail: MailSettings, message: EmailMessage, sender_address: str, recipients: list[str]) -> dict:
     context = ssl.create_default_context()
-    if use_ssl:
-        client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+    if mail.use_ssl:
+        client: smtplib.SMTP = smtplib.SMTP_SSL(mail.server, mail.port, timeout=mail.timeout, context=context)
     else:
-        client = smtplib.SMTP(host, port, timeout=timeout)
+        client = smtplib.SMTP(mail.server, mail.port, timeout=mail.timeout)
     with client:
-        if use_tls and not use_ssl:
+        if mail.use_tls and not mail.use_ssl:
             client.starttls(context=context)
-        if username:
-            client.login(str(username), str(password or ""))
+        if mail.username:
+            client.login(mail.username, mail.password or "")
         return client.send_message(message, from_addr=sender_address, to_addrs=recipients)
 
 
@@ -173,14 +166,14 @@ def _text(reply: bytes | str) -> str:
     return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
 
 
-def send_email(payload: dict[str, Any], job: Any) -> dict[str, Any]:
+def send_email(payload: dict[str, Any], job: JobContext) -> dict[str, Any]:
     """The EMAIL_SEND handler."""
-    config = current_app.config
-    sender, sender_address = _sender(config)
+    mail = job.settings.mail
+    sender, sender_address = _sender(mail)
     recipients: list[str] = payload["to"]
-    message = build_message(payload, job.id, sender, sender_address, job.clock.now())
+    message = build_message(payload, job.id, sender, sender_address, job.now())
     try:
-        refused = _deliver(config, message, sender_address, recipients)
+        refused = _deliver(mail, message, sender_address, recipients)
     except smtplib.SMTPRecipientsRefused as exc:  # every recipient was refused
         codes = {code for code, _ in exc.recipients.values()}
         detail = "; ".join(f"{rcpt}: {code} {_text(msg)}" for rcpt, (code, msg) in exc.recipients.items())

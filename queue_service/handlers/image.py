@@ -14,13 +14,15 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import marshmallow
-from flask import current_app
 from marshmallow import fields, validate
 
-from ..fetch import FetchError, Fetcher, check_url
+from ..core.context import JobContext
+from ..core.errors import StoreError
+from ..core.jobs import Job
+from .fetch import FetchError, Fetcher, check_url
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -217,7 +219,7 @@ def _saving(before: int, after: int) -> str:
     return f"{change:.1f}% smaller" if change >= 0 else f"{-change:.1f}% larger"
 
 
-def _process_one(fetcher: Any, job: Any, settings: Any, index: int, url: str) -> tuple[dict[str, Any], bool]:
+def _process_one(fetcher: Any, job: JobContext, settings: Any, index: int, url: str) -> tuple[dict[str, Any], bool]:
     """One image: fetch, transcode, store. Returns (result entry, transient failure?)."""
     entry: dict[str, Any] = {"source": url, "url": url, "bytesBefore": None, "bytesAfter": None,
                              "width": None, "height": None, "error": None}
@@ -229,7 +231,7 @@ def _process_one(fetcher: Any, job: Any, settings: Any, index: int, url: str) ->
         del fetched  # the source bytes can go before the store write
         # Named by job and position, so a re-run overwrites instead of piling up.
         name = f"{job.id}-{index}.{out.extension}"
-        job.store.put_file(name, out.data, out.content_type, job.clock.now())
+        job.put_file(name, out.data, out.content_type)
     except (FetchError, ImageError) as exc:
         entry["error"] = str(exc)
         log.warning("[Worker] ❌ Failed to process image %d: %s", index, exc)
@@ -241,18 +243,34 @@ def _process_one(fetcher: Any, job: Any, settings: Any, index: int, url: str) ->
     return entry, False
 
 
-def _update_item(store: Any, item_id: str, urls: list[str], now: Any) -> dict[str, Any]:
-    """Point the host app's ``items`` document at the new URLs (MongoDB only)."""
-    from bson import ObjectId  # ships with pymongo; only reached on the MongoDB store
+def items_hook(get_db: Callable[[], Any], collection: str = "items") -> Callable[[Job], None]:
+    """An ``on_complete`` hook for IMAGE_PROCESS that points the host app's
+    ``items`` document (``_id`` = itemId, as an ObjectId or a string) at the new
+    URLs. ``get_db`` returns the pymongo Database (called when a job completes,
+    so no client is touched before fork)::
 
-    # An itemId that parses as an ObjectId may still be stored as a string.
-    ids: list[Any] = [ObjectId(item_id), item_id] if ObjectId.is_valid(item_id) else [item_id]
-    outcome = store.db["items"].update_one({"_id": {"$in": ids}},
-                                           {"$set": {"imageUrls": urls, "imagesProcessedAt": now}})
-    if outcome.matched_count == 0:
-        log.warning("[Worker] Item %s not found in items; its URLs were not updated", item_id)
-        return {"updated": False, "error": f"item {item_id} not found"}
-    return {"updated": True}
+        queue.on_complete("IMAGE_PROCESS")(items_hook(lambda: mongo.db))
+
+    Runs in the worker's process after the job is recorded as completed; a
+    failure is logged and never changes the job's outcome."""
+    def update_item(job: Job) -> None:
+        from bson import ObjectId  # ships with pymongo: only MongoDB hosts register this hook
+        from pymongo.errors import PyMongoError
+
+        result = job.result or {}
+        item_id = result.get("itemId")
+        if not item_id:
+            return
+        urls = [image["url"] for image in result.get("images", [])]
+        ids: list[Any] = [ObjectId(item_id), item_id] if ObjectId.is_valid(item_id) else [item_id]
+        try:
+            outcome = get_db()[collection].update_one(
+                {"_id": {"$in": ids}}, {"$set": {"imageUrls": urls, "imagesProcessedAt": job.completed_at}})
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB: updating {collection} {item_id} failed: {exc}") from exc
+        if outcome.matched_count == 0:
+            log.warning("[Worker] Item %s not found in %s; its URLs were not updated", item_id, collection)
+    return update_item
 
 
 def _send_callback(url: str, body: dict[str, Any], secret: str | None, allow_private: bool) -> dict[str, Any]:
@@ -273,9 +291,9 @@ def _send_callback(url: str, body: dict[str, Any], secret: str | None, allow_pri
     return {"url": url, "delivered": True, "status": response.status, "error": None}
 
 
-def process_images(payload: dict[str, Any], job: Any) -> dict[str, Any]:
+def process_images(payload: dict[str, Any], job: JobContext) -> dict[str, Any]:
     """The IMAGE_PROCESS handler."""
-    settings = current_app.extensions["queue_service"].settings
+    settings = job.settings
     fetcher = Fetcher(allow_private=settings.allow_private_urls)
     urls: list[str] = payload["imageUrls"]
     total = len(urls)
@@ -297,10 +315,7 @@ def process_images(payload: dict[str, Any], job: Any) -> dict[str, Any]:
                               f"first: {images[0]['error']}")
     status = "completed" if failed == 0 else ("failed" if failed == total else "partial")
     result: dict[str, Any] = {"itemId": payload["itemId"], "status": status, "images": images,
-                              "processed": total - failed, "failed": failed, "item": None, "callback": None}
-    if job.store.kind == "mongodb":
-        result["item"] = _update_item(job.store, payload["itemId"], [image["url"] for image in images],
-                                      job.clock.now())
+                              "processed": total - failed, "failed": failed, "callback": None}
     if payload.get("callbackUrl"):
         body = {"jobId": job.id, "itemId": payload["itemId"], "status": status, "images": images}
         result["callback"] = _send_callback(payload["callbackUrl"], body, settings.callback_secret,

@@ -20,9 +20,9 @@ from pymongo import ReturnDocument
 from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure,
                             PyMongoError, ServerSelectionTimeoutError)
 
-from ..errors import StoreError, StoreUnavailable
-from ..jobs import Job, JobStatus
-from .base import Store, StoredFile, TypeCounts
+from ..core.errors import StoreError, StoreUnavailable
+from ..core.jobs import Job, JobStatus
+from ..core.store import Store, StoredFile, TypeCounts
 
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
@@ -234,30 +234,25 @@ class MongoStore(Store):
                      **self._end_attempt(len(job.attempts) - 1, now, "released", reason)},
             "$unset": {"lockToken": ""}})
 
-    def requeue_stuck(self, heartbeat_before: datetime, now: datetime, error: str) -> tuple[int, int]:
-        requeued = failed = 0
+    def find_stuck(self, heartbeat_before: datetime, limit: int = 1000) -> list[Job]:
         with self._errors():
-            stuck = list(self.coll.find(
-                {"status": "processing", "heartbeatAt": {"$lt": heartbeat_before}},
-                projection={"lockToken": 1, "retryCount": 1, "maxRetries": 1, "attempts": 1}))
-        for doc in stuck:
-            index = len(doc.get("attempts", [])) - 1
-            fence = {"_id": doc["_id"], "status": "processing", "lockToken": doc.get("lockToken"),
-                     "heartbeatAt": {"$lt": heartbeat_before}}
-            ended = self._end_attempt(index, now, "lost", error) if index >= 0 else {}
-            if doc["retryCount"] < doc["maxRetries"]:
-                update = {"$set": {"status": "pending", "runAt": now, "error": error, **ended},
-                          "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}}
-            else:
-                update = {"$set": {"status": "failed", "completedAt": now, "error": error, **ended},
-                          "$unset": {"lockToken": "", "activeKey": ""}}
-            with self._errors():
-                if self.coll.update_one(fence, update).modified_count == 1:
-                    if update["$set"]["status"] == "pending":
-                        requeued += 1
-                    else:
-                        failed += 1
-        return requeued, failed
+            docs = list(self.coll.find({"status": "processing", "heartbeatAt": {"$lt": heartbeat_before}},
+                                       sort=[("heartbeatAt", 1)], limit=int(limit)))
+        return [_doc_to_job(d) for d in docs]
+
+    def recover_lost(self, job: Job, heartbeat_before: datetime, now: datetime, error: str,
+                     retry: bool) -> bool:
+        fence = {**self._fence(job), "heartbeatAt": {"$lt": heartbeat_before}}
+        index = len(job.attempts) - 1
+        ended = self._end_attempt(index, now, "lost", error) if index >= 0 else {}
+        if retry:
+            update = {"$set": {"status": "pending", "runAt": now, "error": error, **ended},
+                      "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}}
+        else:
+            update = {"$set": {"status": "failed", "completedAt": now, "error": error, **ended},
+                      "$unset": {"lockToken": "", "activeKey": ""}}
+        with self._errors():
+            return self.coll.update_one(fence, update).modified_count == 1
 
     def cancel(self, job_id: str, now: datetime) -> bool:
         with self._errors():

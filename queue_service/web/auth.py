@@ -17,14 +17,12 @@ import functools
 import hmac
 from typing import Any, Callable, TypeVar
 
-from flask import Response, current_app, request
+from flask import Response, request
 
 from .schemas import error_response
+from .state import queue_state
 
 View = TypeVar("View", bound=Callable[..., Any])
-
-EXTENSION_KEY = "queue_service"
-
 
 def _unauthorized(message: str) -> Response:
     response = error_response(401, message, {"authorization": [message]})
@@ -36,8 +34,8 @@ def _unauthorized(message: str) -> Response:
 def admin_denied() -> Response | None:
     """None when the current request may use admin routes, else the JSON
     answer to send (401 or 403)."""
-    state = current_app.extensions[EXTENSION_KEY]
-    hook = getattr(state.queue, "admin_check_func", None)
+    state = queue_state()
+    hook = state.queue.admin_check_func
     if hook is not None:
         if hook(request):
             return None

@@ -21,19 +21,9 @@ import marshmallow
 from flask import Response
 from marshmallow import fields, validate, validates_schema
 
-from .jobs import JobStatus
-
-# The limits JobQueue.add_job enforces (queue_service.extension); repeated
-# here because extension imports the blueprint, which imports this module.
-# tests/test_api.py asserts they agree.
-PRIORITY_RANGE = (-1_000_000, 1_000_000)
-MAX_DELAY_SECONDS = 366 * 24 * 3600
-MAX_RETRIES_LIMIT = 100
-MAX_IDEMPOTENCY_KEY_CHARS = 200
-MAX_TYPE_NAME_CHARS = 64
-PAGE_LIMIT_RANGE = (1, 100)
-DEFAULT_PAGE_LIMIT = 50
-MAX_JSON_DEPTH = 32  # request bodies: nesting levels
+from ..core.jobs import JobStatus
+from ..core.limits import (DEFAULT_PAGE_LIMIT, MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_JSON_DEPTH,
+                           MAX_RETRIES_LIMIT, MAX_TYPE_NAME_CHARS, PAGE_LIMIT_RANGE, PRIORITY_RANGE)
 
 # Job ids are str(uuid4()): anything else cannot name a job.
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -93,7 +83,9 @@ def _timestamp(**kwargs: Any) -> fields.String:
 
 # -- requests -----------------------------------------------------------------
 class JobCreateSchema(marshmallow.Schema):
-    """``POST /jobs``. The payload is checked by the job type's own schema."""
+    """``POST /jobs``, as the OpenAPI document describes it. The route does
+    not load through it: ``core.service.submit`` checks the same limits (from
+    ``core.limits``) and the type's payload schema, once."""
 
     type = fields.String(required=True, validate=validate.Length(1, MAX_TYPE_NAME_CHARS),
                          metadata={"description": "A registered job type, e.g. EMAIL_SEND."})

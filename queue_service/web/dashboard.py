@@ -13,9 +13,10 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, render_template_string, request, url_for
+from flask import Blueprint, Response, render_template_string, request, url_for
 
 from .schemas import error_response
+from .state import queue_state
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
@@ -74,7 +75,7 @@ def human_duration(seconds: float) -> str:
 
 
 def dashboard_page() -> Response:
-    state = current_app.extensions["queue_service"]
+    state = queue_state()
     api_base = url_for(".dashboard_page").rsplit("/dashboard", 1)[0]
     html = render_template_string(
         _template(),

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -23,13 +22,15 @@ import marshmallow
 
 from .clock import Clock
 from .errors import PermanentJobError
-from .jobs import Job, new_lock_token, retry_delay_seconds
+from .context import JobContext
+from .jobs import Job, RetryPolicy, new_lock_token
+from .limits import MAX_ERROR_CHARS
 from .registry import Registry
-from .stores.base import Store
+from .settings import Settings
+from .store import Store
 
 log = logging.getLogger("queue_service.worker")
 
-MAX_ERROR_CHARS = 2000
 MAX_BACKOFF_SECONDS = 30.0
 GC_AFTER_JOB_SECONDS = 0.1  # a job this long pays for its own full collection
 GC_MAX_INTERVAL_SECONDS = 5.0
@@ -66,54 +67,23 @@ def describe(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
-class JobContext:
-    """What a handler gets as its second argument."""
-
-    def __init__(self, job: Job, worker: "Worker"):
-        self.job = job
-        self.id = job.id
-        self.type = job.type
-        self.attempt = job.attempt_number
-        self.retry_count = job.retry_count
-        self.max_retries = job.max_retries
-        self._worker = worker
-
-    @property
-    def store(self) -> Store:
-        return self._worker.store
-
-    @property
-    def clock(self) -> Clock:
-        return self._worker.clock
-
-    def progress(self, **progress: Any) -> bool:
-        """Record progress (shown by ``GET /job/<id>``) and renew the claim.
-        Returns False if the claim was lost (the handler may stop early)."""
-        return self._worker.heartbeat(self.job, progress=progress)
-
-
-@dataclass
-class Outcome:
-    status: str  # completed | retry | failed | lost
-    error: str | None = None
-
-
 class Worker:
     def __init__(self, store_getter: Callable[[], Store], registry: Registry, clock: Clock,
-                 app: Any, heartbeat_interval: float, poll_interval: float):
+                 app: Any, settings: Settings):
         self._store_getter = store_getter
         self.registry = registry
         self.clock = clock
         self.app = app
-        self.heartbeat_interval = heartbeat_interval
-        self.poll_interval = poll_interval
+        self.settings = settings
+        self.policy = RetryPolicy(settings.stuck_after)
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.poll_interval = settings.poll_interval
         self.worker_id = new_worker_id()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.current: Job | None = None
         self._last_heartbeat: datetime | None = None
         self._lock = threading.Lock()
-        self.last_loop_at: datetime | None = None
         self.jobs_done = 0
         self._jobs_since_gc = 0
         self._last_gc = time.monotonic()
@@ -159,6 +129,11 @@ class Worker:
                 self.collect_garbage()
         return job
 
+    def context(self, job: Job) -> JobContext:
+        """The handler's view of a claimed job."""
+        return JobContext(job, store=self.store, clock=self.clock, settings=self.settings, app=self.app,
+                          heartbeat=self.heartbeat)
+
     def _hold(self, job: Job) -> None:
         with self._lock:
             self.current = job
@@ -187,29 +162,34 @@ class Worker:
         self._jobs_since_gc = 0
         self._last_gc = time.monotonic()
 
-    def _run(self, job: Job, claim_next: bool = False) -> Outcome:
+    def _run(self, job: Job, claim_next: bool = False) -> None:
         log.info("[Worker] Processing job %s (type: %s, attempt: %d)", job.id, job.type, job.attempt_number)
         job_type = self.registry.get(job.type)
         if job_type is None:
-            return self._failed_attempt(job, f"no handler for job type {job.type} in this process", True)
+            self._failed_attempt(job, f"no handler for job type {job.type} in this process", True)
+            return
         try:
             payload = job_type.load(job.payload)
         except marshmallow.ValidationError as exc:
-            return self._failed_attempt(job, f"payload no longer validates: {exc.messages}", False)
-        context = JobContext(job, self)
+            self._failed_attempt(job, f"payload no longer validates: {exc.messages}", False)
+            return
+        context = self.context(job)
         try:
             with self.app.app_context():
                 result = job_type.handler(payload, context)
         except PermanentJobError as exc:
-            return self._failed_attempt(job, describe(exc), False)
+            self._failed_attempt(job, describe(exc), False)
+            return
         except Exception as exc:  # a handler's failure is the job's, never the worker's
             log.debug("handler traceback for job %s:\n%s", job.id, traceback.format_exc())
-            return self._failed_attempt(job, describe(exc), True)
+            self._failed_attempt(job, describe(exc), True)
+            return
         if result is not None:  # None is JSON already (most handlers return nothing)
             try:
                 result = json.loads(json.dumps(result))  # the same JSON on every store
             except (TypeError, ValueError) as exc:  # running it again would return the same thing
-                return self._failed_attempt(job, f"handler result is not JSON: {describe(exc)}", False)
+                self._failed_attempt(job, f"handler result is not JSON: {describe(exc)}", False)
+                return
         if claim_next and not self.stopping.is_set():
             completed, following = self.store.complete_and_claim(
                 job, self.clock.now(), result, self.worker_id, new_lock_token())
@@ -219,7 +199,7 @@ class Worker:
             completed = self.store.complete(job, self.clock.now(), result)
         if not completed:
             log.warning("[Worker] ⚠️ Job %s finished but its claim was taken over; outcome not recorded", job.id)
-            return Outcome("lost")
+            return
         log.info("[Worker] ✅ Job %s completed", job.id)
         for hook in job_type.on_complete:
             try:
@@ -227,22 +207,22 @@ class Worker:
                     hook(self.store.get(job.id) or job)
             except Exception:
                 log.exception("[Worker] completion hook for job %s raised", job.id)
-        return Outcome("completed")
 
-    def _failed_attempt(self, job: Job, error: str, retryable: bool) -> Outcome:
+    def _failed_attempt(self, job: Job, error: str, retryable: bool) -> None:
+        """Record a failed attempt: a retry later, or the failure, as the policy decides."""
         now = self.clock.now()
-        attempts_allowed = job.max_retries + 1
-        if retryable and job.retry_count < job.max_retries:
-            delay = retry_delay_seconds(job.retry_delays, job.retry_count + 1)
-            if self.store.retry_later(job, now, error, now + timedelta(seconds=delay)):
+        delay = self.policy.next_delay_seconds(job, retryable)
+        if delay is not None:
+            recorded = self.store.retry_later(job, now, error, now + timedelta(seconds=delay))
+            if recorded:
                 log.warning("[Worker] 🔄 Job %s will retry in %dms (attempt %d/%d): %s", job.id,
-                            round(delay * 1000), job.attempt_number + 1, attempts_allowed, error)
-                return Outcome("retry", error)
-        elif self.store.fail(job, now, error):
-            log.error("[Worker] ❌ Job %s failed after %d attempt(s): %s", job.id, job.attempt_number, error)
-            return Outcome("failed", error)
-        log.warning("[Worker] ⚠️ Job %s failed but its claim was taken over; outcome not recorded", job.id)
-        return Outcome("lost", error)
+                            round(delay * 1000), job.attempt_number + 1, job.max_retries + 1, error)
+        else:
+            recorded = self.store.fail(job, now, error)
+            if recorded:
+                log.error("[Worker] ❌ Job %s failed after %d attempt(s): %s", job.id, job.attempt_number, error)
+        if not recorded:
+            log.warning("[Worker] ⚠️ Job %s failed but its claim was taken over; outcome not recorded", job.id)
 
     # -- heartbeats (driven by the scheduler thread and by handlers) -----------
     def heartbeat(self, job: Job, progress: dict[str, Any] | None = None) -> bool:
@@ -277,7 +257,6 @@ class Worker:
         failures = 0
         log.info("[Worker] Started %s", self.worker_id)
         while not self.stopping.is_set():
-            self.last_loop_at = self.clock.now()
             try:
                 self.wake.clear()
                 job = self.run_once(claim_next=True)

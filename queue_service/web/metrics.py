@@ -17,50 +17,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Iterator
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from .errors import StoreError
-from .jobs import Job, JobStatus
-from .stores.base import Store
+from ..core.errors import StoreError
+from ..core.jobs import JobStatus
+from .state import QueueState, queue_state
 
 log = logging.getLogger("queue_service.metrics")
 
-SCAN_PAGE_SIZE = 2500
-MAX_PROCESSING_SCANNED = 10_000
 ATTEMPT_OUTCOMES = ("completed", "retry", "failed", "lost", "released", "running")
 ERROR_OUTCOMES = ("retry", "failed", "lost")
-
-
-def iter_jobs(store: Store, status: str | None = None, limit: int = MAX_PROCESSING_SCANNED,
-              page_size: int = SCAN_PAGE_SIZE) -> Iterator[Job]:
-    """Every stored job (newest first), ``page_size`` at a time, at most ``limit``.
-    Pages keep memory flat on a 512 MB dyno however big the store is."""
-    cursor: tuple[datetime, str] | None = None
-    seen = 0
-    while seen < limit:
-        page = store.list_jobs(status=status, limit=min(page_size, limit - seen), before=cursor)
-        yield from page
-        seen += len(page)
-        if len(page) < page_size:
-            return
-        cursor = (page[-1].created_at, page[-1].id)
-
-
-def is_stuck(job: Job, now: datetime, stuck_after: float) -> bool:
-    """The scheduler's test: processing with a heartbeat older than QUEUE_STUCK_AFTER."""
-    return (job.status == JobStatus.PROCESSING and job.heartbeat_at is not None
-            and job.heartbeat_at < now - timedelta(seconds=stuck_after))
-
-
-def stuck_jobs(store: Store, now: datetime, stuck_after: float) -> list[Job]:
-    return [job for job in iter_jobs(store, JobStatus.PROCESSING.value, MAX_PROCESSING_SCANNED)
-            if is_stuck(job, now, stuck_after)]
 
 
 def _age(now: datetime, then: datetime | None) -> float:
@@ -71,7 +43,7 @@ def _age(now: datetime, then: datetime | None) -> float:
 class QueueCollector:
     """Reads one app's queue at collect time; made fresh for every scrape."""
 
-    def __init__(self, state: Any):
+    def __init__(self, state: QueueState):
         self.state = state
 
     def describe(self) -> list:
@@ -89,12 +61,11 @@ class QueueCollector:
     def _store_metrics(self) -> Iterator[Any]:
         state = self.state
         up = GaugeMetricFamily("queue_store_up", "1 if the job store answered this scrape.")
-        now = state.clock.now()
+        now = state.service.clock.now()
         try:
-            store = state.store
-            counts = store.counts(now)
-            stuck = len(stuck_jobs(store, now, state.settings.stuck_after))
-            summary = store.counts_by_type()
+            counts = state.service.counts()
+            stuck = len(state.service.stuck_jobs())
+            summary = state.service.counts_by_type()
         except StoreError as exc:
             log.warning("[Queue] metrics: the store did not answer: %s", exc)
             up.add_metric([], 0)
@@ -150,12 +121,12 @@ class QueueCollector:
         yield errors
 
     def _worker_metrics(self) -> Iterator[Any]:
-        state = self.state
-        worker = state.worker if state._started_pid == os.getpid() else None
+        runtime = self.state.runtime
+        worker = runtime.worker if runtime.started_here else None
         current = worker.current if worker is not None else None
         running = GaugeMetricFamily("queue_worker_running",
                                     "1 if this process's worker and scheduler threads are alive.")
-        running.add_metric([], 1 if worker is not None and state.running else 0)
+        running.add_metric([], 1 if worker is not None and runtime.running else 0)
         yield running
         busy = GaugeMetricFamily("queue_worker_busy", "1 if this process's worker is running a job.")
         busy.add_metric([], 1 if current is not None else 0)
@@ -168,15 +139,15 @@ class QueueCollector:
         # No job id here: a label per job would make a new series for every job.
         info.add_metric([], {"worker_id": worker.worker_id if worker else "", "pid": str(os.getpid())})
         yield info
-        scheduler = state.scheduler if worker is not None else None
+        scheduler = runtime.scheduler if worker is not None else None
         if scheduler is not None and scheduler.last_tick_at is not None:
             tick = GaugeMetricFamily("queue_scheduler_last_tick_age_seconds",
                                      "Seconds since this process's scheduler last ticked.")
-            tick.add_metric([], _age(state.clock.now(), scheduler.last_tick_at))
+            tick.add_metric([], _age(runtime.clock.now(), scheduler.last_tick_at))
             yield tick
 
 
-def render(state: Any, accept: str | None = None) -> tuple[bytes, str]:
+def render(state: QueueState, accept: str | None = None) -> tuple[bytes, str]:
     """The exposition for one app's queue, encoded for the scraper's Accept header."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(QueueCollector(state))
@@ -185,7 +156,7 @@ def render(state: Any, accept: str | None = None) -> tuple[bytes, str]:
 
 
 def _metrics_response() -> Response:
-    body, content_type = render(current_app.extensions["queue_service"], request.headers.get("Accept"))
+    body, content_type = render(queue_state(), request.headers.get("Accept"))
     response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -198,6 +169,6 @@ def register(blueprint: Blueprint) -> None:
 
     @blueprint.get("/metrics")
     def metrics():
-        if current_app.extensions["queue_service"].settings.metrics_public:
+        if queue_state().settings.metrics_public:
             return _metrics_response()
         return protected()

@@ -7,7 +7,7 @@ import re
 
 from flask import Response, request
 
-from .stores.base import Store
+from ..core.store import Store
 
 MEDIA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CACHE_FOREVER = "public, max-age=31536000, immutable"

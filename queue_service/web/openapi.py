@@ -15,6 +15,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import make_schema_key, resolve_schema_instance
 
+from ..core.limits import MAX_JSON_DEPTH
 from . import schemas as s
 
 TITLE = "queue_service REST API"
@@ -105,7 +106,7 @@ def _payload_components(spec: APISpec, job_types: list[Any]) -> dict[str, str]:
         if schema is None:
             spec.components.schema(component, component={
                 "type": "object", "description": "Any JSON object (integers within 64 bits, finite numbers, "
-                                                 f"at most {s.MAX_JSON_DEPTH} levels of nesting)."})
+                                                 f"at most {MAX_JSON_DEPTH} levels of nesting)."})
         else:
             instance = resolve_schema_instance(schema)
             key = make_schema_key(instance)

@@ -14,13 +14,34 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
+from .store import Store
 from .clock import Clock
-from .stores.base import Store
+from .jobs import RetryPolicy
+from .settings import Settings
 from .worker import Worker
 
 log = logging.getLogger("queue_service.scheduler")
 
 MAX_BACKOFF_SECONDS = 30.0
+
+
+def recover_stuck(store: Store, policy: RetryPolicy, now: datetime) -> tuple[int, int]:
+    """Recover every processing job whose heartbeat is older than the policy's
+    threshold: back to pending while it has retries left (a retry), else failed
+    ("worker lost"). Each recovery is conditional, so N processes may sweep at
+    once. Returns ``(requeued, failed)``."""
+    before = policy.stuck_before(now)
+    requeued = failed = 0
+    for _ in range(100):  # pages of find_stuck; a recovered job is not found again
+        stuck = store.find_stuck(before)
+        for job in stuck:
+            retry = policy.may_retry(job)
+            if store.recover_lost(job, before, now, policy.lost_error, retry):
+                requeued += retry
+                failed += not retry
+        if len(stuck) < 1000:
+            break
+    return requeued, failed
 
 
 @dataclass
@@ -32,19 +53,17 @@ class SweepReport:
 
 class Scheduler:
     def __init__(self, store_getter: Callable[[], Store], clock: Clock, worker: Worker | None,
-                 cleanup_interval: float, stuck_after: float, completed_ttl: float, failed_ttl: float,
-                 heartbeat_interval: float):
+                 settings: Settings):
         self._store_getter = store_getter
         self.clock = clock
         self.worker = worker
-        self.cleanup_interval = cleanup_interval
-        self.stuck_after = stuck_after
-        self.completed_ttl = completed_ttl
-        self.failed_ttl = failed_ttl
-        self.heartbeat_interval = heartbeat_interval
+        self.policy = RetryPolicy(settings.stuck_after)
+        self.cleanup_interval = settings.cleanup_interval
+        self.completed_ttl = settings.completed_ttl
+        self.failed_ttl = settings.failed_ttl
+        self.heartbeat_interval = settings.heartbeat_interval
         self.next_sweep_at: datetime | None = None  # None: sweep on the first tick
         self.last_tick_at: datetime | None = None
-        self.last_sweep: SweepReport | None = None
         self.stopping = threading.Event()
 
     @property
@@ -53,14 +72,12 @@ class Scheduler:
 
     def sweep(self, now: datetime) -> SweepReport:
         store = self.store
-        error = f"worker lost (no heartbeat for {self.stuck_after:g}s)"
-        requeued, failed = store.requeue_stuck(now - timedelta(seconds=self.stuck_after), now, error)
+        requeued, failed = recover_stuck(store, self.policy, now)
         purged = store.purge(now - timedelta(seconds=self.completed_ttl), now - timedelta(seconds=self.failed_ttl))
         report = SweepReport(requeued, failed, purged)
         if requeued or failed or purged:
             log.info("[Scheduler] Sweep: %d stuck job(s) requeued, %d failed (worker lost), %d purged",
                      requeued, failed, purged)
-        self.last_sweep = report
         return report
 
     def tick(self) -> SweepReport | None:

@@ -2,13 +2,16 @@
 
 A Job is a plain record. Stores build it with their own ``from_*`` helpers and
 the API turns it into JSON with ``to_dict``; both sides agree on this one shape.
+``RetryPolicy`` is the one place that decides whether a failed or lost attempt
+is retried, after how long, and what "stuck" means; stores only carry out the
+decision they are handed.
 """
 from __future__ import annotations
 
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any, Sequence
 
@@ -46,6 +49,42 @@ def retry_delay_seconds(delays: Sequence[float], retry_number: int) -> float:
     if not delays:
         return 0.0
     return float(delays[min(retry_number, len(delays)) - 1])
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry or fail, and when a processing job counts as stuck.
+
+    A job carries its own ``max_retries`` and ``retry_delays`` (fixed at
+    enqueue from the type, the job or the settings); the policy reads them.
+    """
+
+    stuck_after_seconds: float = 600.0
+
+    @staticmethod
+    def may_retry(job: "Job") -> bool:
+        """True while the job has retries left (it ran at most ``max_retries`` times again)."""
+        return job.retry_count < job.max_retries
+
+    def next_delay_seconds(self, job: "Job", retryable: bool) -> float | None:
+        """Seconds before the next attempt of a job whose attempt just failed,
+        or None when it fails now (a permanent error, or no retries left)."""
+        if not retryable or not self.may_retry(job):
+            return None
+        return retry_delay_seconds(job.retry_delays, job.retry_count + 1)
+
+    def stuck_before(self, now: datetime) -> datetime:
+        """A processing job whose heartbeat is older than this is stuck."""
+        return now - timedelta(seconds=self.stuck_after_seconds)
+
+    def is_stuck(self, job: "Job", now: datetime) -> bool:
+        return (job.status == JobStatus.PROCESSING and job.heartbeat_at is not None
+                and job.heartbeat_at < self.stuck_before(now))
+
+    @property
+    def lost_error(self) -> str:
+        """The error recorded on a stuck job's attempt when it is recovered."""
+        return f"worker lost (no heartbeat for {self.stuck_after_seconds:g}s)"
 
 
 def iso(value: datetime | None) -> str | None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urljoin, urlsplit
 
-from .errors import QueueError
+from ..core.errors import QueueError
 
 if TYPE_CHECKING:
     import requests

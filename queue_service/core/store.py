@@ -1,8 +1,11 @@
-"""The store contract, documented once here.
+"""The store contract, documented once here. The core defines it (it is what
+the core needs); ``queue_service.stores`` implements it.
 
 A store persists jobs and media and performs every state change as one atomic,
 conditional write. It never reads a clock (``now`` is passed in), never raises
-HTTP errors, and imports nothing of the package above ``jobs`` and ``errors``.
+HTTP errors, and a store imports nothing of the package but ``core.jobs``,
+``core.errors`` and this module. It decides no policy: whether a lost job is retried or failed,
+and what counts as stuck, is decided by ``core.jobs.RetryPolicy`` and passed in.
 
 Fencing: ``claim`` writes a fresh ``lock_token``. Every later write about that
 attempt (``heartbeat``, ``complete``, ``retry_later``, ``fail``, ``release``)
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..jobs import Job
+from .jobs import Job
 
 
 @dataclass
@@ -35,12 +38,6 @@ class StoredFile:
 class TypeCounts:
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)      # (type, status) -> jobs
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, outcome) -> attempts
-
-
-@dataclass
-class SweepResult:
-    requeued: int = 0
-    failed: int = 0
 
 
 class Store(ABC):
@@ -122,15 +119,19 @@ class Store(ABC):
         "released". Fenced."""
 
     @abstractmethod
-    def requeue_stuck(self, heartbeat_before: datetime, now: datetime, error: str) -> tuple[int, int]:
-        """Recover processing jobs whose ``heartbeat_at < heartbeat_before``.
+    def find_stuck(self, heartbeat_before: datetime, limit: int = 1000) -> list[Job]:
+        """Processing jobs whose ``heartbeat_at < heartbeat_before``, oldest
+        heartbeat first, at most ``limit``. A read: nothing changes."""
 
-        Each such job with retries left goes back to pending (runnable now,
-        ``retry_count + 1``, lock token cleared); one without fails with
-        ``error``. Its current attempt ends with that error. Every update is
-        conditional on the token seen, so N processes sweeping at once
-        recover each job once. Returns ``(requeued, failed)``.
-        """
+    @abstractmethod
+    def recover_lost(self, job: Job, heartbeat_before: datetime, now: datetime, error: str,
+                     retry: bool) -> bool:
+        """End the lost attempt of a job that ``find_stuck`` returned, with
+        outcome "lost" and ``error``. ``retry``: back to pending, runnable now,
+        ``retry_count + 1``; else failed with ``error``. Conditional on the
+        token seen and on the heartbeat still being older than
+        ``heartbeat_before``, so N processes sweeping at once recover each job
+        once and a job whose worker renewed its claim meanwhile is left alone."""
 
     @abstractmethod
     def cancel(self, job_id: str, now: datetime) -> bool:

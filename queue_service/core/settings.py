@@ -1,4 +1,4 @@
-"""Typed settings read from ``app.config``.
+"""Typed settings read from the host app's configuration (a plain mapping).
 
 A value may be a Python value (list, float, bool, None) or the environment's
 string form ("1,5,15", "0.5", "false"); both mean the same. Durations are
@@ -87,6 +87,7 @@ class Settings:
     image_format: str = "webp"
     callback_secret: str | None = None
     metrics_public: bool = False
+    mail: "MailSettings" = None  # type: ignore[assignment]  # set by from_config
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Settings":
@@ -125,6 +126,7 @@ class Settings:
             image_format=str(get("QUEUE_IMAGE_FORMAT", "webp")).strip().lower().replace("jpg", "jpeg"),
             callback_secret=get("QUEUE_CALLBACK_SECRET") or None,
             metrics_public=as_bool(get("QUEUE_METRICS_PUBLIC", False), "QUEUE_METRICS_PUBLIC"),
+            mail=MailSettings.from_config(get),
         )
         if settings.image_quality > 100:
             raise ConfigurationError(f"QUEUE_IMAGE_QUALITY must be 1..100, got {settings.image_quality}")
@@ -135,5 +137,36 @@ class Settings:
         return settings
 
     def as_dict(self) -> dict[str, Any]:
-        secret = ("admin_token", "callback_secret")
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in secret}
+        secret = ("admin_token", "callback_secret", "mail")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in secret}
+        out["mail"] = {k: v for k, v in vars(self.mail).items() if k != "password"} if self.mail else None
+        return out
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """EMAIL_SEND's SMTP settings, under Flask-Mail's names. The sender is
+    checked when a message is sent (a missing one fails that job, not the app)."""
+
+    server: str = "localhost"
+    port: int = 25
+    use_tls: bool = False
+    use_ssl: bool = False
+    username: str | None = None
+    password: str | None = None
+    default_sender: Any = None  # "a@b", "Name <a@b>" or ("Name", "a@b")
+    timeout: float = 30.0
+
+    @classmethod
+    def from_config(cls, get: Any) -> "MailSettings":
+        username, password = get("MAIL_USERNAME"), get("MAIL_PASSWORD")
+        return cls(
+            server=str(get("MAIL_SERVER") or cls.server),
+            port=as_int(get("MAIL_PORT") or cls.port, "MAIL_PORT", 1),
+            use_tls=as_bool(get("MAIL_USE_TLS") or False, "MAIL_USE_TLS"),
+            use_ssl=as_bool(get("MAIL_USE_SSL") or False, "MAIL_USE_SSL"),
+            username=str(username) if username else None,
+            password=None if password is None else str(password),
+            default_sender=get("MAIL_DEFAULT_SENDER"),
+            timeout=as_seconds(get("MAIL_TIMEOUT") or cls.timeout, "MAIL_TIMEOUT", 0.001),
+        )

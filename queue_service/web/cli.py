@@ -17,11 +17,11 @@ import threading
 from typing import Any, Callable
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
-from .errors import InvalidTransition, JobNotFound, QueueError, StoreError, UnknownJobType, ValidationError
-from .jobs import Job, JobStatus, iso
+from ..core.errors import InvalidTransition, JobNotFound, QueueError, StoreError, UnknownJobType, ValidationError
+from ..core.jobs import Job, JobStatus, iso
+from .state import queue_state
 
 ERROR_COLUMN_CHARS = 60
 # Job values come from payloads and handler errors: strip terminal control
@@ -54,10 +54,6 @@ class QueueGroup(AppGroup):
 
 
 queue_cli = QueueGroup("queue", help="Operate the job queue.")
-
-
-def _state():
-    return current_app.extensions["queue_service"]
 
 
 MAX_ERROR_LINE_CHARS = 300
@@ -96,7 +92,7 @@ def operation(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except UnknownJobType as exc:
-            known = ", ".join(_state().queue.registry.names()) or "none"
+            known = ", ".join(queue_state().service.registry.names()) or "none"
             _fail(f"unknown job type {exc.job_type!r} (registered: {known})")
         except ValidationError as exc:
             _fail("invalid input: " + "; ".join(_flatten(exc.messages)))
@@ -142,17 +138,17 @@ def _short(value: Any, width: int) -> str:
 def worker_command() -> None:
     """Run the worker and scheduler in this process until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state = _state()
+    runtime = queue_state().runtime
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    state.start(daemon=True)
-    click.echo(f"queue worker {state.worker.worker_id} running (store: {state.store.kind}); Ctrl-C stops it")
+    runtime.start(daemon=True)
+    click.echo(f"queue worker {runtime.worker.worker_id} running (store: {runtime.store.kind}); Ctrl-C stops it")
     while not stop.wait(1.0):
-        if not state.running:
-            state.shutdown(0)
+        if not runtime.running:
+            runtime.shutdown(0)
             _fail("a queue thread died")
-    clean = state.shutdown()
+    clean = runtime.shutdown()
     click.echo("stopped" if clean else "stopped; the in-flight job went back to pending")
 
 
@@ -161,11 +157,9 @@ def worker_command() -> None:
 @operation
 def stats_command(as_json: bool) -> None:
     """Job counts by status, the oldest ages and the stuck jobs."""
-    from .metrics import stuck_jobs
-
-    state = _state()
-    stats = dict(state.queue.get_queue_stats())
-    stats["stuck"] = len(stuck_jobs(state.store, state.clock.now(), state.settings.stuck_after))
+    state = queue_state()
+    stats = dict(state.service.stats())
+    stats["stuck"] = len(state.service.stuck_jobs())
     if as_json:
         _echo_json(stats)
         return
@@ -188,10 +182,10 @@ def stats_command(as_json: bool) -> None:
 def list_command(status: str | None, job_type: str | None, limit: int, before: str | None,
                  as_json: bool) -> None:
     """Jobs, newest first."""
-    state = _state()
-    if job_type is not None and job_type not in state.queue.registry:
+    state = queue_state()
+    if job_type is not None and job_type not in state.service.registry:
         raise UnknownJobType(job_type)
-    jobs = state.queue.list_jobs(status=status, job_type=job_type, limit=limit, before=before)
+    jobs = state.service.list(status=status, job_type=job_type, limit=limit, before=before)
     if as_json:
         _echo_json({"jobs": [job.to_dict() for job in jobs],
                     "next": jobs[-1].id if len(jobs) == limit else None})
@@ -245,13 +239,11 @@ def _show_text(job: Job, stuck: bool) -> None:
 @operation
 def show_command(job_id: str, as_json: bool) -> None:
     """One job: payload, attempts with their errors and delays, result."""
-    from .metrics import is_stuck
-
-    state = _state()
-    job = state.queue.get_job(job_id)
+    service = queue_state().service
+    job = service.get(job_id)
     if job is None:
         raise JobNotFound(job_id)
-    stuck = is_stuck(job, state.clock.now(), state.settings.stuck_after)
+    stuck = service.is_stuck(job)
     if as_json:
         _echo_json({**job.to_dict(), "stuck": stuck})
     else:
@@ -263,7 +255,7 @@ def show_command(job_id: str, as_json: bool) -> None:
 @operation
 def cleanup_command(as_json: bool) -> None:
     """Requeue jobs whose worker stopped sending heartbeats."""
-    count = _state().queue.cleanup_stuck_jobs()
+    count = queue_state().service.recover_stuck()
     if as_json:
         _echo_json({"requeuedCount": count})
     else:
@@ -283,19 +275,19 @@ def enqueue_command(job_type: str, payload: str, priority: int, delay: float | N
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise ValidationError({"payload": [f"Not valid JSON: {exc}."]}) from None
-    queue = _state().queue
-    job_id = queue.add_job(job_type, data, priority=priority, delay=delay)
-    status = queue.get_job_status(job_id)
+    service = queue_state().service
+    submitted = service.submit(job_type, data, priority=priority, delay=delay)
     if as_json:
-        _echo_json({"id": job_id, "status": status["status"] if status else "pending"})
+        _echo_json({"id": submitted.id, "status": submitted.status})
     else:
-        click.echo(f"queued {job_type} job {job_id}"
-                   + (f" (runs at {status['runAt']})" if status and delay else ""))
+        job = service.get(submitted.id) if delay else None
+        click.echo(f"queued {job_type} job {submitted.id}"
+                   + (f" (runs at {iso(job.run_at)})" if job is not None else ""))
 
 
 def _transition(operation_name: str, job_id: str, as_json: bool) -> None:
-    queue = _state().queue
-    job = queue.retry(job_id) if operation_name == "retry" else queue.cancel(job_id)
+    service = queue_state().service
+    job = service.retry(job_id) if operation_name == "retry" else service.cancel(job_id)
     if as_json:
         _echo_json(job.to_dict())
     else:

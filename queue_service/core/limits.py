@@ -1,0 +1,17 @@
+"""The ranges the queue accepts, in one place.
+
+``core.service`` checks them for ``add_job`` and the REST route alike; the
+web schemas and the OpenAPI document read them from here.
+"""
+from __future__ import annotations
+
+PRIORITY_RANGE = (-1_000_000, 1_000_000)
+MAX_DELAY_SECONDS = 366 * 24 * 3600          # how long a delay may be
+MAX_RETRIES_LIMIT = 100
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+MAX_TYPE_NAME_CHARS = 64
+MAX_JSON_DEPTH = 32                          # request bodies: nesting levels
+INT64_RANGE = (-(2**63), 2**63 - 1)          # what BSON can store; SQLite's INTEGER too
+PAGE_LIMIT_RANGE = (1, 100)
+DEFAULT_PAGE_LIMIT = 50
+MAX_ERROR_CHARS = 2000                       # a handler's error text as stored

@@ -1,0 +1,268 @@
+"""SQLite store: the embedded default (stdlib sqlite3, WAL).
+
+Safe when several processes share one file: claims run inside ``BEGIN
+IMMEDIATE`` (a deferred transaction that reads and then writes fails with
+SQLITE_BUSY_SNAPSHOT under contention, whatever busy_timeout says), and every
+other write is one conditional statement. The statements are in ``queries``,
+the pool and the writer lock in ``connections``. An idle claim looks for a
+runnable job with a plain read first and takes no write lock when there is
+none.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from ...core.errors import StoreError
+from ...core.jobs import Job, JobStatus, iso
+from ...core.store import Store, StoredFile, TypeCounts
+from . import queries as q
+from .connections import Connections, Immediate, Pooled
+
+_NO_CURSOR = (float("inf"), "")  # LIST_JOBS: a cursor after every job
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    if value is None:
+        return None
+    # Round to the microsecond so a float round trip returns the same datetime.
+    return datetime.fromtimestamp(round(value, 6), timezone.utc)
+
+
+def _decode_attempts(text: str) -> list[dict[str, Any]]:
+    if text == "[]":
+        return []
+    attempts = json.loads(text)
+    for attempt in attempts:
+        for key in ("startedAt", "endedAt"):
+            if attempt.get(key):
+                attempt[key] = datetime.fromisoformat(attempt[key])  # 3.11+ reads the "Z"
+    return attempts
+
+
+# retry_delays is nearly always one of a few lists (the app's or the type's):
+# each text is decoded, and each list encoded, once.
+@lru_cache(maxsize=64)
+def _decoded_delays(text: str) -> tuple[float, ...]:
+    return tuple(json.loads(text))
+
+
+@lru_cache(maxsize=64)
+def _encoded_delays(delays: tuple[float, ...]) -> str:
+    return json.dumps(list(delays))
+
+
+def _row_to_job(row: tuple) -> Job:
+    """A row of ``queries.COLUMNS`` -> Job (positional: a name lookup in sqlite3.Row
+    scans the column names case-insensitively, ~20 times per job)."""
+    (job_id, job_type, payload, status, priority, retry_count, max_retries, retry_delays,
+     created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id, lock_token,
+     error, result, progress, attempts, idempotency_key) = row
+    return Job(
+        id=job_id,
+        type=job_type,
+        payload=json.loads(payload),
+        status=JobStatus(status),
+        priority=priority,
+        retry_count=retry_count,
+        max_retries=max_retries,
+        retry_delays=list(_decoded_delays(retry_delays)),
+        created_at=_dt(created_at),
+        run_at=_dt(run_at),
+        processed_at=_dt(processed_at),
+        completed_at=_dt(completed_at),
+        heartbeat_at=_dt(heartbeat_at),
+        worker_id=worker_id,
+        lock_token=lock_token,
+        error=error,
+        result=None if result is None else json.loads(result),
+        progress=None if progress is None else json.loads(progress),
+        attempts=_decode_attempts(attempts),
+        idempotency_key=idempotency_key,
+    )
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///relative/path.db`` or ``sqlite:////abs/path.db`` -> a path."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite:/// URL: {url!r}")
+    return url[len("sqlite:///"):] or ":memory:"
+
+
+def _fence(job: Job, now: datetime, **params: Any) -> dict[str, Any]:
+    """Parameters of a statement ending ``job``'s claimed attempt."""
+    return {"id": job.id, "token": job.lock_token, "now": _ts(now), "now_iso": iso(now), **params}
+
+
+def _claim_params(worker_id: str, lock_token: str, now: datetime) -> dict[str, Any]:
+    return {"token": lock_token, "worker": worker_id, "now": now.timestamp(), "now_iso": iso(now)}
+
+
+def _complete_params(job: Job, now: datetime, result: Any) -> dict[str, Any]:
+    # None is written as JSON null without json.dumps (most handlers return nothing).
+    encoded = "null" if result is None else json.dumps(result, separators=(",", ":"))
+    return _fence(job, now, result=encoded)
+
+
+class SQLiteStore(Store):
+    kind = "sqlite"
+
+    def __init__(self, path: str, synchronous: str = "NORMAL", busy_timeout_seconds: float = 30.0,
+                 writer_wait_seconds: float | None = None):
+        """``busy_timeout_seconds``: how long SQLite waits for its write lock;
+        ``writer_wait_seconds`` (default the same): how long a write waits for
+        its turn at the writer lock (other threads, other processes of this
+        store on this host)."""
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"unknown synchronous setting {synchronous!r}")
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_seconds = busy_timeout_seconds
+        self.writer_wait_seconds = busy_timeout_seconds if writer_wait_seconds is None else writer_wait_seconds
+        self._db = Connections(path, self.synchronous, busy_timeout_seconds, self.writer_wait_seconds)
+        # Set when the last claim found nothing: the next one reads first.
+        self._idle_poll = True
+
+    # -- lifecycle ------------------------------------------------------------
+    def setup(self) -> None:
+        self._db.script(q.SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def ping(self) -> None:
+        self._db.read(q.PING)
+
+    # -- jobs -----------------------------------------------------------------
+    def insert(self, job: Job) -> tuple[str, bool]:
+        params = (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
+                  job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
+                  _ts(job.created_at), _ts(job.run_at), job.idempotency_key)
+        if job.idempotency_key is None:
+            self._db.write(q.INSERT, params)
+            return job.id, True
+        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            if conn.execute(q.INSERT_UNLESS_KEY_HELD, params).fetchone() is not None:
+                return job.id, True
+            row = conn.execute(q.ACTIVE_JOB_WITH_KEY, (job.idempotency_key,)).fetchone()
+        if row is None:  # the key's holder is gone and the id itself collided: impossible with uuid4
+            raise StoreError("insert conflicted on something other than the idempotency key")
+        return row[0], False
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._db.read(q.GET, (job_id,))
+        return _row_to_job(rows[0]) if rows else None
+
+    def _claimed(self, row: tuple | None) -> Job | None:
+        self._idle_poll = row is None
+        return _row_to_job(row) if row is not None else None
+
+    def claim(self, worker_id: str, lock_token: str, now: datetime) -> Job | None:
+        with Pooled(self._db) as conn:
+            # After a claim that found nothing (an idle poll), a plain read
+            # first: with nothing runnable no write lock is taken, so idle
+            # pollers never hold up other writers. The read sees the last
+            # commit; a job committed after it is found by the next poll, as
+            # it would be had the claim run a moment earlier. In a burst the
+            # read is skipped (it would cost ~5% of a claim for nothing).
+            if self._idle_poll and conn.execute(q.ANY_RUNNABLE, {"now": now.timestamp()}).fetchone() is None:
+                return None
+            with Immediate(conn, self._db.writer):
+                row = conn.execute(q.CLAIM, _claim_params(worker_id, lock_token, now)).fetchone()
+        return self._claimed(row)
+
+    def complete_and_claim(self, job: Job, now: datetime, result: Any, worker_id: str,
+                           lock_token: str) -> tuple[bool, Job | None]:
+        """Both in one write transaction: a drained job costs one commit, and
+        the pages the two share (the row's table page, the processing index's
+        edge) are written once."""
+        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            done = conn.execute(q.COMPLETE, _complete_params(job, now, result)).rowcount == 1
+            row = conn.execute(q.CLAIM, _claim_params(worker_id, lock_token, now)).fetchone()
+        return done, self._claimed(row)
+
+    def heartbeat(self, job: Job, now: datetime, progress: dict[str, Any] | None = None) -> bool:
+        params = {"now": _ts(now), "id": job.id, "token": job.lock_token}
+        if progress is None:
+            return self._db.write(q.HEARTBEAT, params) == 1
+        return self._db.write(q.HEARTBEAT_WITH_PROGRESS, {**params, "progress": json.dumps(progress)}) == 1
+
+    def complete(self, job: Job, now: datetime, result: Any) -> bool:
+        return self._db.write(q.COMPLETE, _complete_params(job, now, result)) == 1
+
+    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
+        delay = round(run_at.timestamp() - now.timestamp(), 3)
+        return self._db.write(q.RETRY_LATER, _fence(job, now, error=error, next_delay=delay,
+                                                    run_at=_ts(run_at))) == 1
+
+    def fail(self, job: Job, now: datetime, error: str) -> bool:
+        return self._db.write(q.FAIL, _fence(job, now, error=error)) == 1
+
+    def release(self, job: Job, now: datetime, reason: str) -> bool:
+        return self._db.write(q.RELEASE, _fence(job, now, error=reason)) == 1
+
+    def find_stuck(self, heartbeat_before: datetime, limit: int = 1000) -> list[Job]:
+        return [_row_to_job(r) for r in self._db.read(q.FIND_STUCK, {"before": _ts(heartbeat_before),
+                                                                      "limit": int(limit)})]
+
+    def recover_lost(self, job: Job, heartbeat_before: datetime, now: datetime, error: str,
+                     retry: bool) -> bool:
+        sql = q.RECOVER_FOR_RETRY if retry else q.RECOVER_AS_FAILED
+        return self._db.write(sql, _fence(job, now, error=error, before=_ts(heartbeat_before))) == 1
+
+    def cancel(self, job_id: str, now: datetime) -> bool:
+        return self._db.write(q.CANCEL, {"id": job_id, "now": _ts(now)}) == 1
+
+    def requeue_failed(self, job_id: str, now: datetime) -> bool:
+        try:
+            return self._db.write(q.REQUEUE_FAILED, {"id": job_id, "now": _ts(now)}) == 1
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                return False  # another active job holds its idempotency key
+            raise
+
+    def counts(self, now: datetime) -> dict[str, Any]:
+        out: dict[str, Any] = {s.value: 0 for s in JobStatus}
+        for status, n in self._db.read(q.COUNT_BY_STATUS):
+            out[status] = n
+        out["total"] = sum(out[s.value] for s in JobStatus)
+        out["oldestPendingAt"] = _dt(self._db.read(q.OLDEST_RUNNABLE_PENDING, (_ts(now),))[0][0])
+        out["oldestProcessingAt"] = _dt(self._db.read(q.OLDEST_PROCESSING)[0][0])
+        return out
+
+    def counts_by_type(self) -> TypeCounts:
+        jobs = self._db.read(q.COUNT_BY_TYPE_AND_STATUS)
+        attempts = self._db.read(q.COUNT_ATTEMPTS_BY_TYPE_AND_OUTCOME)
+        return TypeCounts({(t, s): n for t, s, n in jobs}, {(t, o): n for t, o, n in attempts})
+
+    def list_jobs(self, status: str | None = None, job_type: str | None = None,
+                  limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
+        before_at, before_id = _NO_CURSOR if before is None else (_ts(before[0]), before[1])
+        rows = self._db.read(q.LIST_JOBS, {"status": status, "type": job_type, "before_at": before_at,
+                                           "before_id": before_id, "limit": int(limit)})
+        return [_row_to_job(r) for r in rows]
+
+    def purge(self, completed_before: datetime, finished_before: datetime) -> int:
+        return self._db.write(q.PURGE, {"latest": max(_ts(completed_before), _ts(finished_before)),
+                                        "completed": _ts(completed_before), "finished": _ts(finished_before)})
+
+    # -- media ----------------------------------------------------------------
+    def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:
+        self._db.write(q.PUT_FILE, (name, sqlite3.Binary(data), content_type, _ts(now)))
+
+    def get_file(self, name: str) -> StoredFile | None:
+        rows = self._db.read(q.GET_FILE, (name,))
+        if not rows:
+            return None
+        r = rows[0]
+        return StoredFile(r[0], bytes(r[1]), r[2], _dt(r[3]))
+
+    def purge_files(self, created_before: datetime) -> int:
+        return self._db.write(q.PURGE_FILES, (_ts(created_before),))

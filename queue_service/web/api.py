@@ -1,0 +1,197 @@
+"""The REST blueprint: the routes of ``/api/queue``.
+
+Each route reads its input (``body``), calls the core's service and dumps the
+answer through its response schema; errors become HTTP answers in
+``http_errors``. Public routes: ``GET /job/<id>`` (without the payload unless
+the caller is an admin), ``GET /health`` and ``GET /media/<name>``.
+Everything else needs admin auth (``auth``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import marshmallow
+from flask import Blueprint, Response, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..core.errors import JobNotFound, ValidationError
+from . import dashboard, http_errors, metrics, openapi
+from .auth import admin_denied, admin_required
+from .body import ApiError, body_limit, checked_job_id, read_json_object, read_query, refuse_body
+from .media import media_response
+from .schemas import (CleanupResponseSchema, HealthSchema, JobCreatedSchema, JobListQuerySchema, JobPageSchema,
+                      JobSchema, StatsResponseSchema, UTCDateTime, error_response, json_response)
+from .state import queue_state
+
+log = logging.getLogger("queue_service.api")
+
+blueprint = Blueprint("queue_service", __name__)
+
+ECHO_CHARS = http_errors.ECHO_CHARS
+
+# Made once: a marshmallow Schema deep-copies its declared fields when it is
+# instantiated (~4 % of a worker's CPU under HTTP enqueue load, per request);
+# load() and dump() keep no state on the instance.
+_CLEANUP_RESPONSE = CleanupResponseSchema()
+_HEALTH = HealthSchema()
+_JOB_CREATED = JobCreatedSchema()
+_JOB_LIST_QUERY = JobListQuerySchema()
+_JOB_PAGE = JobPageSchema()
+_JOB = JobSchema()
+_STATS_RESPONSE = StatsResponseSchema()
+_RUN_AT = UTCDateTime()
+
+
+def _dump_job(job: Any, admin: bool = True) -> dict[str, Any]:
+    data = job.to_dict()
+    if not admin:  # the payload may hold addresses and secrets; the status page needs none of it
+        data.pop("payload", None)
+        data.pop("idempotencyKey", None)
+    return _JOB.dump(data)
+
+
+@blueprint.before_request
+def _cap_body() -> None:
+    """413 before the body is read: Content-Length is checked here; a chunked
+    body is cut by read_body (and by Werkzeug one byte later)."""
+    limit = body_limit()
+    # One byte over the cap, so read_body can tell "exactly the cap" from "more".
+    request.max_content_length = limit + 1
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+
+
+# -- routes -------------------------------------------------------------------
+# POST /jobs fields -> core.service.submit's options. The service checks the
+# values (types, core.limits, the type's schema); its errors name the options,
+# which the route names back in the API's words.
+CREATE_OPTIONS = {"priority": "priority", "delay": "delay", "runAt": "run_at", "maxRetries": "max_retries",
+                  "idempotencyKey": "idempotency_key"}
+CREATE_FIELDS = {"type", "payload", *CREATE_OPTIONS}
+API_NAMES = {option: field for field, option in CREATE_OPTIONS.items()}
+
+
+def _create_arguments(body: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """(type, payload, options) from a POST /jobs body; the envelope's own
+    errors (unknown or missing fields, a runAt that is not a datetime) as a
+    ValidationError, before the service sees anything."""
+    errors: dict[str, Any] = {key: ["Unknown field."] for key in body if key not in CREATE_FIELDS}
+    for key in ("type", "payload"):
+        if key not in body:
+            errors[key] = ["Missing data for required field."]
+    if "type" in body and not isinstance(body["type"], str):
+        errors["type"] = ["Not a valid string."]
+    if "payload" in body and not isinstance(body["payload"], dict):
+        errors["payload"] = ["Not a valid mapping type."]
+    options = {CREATE_OPTIONS[key]: value for key, value in body.items() if key in CREATE_OPTIONS}
+    errors.update({key: ["Field may not be null."] for key in CREATE_OPTIONS if key in body and body[key] is None})
+    if options.get("run_at") is not None:
+        try:
+            options["run_at"] = _RUN_AT.deserialize(options["run_at"])
+        except marshmallow.ValidationError as exc:
+            errors["runAt"] = exc.messages
+    if errors:
+        raise ValidationError(errors)
+    return body["type"], body["payload"], options
+
+
+@blueprint.post("/jobs")
+@admin_required
+def create_job() -> Response:
+    job_type, payload, options = _create_arguments(read_json_object())
+    try:
+        submitted = queue_state().service.submit(job_type, payload, **options)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise ValidationError({API_NAMES.get(k, k): v for k, v in messages.items()}) from None
+    return json_response(_JOB_CREATED.dump({"id": submitted.id, "status": submitted.status}), 201,
+                         {"Location": url_for(".get_job", job_id=submitted.id)})
+
+
+@blueprint.get("/job/<job_id>")
+def get_job(job_id: str) -> Response:
+    job = queue_state().service.get(checked_job_id(job_id))
+    if job is None:
+        raise JobNotFound(job_id)
+    return json_response(_dump_job(job, admin=admin_denied() is None))
+
+
+@blueprint.get("/jobs")
+@admin_required
+def list_jobs() -> Response:
+    query = read_query(_JOB_LIST_QUERY)
+    limit = query["limit"]
+    service = queue_state().service
+    # A well-formed cursor naming no job (purged, or never existed) is a 404,
+    # like any other id that names nothing; a malformed one is a 400.
+    if "before" in query and service.get(query["before"]) is None:
+        raise ApiError(404, "Cursor job not found.", {"before": ["Unknown job id."]})
+    jobs = service.list(status=query.get("status"), job_type=query.get("type"), limit=limit,
+                        before=query.get("before"))
+    # A full page may be followed by an empty one; a short page is the last.
+    next_before = jobs[-1].id if len(jobs) == limit else None
+    page = {"jobs": [job.to_dict() for job in jobs], "nextBefore": next_before}
+    return json_response(_JOB_PAGE.dump(page))
+
+
+@blueprint.post("/job/<job_id>/cancel")
+@admin_required
+def cancel_job(job_id: str) -> Response:
+    job_id = checked_job_id(job_id)
+    refuse_body()
+    return json_response(_dump_job(queue_state().service.cancel(job_id)))
+
+
+@blueprint.post("/job/<job_id>/retry")
+@admin_required
+def retry_job(job_id: str) -> Response:
+    job_id = checked_job_id(job_id)
+    refuse_body()
+    return json_response(_dump_job(queue_state().service.retry(job_id)))
+
+
+@blueprint.get("/stats")
+@admin_required
+def stats() -> Response:
+    return json_response(_STATS_RESPONSE.dump({"success": True, "stats": queue_state().service.stats()}))
+
+
+@blueprint.post("/cleanup")
+@admin_required
+def cleanup() -> Response:
+    refuse_body()
+    count = queue_state().service.recover_stuck()
+    return json_response(_CLEANUP_RESPONSE.dump({"success": True, "requeuedCount": count}))
+
+
+@blueprint.get("/health")
+def health() -> Response:
+    try:
+        report = queue_state().service.health()
+    except Exception:  # a health check answers "unhealthy", never a 500
+        log.exception("[API] health check failed")
+        response = error_response(503, "Health check failed; see the server log.", {"healthy": [False]})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    status = 200 if report["healthy"] else 503
+    return json_response(_HEALTH.dump(report), status, {"Cache-Control": "no-store"})
+
+
+@blueprint.get("/media/<name>")
+def media(name: str) -> Response:
+    response = media_response(queue_state().runtime.store, name)
+    if response.status_code == 404:  # answer with the queue's own JSON, not app.json's
+        return error_response(404, "Media not found.", {"name": name[:ECHO_CHARS]})
+    return response
+
+
+@blueprint.get("/openapi.json")
+@admin_required
+def openapi_document() -> Response:
+    state = queue_state()
+    return json_response(openapi.document(state.queue.registry, request.script_root + state.settings.url_prefix))
+
+http_errors.install(blueprint)
+dashboard.register(blueprint)
+metrics.register(blueprint)

@@ -1,0 +1,240 @@
+"""JobQueue: the Flask extension and the Python API.
+
+Job types are code and live on the JobQueue object (like a blueprint's
+routes). Everything that belongs to one app (settings, store, threads) lives
+in ``app.extensions["queue_service"]`` (``web.state``), so one JobQueue can
+serve several apps in one process. Every operation is the core service's;
+this class finds the right app's service and hands the call on.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from flask import Flask, current_app
+
+from .. import hosting
+from ..core.clock import Clock
+from ..core.errors import ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType
+from ..core.jobs import Job
+from ..core.registry import JobType, Registry
+from ..core.runtime import Runtime
+from ..core.service import QueueService
+from ..core.settings import Settings
+from ..core.store import Store
+from .api import blueprint
+from .cli import queue_cli
+from .state import EXTENSION_KEY, QueueState
+
+
+def _database_getter(mongo: Any) -> Callable[[], Any]:
+    """How to reach the database of what a host app handed to ``init_app``:
+    a ``flask_pymongo.PyMongo`` (its ``db``, read when used) or a pymongo
+    (or mongomock) Database. Anything else is a ConfigurationError."""
+    from flask_pymongo import PyMongo
+
+    if isinstance(mongo, PyMongo):
+        def get_db() -> Any:
+            if mongo.db is None:
+                raise StoreError("the PyMongo instance has no database (put one in MONGO_URI)")
+            return mongo.db
+        return get_db
+    # A Database is recognised by its class: an instance answers any attribute
+    # name (db, cx, ...) with a collection of that name.
+    if all(hasattr(type(mongo), name) for name in ("get_collection", "list_collection_names")):
+        return lambda: mongo
+    raise ConfigurationError(f"mongo= takes a flask_pymongo.PyMongo or a database, not {type(mongo).__name__}")
+
+
+def _store_factory(settings: Settings, store: Store | None,
+                   get_db: Callable[[], Any] | None) -> Callable[[], Store]:
+    """How this app's store is made (in each process, when first used):
+    the Store handed over, MongoDB when the host gave a database or MONGO_URI
+    is set, else the SQLite file. Nothing is connected here."""
+    if store is not None:
+        return lambda: store
+    if get_db is not None or settings.mongo_uri:
+        def mongo_store() -> Store:
+            from ..stores.mongo import MongoStore  # only the MongoDB path loads pymongo
+
+            database_getter = get_db
+            if database_getter is None:
+                from flask_pymongo.wrappers import MongoClient
+
+                # flask-pymongo's client, made here (after fork) without PyMongo(app),
+                # which would replace the host app's JSON provider.
+                client = MongoClient(settings.mongo_uri, connect=False, tz_aware=True)
+                database = client.get_default_database()
+                database_getter = lambda: database  # noqa: E731
+            return MongoStore(database_getter, settings.mongo_collection, settings.completed_ttl)
+        return mongo_store
+
+    def sqlite_store() -> Store:
+        from ..stores.sqlite import SQLiteStore, path_from_url
+
+        return SQLiteStore(path_from_url(settings.database_url), settings.sqlite_synchronous)
+    return sqlite_store
+
+
+class JobQueue:
+    """The queue extension. ``JobQueue(app)`` or ``queue.init_app(app)``."""
+
+    def __init__(self, app: Flask | None = None, *, clock: Clock | None = None,
+                 builtins: bool = True, **init_kwargs: Any):
+        self.registry = Registry()
+        self.clock = clock or Clock()
+        self._app = app
+        self._states: list[QueueState] = []
+        # Set by @queue.admin_check; read by web.auth for admin routes.
+        self.admin_check_func: Callable[[Any], bool] | None = None
+        if builtins:
+            from ..handlers import register_builtins
+
+            register_builtins(self)
+        if app is not None:
+            self.init_app(app, **init_kwargs)
+
+    # -- Flask wiring ---------------------------------------------------------
+    def init_app(self, app: Flask, *, store: Store | None = None, mongo: Any = None,
+                 clock: Clock | None = None) -> QueueState:
+        """Mount the queue in ``app``.
+
+        ``store``: a Store to use as is. ``mongo``: the host's ``PyMongo`` (or a
+        pymongo Database) to share. Otherwise MONGO_URI picks MongoDB and
+        QUEUE_DATABASE_URL the SQLite file.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("queue_service is already initialised on this app")
+        settings = Settings.from_config(app.config)
+        get_db = _database_getter(mongo) if mongo is not None else None  # a wrong type fails here
+        runtime = Runtime(self.registry, settings, clock or self.clock, _store_factory(settings, store, get_db), app)
+        state = QueueState(app, self, settings, QueueService(self.registry, runtime), runtime)
+        app.extensions[EXTENSION_KEY] = state
+        self._states.append(state)
+        app.register_blueprint(blueprint, url_prefix=settings.url_prefix or None)
+        if "queue" not in app.cli.commands:
+            app.cli.add_command(queue_cli)
+        hosting.register(runtime)
+        if settings.autostart is not False:
+            if hosting.armed():
+                hosting.start_loaded(runtime)  # a gunicorn worker loading the app after post_fork
+            elif not hosting.under_gunicorn():
+                app.before_request(self._autostart_hook(runtime))
+        return state
+
+    @staticmethod
+    def _autostart_hook(runtime: Runtime) -> Callable[[], None]:
+        def autostart() -> None:
+            if not runtime.started_here:
+                runtime.start()
+        return autostart
+
+    def state(self, app: Flask | None = None) -> QueueState:
+        if app is None:
+            try:  # one proxy lookup (has_app_context() and current_app.x were three: ~1.5 us)
+                state = current_app._get_current_object().extensions.get(EXTENSION_KEY)
+            except RuntimeError:  # outside an app context
+                state = None
+            if state is not None:
+                return state
+            if self._app is not None:
+                app = self._app
+            elif len(self._states) == 1:
+                return self._states[0]
+            else:
+                raise RuntimeError("no app: call inside an app context or pass app=")
+        return app.extensions[EXTENSION_KEY]
+
+    # -- job types ------------------------------------------------------------
+    def job_type(self, name: str, *, schema: Any = None, max_retries: int | None = None,
+                 retry_delays: list[float] | None = None) -> Callable:
+        """Register ``handler(payload, job)`` for job type ``name``; ``job`` is
+        a ``queue_service.JobContext``."""
+        if isinstance(schema, type):
+            schema = schema()
+        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
+                                        or max_retries < 0):
+            raise ValueError("max_retries must be an integer >= 0")
+
+        def decorator(handler: Callable) -> Callable:
+            self.registry.add(JobType(name, handler, schema, max_retries,
+                                      tuple(retry_delays) if retry_delays else None))
+            return handler
+        return decorator
+
+    def on_complete(self, name: str) -> Callable:
+        """Register ``hook(job)`` to run after a job of type ``name`` completes."""
+        def decorator(hook: Callable) -> Callable:
+            job_type = self.registry.get(name)
+            if job_type is None:
+                raise UnknownJobType(name)
+            job_type.on_complete.append(hook)
+            return hook
+        return decorator
+
+    def admin_check(self, func: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        """Replace the admin routes' bearer-token check: ``func(request)``
+        returns True to let the request through (e.g. the host app's login)."""
+        self.admin_check_func = func
+        return func
+
+    # -- the API (each call is the core service's) --------------------------------
+    def add_job(self, job_type: str, payload: Any, *, priority: int = 0,
+                delay: float | timedelta | None = None, run_at: datetime | None = None,
+                max_retries: int | None = None, idempotency_key: str | None = None,
+                app: Flask | None = None) -> str:
+        """Validate and enqueue a job; returns its id. Raises ValidationError
+        (field -> messages) before anything is written."""
+        return self.state(app).service.submit(job_type, payload, priority=priority, delay=delay, run_at=run_at,
+                                              max_retries=max_retries, idempotency_key=idempotency_key).id
+
+    def get_job(self, job_id: str, app: Flask | None = None) -> Job | None:
+        return self.state(app).service.get(job_id)
+
+    def get_job_status(self, job_id: str, app: Flask | None = None) -> dict[str, Any] | None:
+        job = self.get_job(job_id, app)
+        return None if job is None else job.to_dict()
+
+    def list_jobs(self, *, status: str | None = None, job_type: str | None = None, limit: int = 50,
+                  before: str | None = None, app: Flask | None = None) -> list[Job]:
+        return self.state(app).service.list(status=status, job_type=job_type, limit=limit, before=before)
+
+    def get_queue_stats(self, app: Flask | None = None) -> dict[str, Any]:
+        return self.state(app).service.stats()
+
+    def cleanup_stuck_jobs(self, app: Flask | None = None) -> int:
+        """Recover jobs whose heartbeat is older than QUEUE_STUCK_AFTER now.
+        Returns how many were recovered (requeued, or failed when out of retries)."""
+        return self.state(app).service.recover_stuck()
+
+    def cancel(self, job_id: str, app: Flask | None = None) -> Job:
+        """pending -> cancelled. Raises JobNotFound or InvalidTransition."""
+        return self.state(app).service.cancel(job_id)
+
+    def retry(self, job_id: str, app: Flask | None = None) -> Job:
+        """failed -> pending with a fresh retry budget. Raises JobNotFound or
+        InvalidTransition."""
+        return self.state(app).service.retry(job_id)
+
+    def cancel_job(self, job_id: str, app: Flask | None = None) -> bool:
+        try:
+            self.cancel(job_id, app)
+            return True
+        except (JobNotFound, InvalidTransition):
+            return False
+
+    def retry_job(self, job_id: str, app: Flask | None = None) -> bool:
+        try:
+            self.retry(job_id, app)
+            return True
+        except (JobNotFound, InvalidTransition):
+            return False
+
+    def health_check(self, app: Flask | None = None) -> dict[str, Any]:
+        return self.state(app).service.health()
+
+    def start(self, app: Flask | None = None, daemon: bool = True) -> bool:
+        return self.state(app).runtime.start(daemon=daemon)
+
+    def shutdown(self, timeout: float | None = None, app: Flask | None = None) -> bool:
+        return self.state(app).runtime.shutdown(timeout)
