@@ -29,7 +29,7 @@ from flask import current_app
 from marshmallow import fields, validate
 
 from ..errors import PermanentJobError
-from ..settings import as_bool, as_int, as_seconds
+from ..settings import WHERE, ConfigView, as_bool, as_int, as_seconds
 
 log = logging.getLogger("queue_service.worker")
 
@@ -127,7 +127,7 @@ def _sender(config: Any) -> tuple[str, str]:
     if isinstance(sender, (tuple, list)) and len(sender) == 2:
         sender = formataddr((str(sender[0]), str(sender[1])))
     if not sender or not isinstance(sender, str):
-        raise PermanentJobError("MAIL_DEFAULT_SENDER is not set")
+        raise PermanentJobError(f"MAIL_DEFAULT_SENDER is not set (looked in {WHERE})")
     address = parseaddr(sender)[1]
     if _control_char(sender) or "@" not in address:
         raise PermanentJobError(f"MAIL_DEFAULT_SENDER is not a valid sender: {sender!r}")
@@ -175,7 +175,7 @@ def _text(reply: bytes | str) -> str:
 
 def send_email(payload: dict[str, Any], job: Any) -> dict[str, Any]:
     """The EMAIL_SEND handler."""
-    config = current_app.config
+    config = ConfigView(current_app.config)  # app.config, else the environment
     sender, sender_address = _sender(config)
     recipients: list[str] = payload["to"]
     message = build_message(payload, job.id, sender, sender_address, job.clock.now())
