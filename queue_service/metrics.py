@@ -21,9 +21,12 @@ from datetime import datetime, timedelta
 from typing import Any, Iterator
 
 from flask import Blueprint, Response, current_app, request
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.exposition import choose_encoder
+try:  # the "metrics" extra; without it the route answers 503 naming it
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+    from prometheus_client.exposition import choose_encoder
+except ImportError:
+    CollectorRegistry = None
 
 from .errors import StoreError
 from .jobs import Job, JobStatus
@@ -185,6 +188,12 @@ def render(state: Any, accept: str | None = None) -> tuple[bytes, str]:
 
 
 def _metrics_response() -> Response:
+    if CollectorRegistry is None:
+        from .schemas import error_response
+
+        hint = 'pip install "queue-service[metrics]"'
+        return error_response(503, f"Prometheus metrics need prometheus-client: {hint}",
+                              {"metrics": ["prometheus-client is not installed"]})
     body, content_type = render(current_app.extensions["queue_service"], request.headers.get("Accept"))
     response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"

@@ -179,6 +179,10 @@ class Settings:
             raise ConfigurationError(f"QUEUE_IMAGE_FORMAT must be webp or jpeg, got {settings.image_format!r}")
         if settings.heartbeat_interval >= settings.stuck_after:
             raise ConfigurationError("QUEUE_HEARTBEAT_INTERVAL must be shorter than QUEUE_STUCK_AFTER")
+        if settings.mongo_uri:
+            from .extras import require
+
+            require("mongo", "MONGO_URI (the MongoDB store)")
         return settings
 
     def as_dict(self) -> dict[str, Any]:
