@@ -57,7 +57,7 @@ def test_empty_variables_and_none_in_config_count_as_unset():
 
 
 def test_only_the_queue_names_fall_back_to_the_environment():
-    environ = {"SECRET_KEY": "s", "MONGO_URI": "mongodb://h/db", "MAIL_SERVER": "smtp.example", "QUEUE_X": "1"}
+    environ = {"SECRET_KEY": "s", "MONGO_URI": "mongodb://h/db", "MAIL_SERVER": "smtp.example"}
     assert setting({}, "SECRET_KEY", "default", environ) == "default"
     assert setting({}, "MONGO_URI", None, environ) == "mongodb://h/db"
     assert setting({}, "MAIL_SERVER", None, environ) == "smtp.example"
