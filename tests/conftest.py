@@ -94,6 +94,18 @@ def make_app(app_store, clock):
 
 
 @pytest.fixture(autouse=True)
+def no_queue_settings_from_the_shell(monkeypatch):
+    """Settings fall back to the environment (QUEUE_*, MAIL_*, MONGO_URI), so a
+    variable exported in the shell that runs pytest must not reach the tests.
+    QUEUE_TEST_* (the tests' own switches) stay."""
+    from queue_service.core.settings import from_environment
+
+    for name in list(os.environ):
+        if from_environment(name) and not name.startswith("QUEUE_TEST_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
 def no_leftover_queue_threads():
     """A test that leaves a queue thread running fails."""
     yield

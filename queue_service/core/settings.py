@@ -1,4 +1,10 @@
-"""Typed settings read from the host app's configuration (a plain mapping).
+"""Typed settings read from the host app's configuration (a plain mapping), else
+from the environment.
+
+Each ``QUEUE_*`` and ``MAIL_*`` setting and ``MONGO_URI`` comes from
+``app.config`` when it is set there (not None) and otherwise from
+``os.environ`` (an empty variable counts as unset): what Heroku and Render
+export works without copying it into ``app.config``, and app.config wins.
 
 A value may be a Python value (list, float, bool, None) or the environment's
 string form ("1,5,15", "0.5", "false"); both mean the same. Durations are
@@ -6,11 +12,34 @@ seconds and may be fractions.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from .errors import ConfigurationError
 from .jobs import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAYS_SECONDS
+
+ENV_PREFIXES = ("QUEUE_", "MAIL_")
+ENV_NAMES = frozenset({"MONGO_URI"})
+#: For messages about a setting that was not found.
+WHERE = "app.config and the environment"
+
+
+def from_environment(name: str) -> bool:
+    """Whether ``name`` may come from the environment when app.config lacks it."""
+    return name.startswith(ENV_PREFIXES) or name in ENV_NAMES
+
+
+def setting(config: Mapping[str, Any], name: str, default: Any = None,
+            environ: Mapping[str, str] | None = None) -> Any:
+    """``config[name]`` when set (not None); else, for QUEUE_*, MAIL_* and
+    MONGO_URI, the environment variable of that name when not empty; else
+    ``default``."""
+    value = config.get(name)
+    if value is None and from_environment(name):
+        value = (os.environ if environ is None else environ).get(name) or None
+    return default if value is None else value
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -90,12 +119,12 @@ class Settings:
     mail: "MailSettings" = None  # type: ignore[assignment]  # set by from_config
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "Settings":
+    def from_config(cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "Settings":
+        """From ``config`` (app.config), else ``environ`` (default ``os.environ``)."""
         def get(key: str, default: Any = None) -> Any:
-            value = config.get(key)
-            return default if value is None else value
+            return setting(config, key, default, environ)
 
-        autostart = config.get("QUEUE_AUTOSTART")
+        autostart = get("QUEUE_AUTOSTART")
         if isinstance(autostart, str) and autostart.strip().lower() in ("", "auto"):
             autostart = None
         synchronous = str(get("QUEUE_SQLITE_SYNCHRONOUS", "NORMAL")).upper()
@@ -134,6 +163,10 @@ class Settings:
             raise ConfigurationError(f"QUEUE_IMAGE_FORMAT must be webp or jpeg, got {settings.image_format!r}")
         if settings.heartbeat_interval >= settings.stuck_after:
             raise ConfigurationError("QUEUE_HEARTBEAT_INTERVAL must be shorter than QUEUE_STUCK_AFTER")
+        if settings.mongo_uri:
+            from .extras import require
+
+            require("mongo", "MONGO_URI (the MongoDB store)")
         return settings
 
     def as_dict(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from marshmallow import fields, validate
 
 from ..core.context import JobContext
 from ..core.errors import PermanentJobError
-from ..core.settings import MailSettings
+from ..core.settings import WHERE, MailSettings
 
 log = logging.getLogger("queue_service.worker")
 
@@ -126,7 +126,7 @@ def _sender(mail: MailSettings) -> tuple[str, str]:
     if isinstance(sender, (tuple, list)) and len(sender) == 2:
         sender = formataddr((str(sender[0]), str(sender[1])))
     if not sender or not isinstance(sender, str):
-        raise PermanentJobError("MAIL_DEFAULT_SENDER is not set")
+        raise PermanentJobError(f"MAIL_DEFAULT_SENDER is not set (looked in {WHERE})")
     address = parseaddr(sender)[1]
     if _control_char(sender) or "@" not in address:
         raise PermanentJobError(f"MAIL_DEFAULT_SENDER is not a valid sender: {sender!r}")

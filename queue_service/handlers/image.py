@@ -21,6 +21,7 @@ from marshmallow import fields, validate
 
 from ..core.context import JobContext
 from ..core.errors import StoreError
+from ..core.extras import require
 from ..core.jobs import Job
 from .fetch import FetchError, Fetcher, check_url
 
@@ -203,6 +204,15 @@ class ImageProcessSchema(marshmallow.Schema):
                             validate=validate.Length(1, MAX_IMAGES))
     callbackUrl = fields.String(validate=_validate_url, allow_none=True)
 
+    @marshmallow.pre_dump
+    def _pillow_installed(self, data: Any, **kwargs: Any) -> Any:
+        """Without the ``images`` extra, refuse the job at enqueue with one line.
+        add_job dumps the loaded payload before anything is written, and the
+        worker only loads: a job stored by a process that has Pillow is left
+        to the handler (which retries, so a process with Pillow can take it)."""
+        require("images", "IMAGE_PROCESS")
+        return data
+
 
 class AllImagesFailed(Exception):
     """Every image failed for a reason that may pass (timeout, 5xx): retry the job."""
@@ -293,6 +303,7 @@ def _send_callback(url: str, body: dict[str, Any], secret: str | None, allow_pri
 
 def process_images(payload: dict[str, Any], job: JobContext) -> dict[str, Any]:
     """The IMAGE_PROCESS handler."""
+    require("images", "IMAGE_PROCESS")  # a ConfigurationError here is retried, not a loop error
     settings = job.settings
     fetcher = Fetcher(allow_private=settings.allow_private_urls)
     urls: list[str] = payload["imageUrls"]

@@ -45,7 +45,8 @@ def admin_denied() -> Response | None:
         if state.settings.development:
             return None
         return error_response(
-            403, "Admin routes are disabled: QUEUE_ADMIN_TOKEN is not configured.",
+            403, "Admin routes are disabled: QUEUE_ADMIN_TOKEN is not configured "
+            "(looked in app.config and the environment).",
             {"authorization": ["No admin token is configured on the server."]})
     header = request.headers.get("Authorization", "")
     scheme, _, supplied = header.strip().partition(" ")

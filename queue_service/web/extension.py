@@ -31,6 +31,9 @@ def _database_getter(mongo: Any) -> Callable[[], Any]:
     """How to reach the database of what a host app handed to ``init_app``:
     a ``flask_pymongo.PyMongo`` (its ``db``, read when used) or a pymongo
     (or mongomock) Database. Anything else is a ConfigurationError."""
+    from ..core.extras import require
+
+    require("mongo", "mongo= (the MongoDB store)")
     from flask_pymongo import PyMongo
 
     if isinstance(mongo, PyMongo):

@@ -21,9 +21,13 @@ from datetime import datetime
 from typing import Any, Iterator
 
 from flask import Blueprint, Response, request
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.exposition import choose_encoder
+
+try:  # the "metrics" extra; without it the route answers 503 naming it
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+    from prometheus_client.exposition import choose_encoder
+except ImportError:
+    CollectorRegistry = None
 
 from ..core.errors import StoreError
 from ..core.jobs import JobStatus
@@ -156,6 +160,12 @@ def render(state: QueueState, accept: str | None = None) -> tuple[bytes, str]:
 
 
 def _metrics_response() -> Response:
+    if CollectorRegistry is None:
+        from .schemas import error_response
+
+        hint = 'pip install "queue-service[metrics]"'
+        return error_response(503, f"Prometheus metrics need prometheus-client: {hint}",
+                              {"metrics": ["prometheus-client is not installed"]})
     body, content_type = render(queue_state(), request.headers.get("Accept"))
     response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
