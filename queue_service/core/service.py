@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
@@ -20,8 +21,9 @@ import marshmallow
 from .store import TypeCounts
 from .clock import ensure_aware
 from .errors import InvalidTransition, JobNotFound, StoreError, UnknownJobType, ValidationError
-from .jobs import Job, JobStatus, RetryPolicy, iso, new_job_id
-from .limits import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PAGE_LIMIT_RANGE, PRIORITY_RANGE
+from .jobs import DEFAULT_QUEUE, Job, JobStatus, RetryPolicy, iso, new_job_id
+from .limits import (MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PAGE_LIMIT_RANGE, PRIORITY_RANGE,
+                     QUEUE_NAME)
 from .registry import Registry
 from .runtime import Runtime
 from .scheduler import recover_stuck
@@ -64,7 +66,8 @@ class QueueService:
     # -- enqueue --------------------------------------------------------------
     def submit(self, job_type: str, payload: Any, *, priority: int = 0,
                delay: float | timedelta | None = None, run_at: datetime | None = None,
-               max_retries: int | None = None, idempotency_key: str | None = None) -> Submitted:
+               max_retries: int | None = None, idempotency_key: str | None = None,
+               queue: str | None = None) -> Submitted:
         """Validate and enqueue a job. Raises ValidationError (field ->
         messages) or UnknownJobType before anything is written."""
         spec = self.registry.get(job_type) if isinstance(job_type, str) else None
@@ -88,6 +91,9 @@ class QueueService:
         if idempotency_key is not None and (not isinstance(idempotency_key, str)
                                             or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS):
             errors["idempotency_key"] = [f"Must be a string of 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters."]
+        queue_name = queue if queue is not None else (spec.queue or DEFAULT_QUEUE)
+        if not isinstance(queue_name, str) or not re.fullmatch(QUEUE_NAME, queue_name):
+            errors["queue"] = [f"Must match {QUEUE_NAME}."]
         try:
             stored_payload = json.loads(json.dumps(spec.dump(spec.load(payload))))  # the same JSON on every store
         except marshmallow.ValidationError as exc:
@@ -98,7 +104,7 @@ class QueueService:
             raise ValidationError(errors)
         job = Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,
                   max_retries=retries, retry_delays=list(spec.retry_delays or self.settings.retry_delays),
-                  created_at=now, run_at=when, idempotency_key=idempotency_key)
+                  created_at=now, run_at=when, idempotency_key=idempotency_key, queue=queue_name)
         job_id, created = self.store.insert(job)
         if not created:
             log.info("[Queue] Job %s already queued for idempotency key %r", job_id, idempotency_key)
@@ -106,7 +112,7 @@ class QueueService:
             return Submitted(job_id, str(existing.status) if existing else "pending", False)
         log.info("[Queue] Added job %s (type: %s, priority: %d)", job_id, job_type, priority)
         if when <= now:
-            self.runtime.wake_worker()
+            self.runtime.wake_worker(queue_name)
         return Submitted(job_id, "pending", True)
 
     @staticmethod
@@ -133,7 +139,7 @@ class QueueService:
         return self.store.get(job_id)
 
     def list(self, *, status: str | None = None, job_type: str | None = None, limit: int = 50,
-             before: str | None = None) -> list[Job]:
+             before: str | None = None, queue: str | None = None) -> list[Job]:
         """Jobs newest first; ``before`` is the id of the last job of the previous page."""
         errors: dict[str, Any] = {}
         if status is not None and status not in STATUS_VALUES:
@@ -147,9 +153,11 @@ class QueueService:
                 errors["before"] = ["Unknown job id."]
             else:
                 cursor = (anchor.created_at, anchor.id)
+        if queue is not None and not (isinstance(queue, str) and re.fullmatch(QUEUE_NAME, queue)):
+            errors["queue"] = [f"Must match {QUEUE_NAME}."]
         if errors:
             raise ValidationError(errors)
-        return self.store.list_jobs(status, job_type, limit, cursor)
+        return self.store.list_jobs(status, job_type, limit, cursor, queue)
 
     def stats(self) -> dict[str, Any]:
         now = self.clock.now()
@@ -157,6 +165,10 @@ class QueueService:
         stats = {key: counts[key] for key in ("pending", "processing", "completed", "failed", "cancelled", "total")}
         stats["oldestPendingAge"] = _age_seconds(now, counts["oldestPendingAt"])
         stats["oldestProcessingAge"] = _age_seconds(now, counts["oldestProcessingAt"])
+        by_queue = self.store.counts_by_queue(now)
+        stats["queues"] = {name: {**{s: row.get(s, 0) for s in STATUS_VALUES},
+                                  "oldestPendingAge": _age_seconds(now, row.get("oldestPendingAt"))}
+                           for name, row in sorted(by_queue.items())}
         return stats
 
     def counts(self) -> dict[str, Any]:
@@ -237,6 +249,7 @@ class QueueService:
                 "isProcessing": current is not None,
                 "processingJobId": current.id if current else None,
                 "maxRetries": self.settings.max_retries,
+                "queues": list(runtime.worker_queues) if runtime.worker_queues else ["*"],
             },
             "timestamp": iso(now),
         }

@@ -67,7 +67,7 @@ def _cap_body() -> None:
 # values (types, core.limits, the type's schema); its errors name the options,
 # which the route names back in the API's words.
 CREATE_OPTIONS = {"priority": "priority", "delay": "delay", "runAt": "run_at", "maxRetries": "max_retries",
-                  "idempotencyKey": "idempotency_key"}
+                  "idempotencyKey": "idempotency_key", "queue": "queue"}
 CREATE_FIELDS = {"type", "payload", *CREATE_OPTIONS}
 API_NAMES = {option: field for field, option in CREATE_OPTIONS.items()}
 
@@ -128,7 +128,7 @@ def list_jobs() -> Response:
     if "before" in query and service.get(query["before"]) is None:
         raise ApiError(404, "Cursor job not found.", {"before": ["Unknown job id."]})
     jobs = service.list(status=query.get("status"), job_type=query.get("type"), limit=limit,
-                        before=query.get("before"))
+                        before=query.get("before"), queue=query.get("queue"))
     # A full page may be followed by an empty one; a short page is the last.
     next_before = jobs[-1].id if len(jobs) == limit else None
     page = {"jobs": [job.to_dict() for job in jobs], "nextBefore": next_before}
