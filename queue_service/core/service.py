@@ -175,6 +175,10 @@ class QueueService:
         """The store's counts by status and the oldest times (``Store.counts``)."""
         return self.store.counts(self.clock.now())
 
+    def counts_by_queue(self) -> dict[str, dict[str, Any]]:
+        """``Store.counts_by_queue`` now."""
+        return self.store.counts_by_queue(self.clock.now())
+
     def counts_by_type(self) -> TypeCounts:
         return self.store.counts_by_type()
 
