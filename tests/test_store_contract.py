@@ -523,3 +523,18 @@ def test_counts_by_queue_and_listing_by_queue(store, clock):
     assert counts["b"]["oldestPendingAt"] is not None or counts["b"].get("processing") == 1
     assert {job.queue for job in store.list_jobs(queue="a")} == {"a"}
     assert len(store.list_jobs(queue="b")) == 1
+
+
+# -- bulk insert ---------------------------------------------------------------------------
+def test_insert_many_stores_all_in_order_and_honours_keys(store, clock):
+    held = add(store, clock, key="k-held")
+    jobs = [make_job(clock), make_job(clock, key="k-new"), make_job(clock, key="k-held"),
+            make_job(clock, key="k-new"), make_job(clock, queue="images")]
+    answers = store.insert_many(jobs)
+    assert answers[0] == (jobs[0].id, True) and answers[1] == (jobs[1].id, True)
+    assert answers[2] == (held.id, False)          # held by an active job
+    assert answers[3] == (jobs[1].id, False)       # held by an earlier job of the same call
+    assert answers[4] == (jobs[4].id, True)
+    assert store.get(jobs[2].id) is None and store.get(jobs[3].id) is None
+    assert store.get(jobs[4].id).queue == "images"
+    assert store.counts(clock.now())["pending"] == 4

@@ -70,6 +70,13 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        """``insert`` for each job, in order, as one write: all of them or
+        (on an error) none on SQLite, one ``insert_many`` on MongoDB. A key
+        held by an active job, or by an earlier job of the same call, answers
+        that job's id and False."""
+
+    @abstractmethod
     def get(self, job_id: str) -> Job | None:
         """The job, or None if no job has this id."""
 

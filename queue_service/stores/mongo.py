@@ -17,8 +17,8 @@ import pymongo
 from bson.binary import Binary
 from bson.codec_options import CodecOptions
 from pymongo import ReturnDocument
-from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure,
-                            PyMongoError, ServerSelectionTimeoutError)
+from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, DuplicateKeyError,
+                            OperationFailure, PyMongoError, ServerSelectionTimeoutError)
 
 from ..core.errors import StoreError, StoreUnavailable
 from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
@@ -155,7 +155,8 @@ class MongoStore(Store):
             self.coll.find_one({}, projection={"_id": 1})
 
     # -- jobs -----------------------------------------------------------------
-    def insert(self, job: Job) -> tuple[str, bool]:
+    @staticmethod
+    def _insert_doc(job: Job) -> dict[str, Any]:
         doc = {
             "_id": job.id, "type": job.type, "payload": job.payload, "status": str(job.status),
             "priority": job.priority, "retryCount": job.retry_count, "maxRetries": job.max_retries,
@@ -164,6 +165,10 @@ class MongoStore(Store):
         }
         if job.idempotency_key is not None:
             doc["idempotencyKey"] = doc["activeKey"] = job.idempotency_key
+        return doc
+
+    def insert(self, job: Job) -> tuple[str, bool]:
+        doc = self._insert_doc(job)
         for _ in range(5):
             try:
                 with self._errors():
@@ -172,12 +177,40 @@ class MongoStore(Store):
             except StoreError as exc:
                 if not isinstance(exc.__cause__, DuplicateKeyError) or job.idempotency_key is None:
                     raise
-            with self._errors():
-                existing = self.coll.find_one({"activeKey": job.idempotency_key}, projection={"_id": 1})
+            existing = self._holder_of(job.idempotency_key)
             if existing is not None:
-                return existing["_id"], False
+                return existing, False
             # The holder finished between our insert and our read: try again.
         raise StoreError(f"could not settle idempotency key {job.idempotency_key!r}")
+
+    def _holder_of(self, key: str) -> str | None:
+        with self._errors():
+            existing = self.coll.find_one({"activeKey": key}, projection={"_id": 1})
+        return None if existing is None else existing["_id"]
+
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        """One ``insert_many`` (unordered: every document is tried); the
+        documents refused for a held idempotency key answer its holder."""
+        refused: set[int] = set()
+        try:
+            with self._errors():
+                self.coll.insert_many([self._insert_doc(job) for job in jobs], ordered=False)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, BulkWriteError):
+                raise
+            errors = cause.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 or jobs[e["index"]].idempotency_key is None for e in errors):
+                raise
+            refused = {e["index"] for e in errors}
+        out: list[tuple[str, bool]] = []
+        for index, job in enumerate(jobs):
+            if index not in refused:
+                out.append((job.id, True))
+                continue
+            holder = self._holder_of(job.idempotency_key)
+            out.append((holder, False) if holder is not None else self.insert(job))
+        return out
 
     def get(self, job_id: str) -> Job | None:
         with self._errors():

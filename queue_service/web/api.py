@@ -16,6 +16,7 @@ from flask import Blueprint, Response, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..core.errors import JobNotFound, ValidationError
+from ..core.limits import MAX_BULK_JOBS
 from . import dashboard, http_errors, metrics, openapi
 from .auth import admin_denied, admin_required
 from .body import ApiError, body_limit, checked_job_id, read_json_object, read_query, refuse_body
@@ -72,10 +73,13 @@ CREATE_FIELDS = {"type", "payload", *CREATE_OPTIONS}
 API_NAMES = {option: field for field, option in CREATE_OPTIONS.items()}
 
 
-def _create_arguments(body: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
-    """(type, payload, options) from a POST /jobs body; the envelope's own
-    errors (unknown or missing fields, a runAt that is not a datetime) as a
-    ValidationError, before the service sees anything."""
+def _create_arguments(body: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(type, payload, options) from a POST /jobs body (or one item of its
+    ``jobs`` list); the envelope's own errors (unknown or missing fields, a
+    runAt that is not a datetime) as a ValidationError, before the service
+    sees anything."""
+    if not isinstance(body, dict):
+        raise ValidationError({"_schema": ["Must be an object with type and payload."]})
     errors: dict[str, Any] = {key: ["Unknown field."] for key in body if key not in CREATE_FIELDS}
     for key in ("type", "payload"):
         if key not in body:
@@ -96,17 +100,52 @@ def _create_arguments(body: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     return body["type"], body["payload"], options
 
 
+def _api_names(messages: Any) -> dict[str, Any]:
+    """The service's field names (run_at) as the API's (runAt)."""
+    messages = messages if isinstance(messages, dict) else {"_schema": messages}
+    return {API_NAMES.get(k, k): v for k, v in messages.items()}
+
+
 @blueprint.post("/jobs")
 @admin_required
 def create_job() -> Response:
-    job_type, payload, options = _create_arguments(read_json_object())
+    body = read_json_object()
+    if "jobs" in body:
+        return _create_jobs(body)
+    job_type, payload, options = _create_arguments(body)
     try:
         submitted = queue_state().service.submit(job_type, payload, **options)
     except ValidationError as exc:
-        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise ValidationError({API_NAMES.get(k, k): v for k, v in messages.items()}) from None
+        raise ValidationError(_api_names(exc.messages)) from None
     return json_response(_JOB_CREATED.dump({"id": submitted.id, "status": submitted.status}), 201,
                          {"Location": url_for(".get_job", job_id=submitted.id)})
+
+
+def _create_jobs(body: dict[str, Any]) -> Response:
+    """``POST /jobs {"jobs": [...]}``: all validated, then stored in one write."""
+    extra = [key for key in body if key != "jobs"]
+    if extra:
+        raise ValidationError({key: ["Unknown field (a bulk request holds only jobs)."] for key in extra})
+    items = body["jobs"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BULK_JOBS:
+        raise ValidationError({"jobs": [f"Must be a list of 1 to {MAX_BULK_JOBS} jobs."]})
+    arguments: list[Any] = []
+    envelope_errors: dict[int, Any] = {}
+    for index, item in enumerate(items):
+        try:
+            job_type, payload, options = _create_arguments(item)
+            arguments.append({"type": job_type, "payload": payload, **options})
+        except ValidationError as exc:
+            envelope_errors[index] = exc.messages
+            arguments.append(None)
+    try:
+        submitted = queue_state().service.submit_many(arguments, envelope_errors)
+    except ValidationError as exc:
+        per_item = exc.messages.get("jobs", {}) if isinstance(exc.messages, dict) else {}
+        if not isinstance(per_item, dict):
+            raise
+        raise ValidationError({"jobs": {str(i): _api_names(m) for i, m in per_item.items()}}) from None
+    return json_response({"jobs": [_JOB_CREATED.dump({"id": s.id, "status": s.status}) for s in submitted]}, 201)
 
 
 @blueprint.get("/job/<job_id>")

@@ -197,6 +197,15 @@ class JobQueue:
                                               max_retries=max_retries, idempotency_key=idempotency_key,
                                               queue=queue).id
 
+    def add_jobs(self, jobs: list[dict[str, Any]], app: Flask | None = None) -> list[str]:
+        """Enqueue many jobs at once: each item a dict of ``type``, ``payload``
+        and ``add_job``'s options. All are validated before anything is
+        written (the ValidationError names the index and field), then stored
+        in one transaction (SQLite) or one ``insert_many`` (MongoDB). Returns
+        the ids in order; an item whose idempotency key is held answers the
+        holder's id."""
+        return [submitted.id for submitted in self.state(app).service.submit_many(jobs)]
+
     def get_job(self, job_id: str, app: Flask | None = None) -> Job | None:
         return self.state(app).service.get(job_id)
 

@@ -97,6 +97,12 @@ def path_from_url(url: str) -> str:
     return url[len("sqlite:///"):] or ":memory:"
 
 
+def _insert_params(job: Job) -> tuple:
+    return (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
+            job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
+            _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue)
+
+
 def _fence(job: Job, now: datetime, **params: Any) -> dict[str, Any]:
     """Parameters of a statement ending ``job``'s claimed attempt."""
     return {"id": job.id, "token": job.lock_token, "now": _ts(now), "now_iso": iso(now), **params}
@@ -162,9 +168,7 @@ class SQLiteStore(Store):
 
     # -- jobs -----------------------------------------------------------------
     def insert(self, job: Job) -> tuple[str, bool]:
-        params = (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
-                  job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
-                  _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue)
+        params = _insert_params(job)
         if job.idempotency_key is None:
             self._db.write(q.INSERT, params)
             return job.id, True
@@ -175,6 +179,23 @@ class SQLiteStore(Store):
         if row is None:  # the key's holder is gone and the id itself collided: impossible with uuid4
             raise StoreError("insert conflicted on something other than the idempotency key")
         return row[0], False
+
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        out: list[tuple[str, bool]] = []
+        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            for job in jobs:
+                params = _insert_params(job)
+                if job.idempotency_key is None:
+                    conn.execute(q.INSERT, params)
+                    out.append((job.id, True))
+                elif conn.execute(q.INSERT_UNLESS_KEY_HELD, params).fetchone() is not None:
+                    out.append((job.id, True))
+                else:
+                    row = conn.execute(q.ACTIVE_JOB_WITH_KEY, (job.idempotency_key,)).fetchone()
+                    if row is None:
+                        raise StoreError("insert conflicted on something other than the idempotency key")
+                    out.append((row[0], False))
+        return out
 
     def get(self, job_id: str) -> Job | None:
         rows = self._db.read(q.GET, (job_id,))
