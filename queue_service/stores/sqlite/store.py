@@ -183,18 +183,25 @@ class SQLiteStore(Store):
     def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool]] = []
         with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            plain: list[tuple] = []  # a run of jobs without a key, inserted by one executemany
             for job in jobs:
-                params = _insert_params(job)
                 if job.idempotency_key is None:
-                    conn.execute(q.INSERT, params)
+                    plain.append(_insert_params(job))
                     out.append((job.id, True))
-                elif conn.execute(q.INSERT_UNLESS_KEY_HELD, params).fetchone() is not None:
+                    continue
+                if plain:  # before this keyed job, so rows keep the order given
+                    conn.executemany(q.INSERT, plain)
+                    plain = []
+                params = _insert_params(job)
+                if conn.execute(q.INSERT_UNLESS_KEY_HELD, params).fetchone() is not None:
                     out.append((job.id, True))
                 else:
                     row = conn.execute(q.ACTIVE_JOB_WITH_KEY, (job.idempotency_key,)).fetchone()
                     if row is None:
                         raise StoreError("insert conflicted on something other than the idempotency key")
                     out.append((row[0], False))
+            if plain:
+                conn.executemany(q.INSERT, plain)
         return out
 
     def get(self, job_id: str) -> Job | None:
