@@ -125,6 +125,13 @@ def _drain(t: Table, d: dict[str, Any], count: int) -> None:
     t.row(m, "floor: sqlite3 claim txn + complete, partial index", rate(floor), "1.00×")
 
 
+def _route(t: Table, r: dict[str, Any]) -> None:
+    m = f"3b POST /jobs in-process, Flask test client ({r['count']:,} requests)"
+    t.row(m, "queue_service POST {prefix}/jobs", f"{r['route_us']:.0f} µs per request",
+          f"echo {r['echo_us']:.0f} µs + add_job {r['add_job_us']:.0f} µs + {r['overhead_us']:.0f} µs ours",
+          "≤ echo + add_job + 40 µs", ("POST /jobs ≤ echo + add_job + 40 µs", r["overhead_us"] <= 40))
+
+
 def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
     ceiling = h["ceiling"]
     m = f"3 HTTP, gunicorn -w 2 ({seconds:g} s, {h['ceiling'].get('client', 'wrk')})"
@@ -205,6 +212,8 @@ def build(results: dict[str, Any], opts: dict[str, Any]) -> Table:
         _enqueue(t, results["enqueue"], opts["jobs"])
     if "drain" in results:
         _drain(t, results["drain"], opts["jobs"])
+    if "route" in results:
+        _route(t, results["route"])
     if "http" in results:
         _http(t, results["http"], opts["http_seconds"])
     if "image" in results:

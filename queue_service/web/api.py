@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 import marshmallow
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..core.errors import JobNotFound, ValidationError
@@ -21,8 +21,8 @@ from . import dashboard, http_errors, metrics, openapi
 from .auth import admin_denied, admin_required
 from .body import ApiError, body_limit, checked_job_id, read_json_object, read_query, refuse_body
 from .media import media_response
-from .schemas import (CleanupResponseSchema, HealthSchema, JobCreatedSchema, JobListQuerySchema, JobPageSchema,
-                      JobSchema, StatsResponseSchema, UTCDateTime, error_response, json_response)
+from .schemas import (CleanupResponseSchema, HealthSchema, JobListQuerySchema, JobPageSchema, JobSchema,
+                      StatsResponseSchema, UTCDateTime, error_response, json_response)
 from .state import queue_state
 
 log = logging.getLogger("queue_service.api")
@@ -36,7 +36,6 @@ ECHO_CHARS = http_errors.ECHO_CHARS
 # load() and dump() keep no state on the instance.
 _CLEANUP_RESPONSE = CleanupResponseSchema()
 _HEALTH = HealthSchema()
-_JOB_CREATED = JobCreatedSchema()
 _JOB_LIST_QUERY = JobListQuerySchema()
 _JOB_PAGE = JobPageSchema()
 _JOB = JobSchema()
@@ -113,12 +112,15 @@ def create_job() -> Response:
     if "jobs" in body:
         return _create_jobs(body)
     job_type, payload, options = _create_arguments(body)
+    state = queue_state()
     try:
-        submitted = queue_state().service.submit(job_type, payload, **options)
+        submitted = state.service.submit(job_type, payload, **options)
     except ValidationError as exc:
         raise ValidationError(_api_names(exc.messages)) from None
-    return json_response(_JOB_CREATED.dump({"id": submitted.id, "status": submitted.status}), 201,
-                         {"Location": url_for(".get_job", job_id=submitted.id)})
+    # The answer's two fields as JobCreatedSchema documents them, without a
+    # dump, and the Location without url_for (together ~15% of the route's own time).
+    location = f"{request.script_root}{state.settings.url_prefix}/job/{submitted.id}"
+    return json_response({"id": submitted.id, "status": submitted.status}, 201, {"Location": location})
 
 
 def _create_jobs(body: dict[str, Any]) -> Response:
@@ -145,7 +147,7 @@ def _create_jobs(body: dict[str, Any]) -> Response:
         if not isinstance(per_item, dict):
             raise
         raise ValidationError({"jobs": {str(i): _api_names(m) for i, m in per_item.items()}}) from None
-    return json_response({"jobs": [_JOB_CREATED.dump({"id": s.id, "status": s.status}) for s in submitted]}, 201)
+    return json_response({"jobs": [{"id": s.id, "status": s.status} for s in submitted]}, 201)
 
 
 @blueprint.get("/job/<job_id>")
