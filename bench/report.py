@@ -194,6 +194,16 @@ def _memory(t: Table, mem: dict[str, Any]) -> None:
           ("idle CPU about 0 %", mem["queue_cpu_percent"] < 0.5))
 
 
+def _mongo_ops(t: Table, ops: dict[str, Any]) -> None:
+    m = "6 MongoDB round trips per job (counted on mongomock)"
+    parts = " · ".join(f"{name.replace('_', ' ')} {ops[name]:.2f}"
+                       for name in ("enqueue", "claim", "heartbeat", "complete", "idle_poll"))
+    t.row(m, "queue_service MongoStore", f"{ops['end_to_end']:.2f} per job end to end", parts,
+          "≤ 3 per job; 1 per idle poll",
+          ("MongoDB ≤ 3 round trips per job", ops["end_to_end"] <= 3.05),
+          ("MongoDB idle poll = 1 round trip", ops["idle_poll"] <= 1.0))
+
+
 def _storage(t: Table, storage: dict[str, Any]) -> None:
     s, mg = storage["sqlite"], storage["mongo"]
     m = f"5 stored per EMAIL_SEND job ({storage['payload_json_bytes']} B payload)"
@@ -222,4 +232,6 @@ def build(results: dict[str, Any], opts: dict[str, Any]) -> Table:
         _memory(t, results["memory"])
     if "storage" in results:
         _storage(t, results["storage"])
+    if "mongo_ops" in results:
+        _mongo_ops(t, results["mongo_ops"])
     return t

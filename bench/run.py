@@ -24,7 +24,7 @@ from typing import Any
 from bench import drain, enqueue, image, report, route
 from bench.common import ROOT, median, run_child
 
-SECTIONS = ("enqueue", "drain", "route", "http", "image", "memory", "storage")
+SECTIONS = ("enqueue", "drain", "route", "http", "image", "memory", "storage", "mongo_ops")
 
 
 def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -122,6 +122,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                     idle_seconds=args.idle_seconds)["memory"]
     if "storage" in only:
         results["storage"] = run_child("bench.storage:measure", count=1000)
+    if "mongo_ops" in only:
+        results["mongo_ops"] = run_child("bench.mongo_ops:measure", count=200)
     return results
 
 

@@ -25,6 +25,8 @@ def _results(qs_p50: float = 30.0, qs_drain: float = 9000.0) -> dict:
                     "rq_bulk": lat(40.0)},
         "drain": {"queue_service": rate(qs_drain), "huey": rate(8000.0), "rq": rate(300.0),
                   "floor": rate(16000.0), "store_only": rate(9500.0)},
+        "mongo_ops": {"enqueue": 1.0, "claim": 1.0, "heartbeat": 1.0, "complete": 1.0, "idle_poll": 1.0,
+                      "end_to_end": 3.0},
         "route": {"route_us": 300.0, "echo_us": 150.0, "add_job_us": 120.0, "overhead_us": 30.0, "count": 1000},
         "http": {"enqueue": http(4000.0), "ceiling": http(4800.0)},
         "image": {"pillow": {"ms_per_image": 280.0, "above_idle_mib": 37.0},
@@ -49,6 +51,7 @@ def test_verdicts_follow_the_ratios():
     assert verdicts["drain ≥ 0.9× store-only bound"] is True   # 9000 ≥ 8550
     assert verdicts["drain ≥ 10× RQ SimpleWorker"] is True
     assert verdicts["POST /jobs ≤ echo + add_job + 40 µs"] is True
+    assert verdicts["MongoDB ≤ 3 round trips per job"] is True
     assert verdicts["HTTP enqueue ≥ 0.8× ceiling"] is True     # 4000 ≥ 3840
     assert verdicts["image ≤ 1.1× Pillow"] is True             # 300 ≤ 308
     assert verdicts["image peak ≤ 50 MB above idle"] is True
