@@ -57,13 +57,18 @@ def store_kind(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def store(store_kind, tmp_path):
-    store, cleanup = make_store(store_kind, tmp_path)
+def opened_store(kind: str, tmp_path):
+    """A set-up store of ``kind``, closed and dropped after the test."""
+    store, cleanup = make_store(kind, tmp_path)
     store.setup()
     yield store
     store.close()
     cleanup()
+
+
+@pytest.fixture
+def store(store_kind, tmp_path):
+    yield from opened_store(store_kind, tmp_path)
 
 
 @pytest.fixture
@@ -73,11 +78,7 @@ def app_store(request, tmp_path):
     web and core layers, which are the same over every store; the store
     contract suite covers the stores)."""
     kind = request.getfixturevalue("store_kind") if "store_kind" in request.fixturenames else "sqlite"
-    store, cleanup = make_store(kind, tmp_path)
-    store.setup()
-    yield store
-    store.close()
-    cleanup()
+    yield from opened_store(kind, tmp_path)
 
 
 @pytest.fixture

@@ -174,6 +174,8 @@ class JobPageSchema(marshmallow.Schema):
 
 
 class QueueStatsSchema(marshmallow.Schema):
+    """One named queue's counts (and the base of the whole store's)."""
+
     pending = fields.Integer(required=True)
     processing = fields.Integer(required=True)
     completed = fields.Integer(required=True)
@@ -182,14 +184,8 @@ class QueueStatsSchema(marshmallow.Schema):
     oldestPendingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
 
 
-class StatsSchema(marshmallow.Schema):
-    pending = fields.Integer(required=True)
-    processing = fields.Integer(required=True)
-    completed = fields.Integer(required=True)
-    failed = fields.Integer(required=True)
-    cancelled = fields.Integer(required=True)
+class StatsSchema(QueueStatsSchema):
     total = fields.Integer(required=True)
-    oldestPendingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
     oldestProcessingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
     queues = fields.Dict(keys=fields.String(), values=fields.Nested(QueueStatsSchema), required=True,
                          metadata={"description": "Per named queue: counts by status and oldestPendingAge."})
