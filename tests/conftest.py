@@ -7,6 +7,7 @@ test that uses the ``store`` fixture.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import uuid
 
@@ -18,6 +19,13 @@ from queue_service.stores.sqlite import SQLiteStore
 
 MONGO_URI = os.environ.get("QUEUE_TEST_MONGO_URI")
 STORE_KINDS = ["sqlite", "mongo"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (aiosmtpd cannot bind port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
