@@ -126,6 +126,8 @@ class Job:
     progress: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str | None = None
+    scheduled_by: str | None = None     # the schedule that enqueued it (core.periodic)
+    slot: datetime | None = None        # and the slot it was enqueued for
 
     @property
     def attempt_number(self) -> int:
@@ -152,6 +154,8 @@ class Job:
             "progress": self.progress,
             "payload": self.payload,
             "idempotencyKey": self.idempotency_key,
+            "scheduledBy": self.scheduled_by,
+            "slot": iso(self.slot),
             "attempts": [
                 {k: (iso(v) if isinstance(v, datetime) else v) for k, v in a.items()}
                 for a in self.attempts

@@ -21,6 +21,7 @@ from .store import TypeCounts
 from .clock import ensure_aware
 from .errors import InvalidTransition, JobNotFound, StoreError, UnknownJobType, ValidationError
 from .jobs import Job, JobStatus, RetryPolicy, iso, new_job_id
+from .periodic import overview as schedules_overview
 from .limits import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PAGE_LIMIT_RANGE, PRIORITY_RANGE
 from .registry import Registry
 from .runtime import Runtime
@@ -171,6 +172,10 @@ class QueueService:
 
     def stuck_jobs(self) -> list[Job]:
         return self.store.find_stuck(self.policy.stuck_before(self.clock.now()))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The periodic schedules, their next run, last slot and last job."""
+        return schedules_overview(self.runtime.schedules, self.store, self.clock.now())
 
     # -- changes --------------------------------------------------------------
     def recover_stuck(self) -> int:

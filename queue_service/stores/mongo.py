@@ -22,7 +22,7 @@ from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError,
 
 from ..core.errors import StoreError, StoreUnavailable
 from ..core.jobs import Job, JobStatus
-from ..core.store import Store, StoredFile, TypeCounts
+from ..core.store import ScheduleState, Store, StoredFile, TypeCounts
 
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
@@ -52,7 +52,8 @@ def _doc_to_job(doc: dict[str, Any]) -> Job:
         completed_at=_aware(doc.get("completedAt")), heartbeat_at=_aware(doc.get("heartbeatAt")),
         worker_id=doc.get("workerId"), lock_token=doc.get("lockToken"), error=doc.get("error"),
         result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
-        idempotency_key=doc.get("idempotencyKey"),
+        idempotency_key=doc.get("idempotencyKey"), scheduled_by=doc.get("scheduledBy"),
+        slot=_aware(doc.get("slot")),
     )
 
 
@@ -144,13 +145,20 @@ class MongoStore(Store):
             self.coll.find_one({}, projection={"_id": 1})
 
     # -- jobs -----------------------------------------------------------------
-    def insert(self, job: Job) -> tuple[str, bool]:
+    @staticmethod
+    def _job_doc(job: Job) -> dict[str, Any]:
         doc = {
             "_id": job.id, "type": job.type, "payload": job.payload, "status": str(job.status),
             "priority": job.priority, "retryCount": job.retry_count, "maxRetries": job.max_retries,
             "retryDelays": list(job.retry_delays), "createdAt": job.created_at, "runAt": job.run_at,
             "attempts": [],
         }
+        if job.scheduled_by is not None:
+            doc["scheduledBy"], doc["slot"] = job.scheduled_by, job.slot
+        return doc
+
+    def insert(self, job: Job) -> tuple[str, bool]:
+        doc = self._job_doc(job)
         if job.idempotency_key is not None:
             doc["idempotencyKey"] = doc["activeKey"] = job.idempotency_key
         for _ in range(5):
@@ -326,6 +334,55 @@ class MongoStore(Store):
                 {"status": "completed", "completedAt": {"$lt": completed_before}},
                 {"status": {"$in": ["failed", "cancelled"]}, "completedAt": {"$lt": finished_before}},
             ]}).deleted_count
+
+    # -- schedules --------------------------------------------------------------
+    # No multi-document transaction (mongomock has none, and a standalone
+    # server neither): the job's _id is derived from (name, slot), so the
+    # unique _id refuses a second insert of a slot, atomically on the server;
+    # then the schedule document advances only to a later slot (a conditional
+    # upsert: an existing document with an equal or later slot makes the
+    # upsert a DuplicateKeyError). A slot older than the stored one is refused
+    # and its just-inserted job deleted while still pending.
+    @property
+    def schedules(self):
+        return self.db.get_collection(f"{self.collection_name}_schedules",
+                                      codec_options=CodecOptions(tz_aware=True))
+
+    def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
+        try:
+            with self._errors():
+                self.coll.insert_one(self._job_doc(job))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, DuplicateKeyError):
+                return False  # this slot's job exists: another process enqueued it
+            raise
+        try:
+            with self._errors():
+                self.schedules.update_one(
+                    {"_id": schedule_name, "$or": [{"lastSlot": None}, {"lastSlot": {"$lt": slot}}]},
+                    {"$set": {"lastSlot": slot, "lastJobId": job.id, "seenAt": now}}, upsert=True)
+            return True
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, DuplicateKeyError):
+                raise
+        with self._errors():  # a later slot is stored: take back the older one
+            self.coll.delete_one({"_id": job.id, "status": "pending"})
+        return False
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        with self._errors():
+            docs = list(self.schedules.find({}))
+        return {d["_id"]: ScheduleState(d["_id"], _aware(d.get("lastSlot")), d.get("lastJobId"),
+                                        _aware(d.get("seenAt"))) for d in docs}
+
+    def touch_schedules(self, names: list[str], now: datetime) -> None:
+        with self._errors():
+            for name in names:
+                self.schedules.update_one({"_id": name}, {"$set": {"seenAt": now}}, upsert=True)
+
+    def purge_schedules(self, seen_before: datetime) -> int:
+        with self._errors():
+            return self.schedules.delete_many({"seenAt": {"$lt": seen_before}}).deleted_count
 
     # -- media ----------------------------------------------------------------
     # One document per file in ``<collection>_media``. The files are transcoded

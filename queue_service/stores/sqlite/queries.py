@@ -52,21 +52,35 @@ CREATE TABLE IF NOT EXISTS queue_files (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_files_created ON queue_files (created_at);
+CREATE TABLE IF NOT EXISTS queue_schedules (
+    name TEXT PRIMARY KEY,
+    last_slot REAL,
+    last_job_id TEXT,
+    seen_at REAL NOT NULL
+);
 """
 
 # The columns of a job row, in the order the store decodes them (named, not
 # ``*``, so a file whose table gained columns later still reads right).
 COLUMNS = ("id, type, payload, status, priority, retry_count, max_retries, retry_delays,"
            " created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id,"
-           " lock_token, error, result, progress, attempts, idempotency_key")
+           " lock_token, error, result, progress, attempts, idempotency_key, scheduled_by, slot")
+
+# Columns added after the first release: setup() adds each one missing from an
+# existing file (ALTER TABLE ... ADD COLUMN; NULL in the rows already there).
+TABLE_COLUMNS = "PRAGMA table_info(queue_jobs)"
+ADDED_COLUMNS = {
+    "scheduled_by": "ALTER TABLE queue_jobs ADD COLUMN scheduled_by TEXT",
+    "slot": "ALTER TABLE queue_jobs ADD COLUMN slot REAL",
+}
 
 PING = "SELECT 1 FROM queue_jobs LIMIT 1"
 
 # -- enqueue ------------------------------------------------------------------
 INSERT = """
 INSERT INTO queue_jobs (id, type, payload, status, priority, retry_count, max_retries,
-                        retry_delays, created_at, run_at, idempotency_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        retry_delays, created_at, run_at, idempotency_key, scheduled_by, slot)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_UNLESS_KEY_HELD = INSERT + " ON CONFLICT DO NOTHING RETURNING id"
@@ -207,6 +221,27 @@ DELETE FROM queue_jobs
    AND ((status = 'completed' AND completed_at < :completed)
         OR (status IN ('failed', 'cancelled') AND completed_at < :finished))
 """
+
+# -- schedules (core.periodic) ------------------------------------------------------
+# Run inside one BEGIN IMMEDIATE with INSERT: advance the schedule's last slot
+# only if the new slot is later; no row returned means refused (and the
+# transaction inserts no job).
+ADVANCE_SCHEDULE = """
+INSERT INTO queue_schedules (name, last_slot, last_job_id, seen_at) VALUES (:name, :slot, :job_id, :now)
+ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot, last_job_id = excluded.last_job_id,
+                                 seen_at = excluded.seen_at
+ WHERE queue_schedules.last_slot IS NULL OR queue_schedules.last_slot < excluded.last_slot
+RETURNING name
+"""
+
+SCHEDULE_STATES = "SELECT name, last_slot, last_job_id, seen_at FROM queue_schedules"
+
+TOUCH_SCHEDULE = """
+INSERT INTO queue_schedules (name, seen_at) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at
+"""
+
+PURGE_SCHEDULES = "DELETE FROM queue_schedules WHERE seen_at < ?"
 
 # -- media ------------------------------------------------------------------------------
 PUT_FILE = """

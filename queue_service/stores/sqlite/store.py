@@ -18,7 +18,7 @@ from typing import Any
 
 from ...core.errors import StoreError
 from ...core.jobs import Job, JobStatus, iso
-from ...core.store import Store, StoredFile, TypeCounts
+from ...core.store import ScheduleState, Store, StoredFile, TypeCounts
 from . import queries as q
 from .connections import Connections, Immediate, Pooled
 
@@ -64,7 +64,7 @@ def _row_to_job(row: tuple) -> Job:
     scans the column names case-insensitively, ~20 times per job)."""
     (job_id, job_type, payload, status, priority, retry_count, max_retries, retry_delays,
      created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id, lock_token,
-     error, result, progress, attempts, idempotency_key) = row
+     error, result, progress, attempts, idempotency_key, scheduled_by, slot) = row
     return Job(
         id=job_id,
         type=job_type,
@@ -86,6 +86,8 @@ def _row_to_job(row: tuple) -> Job:
         progress=None if progress is None else json.loads(progress),
         attempts=_decode_attempts(attempts),
         idempotency_key=idempotency_key,
+        scheduled_by=scheduled_by,
+        slot=_dt(slot),
     )
 
 
@@ -111,6 +113,16 @@ def _complete_params(job: Job, now: datetime, result: Any) -> dict[str, Any]:
     return _fence(job, now, result=encoded)
 
 
+class _Refused(Exception):
+    """enqueue_slot: roll the transaction back."""
+
+
+def _insert_params(job: Job) -> tuple:
+    return (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
+            job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
+            _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.scheduled_by, _ts(job.slot))
+
+
 class SQLiteStore(Store):
     kind = "sqlite"
 
@@ -133,6 +145,14 @@ class SQLiteStore(Store):
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
         self._db.script(q.SCHEMA)
+        present = {row[1] for row in self._db.read(q.TABLE_COLUMNS)}
+        for column, statement in q.ADDED_COLUMNS.items():
+            if column not in present:
+                try:
+                    self._db.write(statement)
+                except StoreError as exc:
+                    if "duplicate column" not in str(exc):  # another process added it first
+                        raise
 
     def close(self) -> None:
         self._db.close()
@@ -142,9 +162,7 @@ class SQLiteStore(Store):
 
     # -- jobs -----------------------------------------------------------------
     def insert(self, job: Job) -> tuple[str, bool]:
-        params = (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
-                  job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
-                  _ts(job.created_at), _ts(job.run_at), job.idempotency_key)
+        params = _insert_params(job)
         if job.idempotency_key is None:
             self._db.write(q.INSERT, params)
             return job.id, True
@@ -252,6 +270,30 @@ class SQLiteStore(Store):
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:
         return self._db.write(q.PURGE, {"latest": max(_ts(completed_before), _ts(finished_before)),
                                         "completed": _ts(completed_before), "finished": _ts(finished_before)})
+
+    # -- schedules --------------------------------------------------------------
+    def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
+        advance = {"name": schedule_name, "slot": _ts(slot), "job_id": job.id, "now": _ts(now)}
+        try:
+            with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+                if conn.execute(q.ADVANCE_SCHEDULE, advance).fetchone() is None:
+                    raise _Refused  # an equal or later slot is stored
+                if conn.execute(q.INSERT_UNLESS_KEY_HELD, _insert_params(job)).fetchone() is None:
+                    raise _Refused  # the slot's job id exists (its state was purged since)
+        except _Refused:  # rolled back: nothing written
+            return False
+        return True
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        return {name: ScheduleState(name, _dt(last_slot), last_job_id, _dt(seen_at))
+                for name, last_slot, last_job_id, seen_at in self._db.read(q.SCHEDULE_STATES)}
+
+    def touch_schedules(self, names: list[str], now: datetime) -> None:
+        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            conn.executemany(q.TOUCH_SCHEDULE, [(name, _ts(now)) for name in names])
+
+    def purge_schedules(self, seen_before: datetime) -> int:
+        return self._db.write(q.PURGE_SCHEDULES, (_ts(seen_before),))
 
     # -- media ----------------------------------------------------------------
     def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:
