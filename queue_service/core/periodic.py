@@ -104,6 +104,8 @@ class Schedule:
 
     @staticmethod
     def default_name(job_type: str, cron: str | None, every: Any) -> str:
+        if (cron is None) == (every is None):
+            raise ValueError("give exactly one of cron= and every=")
         if cron is not None:
             return f"{job_type}@cron:{' '.join(str(cron).split())}"
         return f"{job_type}@every:{_check_every(every):g}s"
