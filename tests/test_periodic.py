@@ -6,6 +6,7 @@ stores).
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -290,3 +291,22 @@ def test_schedules_route_needs_admin(make_app, clock):
     assert app.test_client().get("/api/queue/schedules").status_code == 401
 
 
+
+
+def test_schedules_in_json_and_in_prometheus(make_app, clock):
+    pytest.importorskip("prometheus_client")
+    queue = new_queue(clock)
+    queue.periodic("TICK", {}, every=60, name="minutely")
+    app, _ = make_app(queue)
+    scheduler = app.extensions["queue_service"].runtime.make_scheduler(None)
+    scheduler.tick()
+    clock.advance(60)
+    scheduler.tick()
+    result = app.test_cli_runner().invoke(args=["queue", "schedules", "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    assert (row["name"], row["runs"], row["lastSlot"]) == ("minutely", 2, "2030-01-01T00:01:00Z")
+    text = app.test_client().get("/api/queue/metrics").get_data(as_text=True)
+    assert 'queue_schedule_runs_total{schedule="minutely",type="TICK"} 2.0' in text
+    [line] = [x for x in text.splitlines() if x.startswith("queue_schedule_last_run_timestamp_seconds{")]
+    assert float(line.split()[-1]) == datetime(2030, 1, 1, 0, 1, tzinfo=UTC).timestamp()

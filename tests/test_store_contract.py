@@ -515,6 +515,7 @@ def test_two_schedulers_racing_for_one_slot_enqueue_one_job(store, clock):
         thread.join()
     assert sorted(results) == [False] * 7 + [True]
     assert store.counts(clock.now())["total"] == 1
+    assert store.schedule_states()["racy"].runs == 1
 
 
 def test_an_older_slot_after_a_newer_one_is_refused(store, clock):
@@ -526,6 +527,7 @@ def test_an_older_slot_after_a_newer_one_is_refused(store, clock):
     assert store.schedule_states()["s"].last_slot == newer
     later = newer + timedelta(seconds=60)
     assert store.enqueue_slot("s", later, slot_job(clock, "s", later), clock.now())
+    assert store.schedule_states()["s"].runs == 2
     assert store.enqueue_slot("other", older, slot_job(clock, "other", older), clock.now())  # per schedule
 
 

@@ -254,5 +254,6 @@ def overview(schedules: Schedules, store: Any, now: datetime) -> list[dict[str, 
         rows.append({**schedule.describe(), "nextRun": iso(schedule.next_slot(now)),
                      "lastSlot": iso(state.last_slot) if state else None,
                      "lastJobId": state.last_job_id if state else None,
-                     "lastJobStatus": str(last_job.status) if last_job else None})
+                     "lastJobStatus": str(last_job.status) if last_job else None,
+                     "runs": state.runs if state else 0})
     return rows

@@ -42,6 +42,7 @@ class ScheduleState:
     last_slot: datetime | None = None
     last_job_id: str | None = None
     seen_at: datetime | None = None
+    runs: int = 0                     # slots enqueued so far (across all processes)
 
 
 @dataclass
@@ -185,7 +186,7 @@ class Store(ABC):
     def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
         """Insert ``job`` (pending, carrying ``scheduled_by``/``slot``) for
         ``slot`` of the schedule, and record ``slot`` as its last slot (with
-        ``job.id`` and ``seen_at = now``), only if ``slot`` is later than the
+        ``job.id``, ``seen_at = now`` and ``runs + 1``), only if ``slot`` is later than the
         stored last slot. One atomic step: N processes racing for one slot
         enqueue one job; a slot at or before the stored one is refused
         (False, nothing written). ``job.id`` is derived from (name, slot), so

@@ -360,7 +360,8 @@ class MongoStore(Store):
             with self._errors():
                 self.schedules.update_one(
                     {"_id": schedule_name, "$or": [{"lastSlot": None}, {"lastSlot": {"$lt": slot}}]},
-                    {"$set": {"lastSlot": slot, "lastJobId": job.id, "seenAt": now}}, upsert=True)
+                    {"$set": {"lastSlot": slot, "lastJobId": job.id, "seenAt": now}, "$inc": {"runs": 1}},
+                    upsert=True)
             return True
         except StoreError as exc:
             if not isinstance(exc.__cause__, DuplicateKeyError):
@@ -373,7 +374,7 @@ class MongoStore(Store):
         with self._errors():
             docs = list(self.schedules.find({}))
         return {d["_id"]: ScheduleState(d["_id"], _aware(d.get("lastSlot")), d.get("lastJobId"),
-                                        _aware(d.get("seenAt"))) for d in docs}
+                                        _aware(d.get("seenAt")), d.get("runs", 0)) for d in docs}
 
     def touch_schedules(self, names: list[str], now: datetime) -> None:
         with self._errors():

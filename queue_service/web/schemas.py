@@ -182,6 +182,7 @@ class ScheduleSchema(marshmallow.Schema):
     lastSlot = _timestamp()
     lastJobId = fields.String(allow_none=True)
     lastJobStatus = fields.String(allow_none=True, validate=validate.OneOf(STATUSES))
+    runs = fields.Integer(required=True, metadata={"description": "Slots enqueued so far, by every process."})
 
 
 class SchedulesResponseSchema(marshmallow.Schema):

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS queue_schedules (
     name TEXT PRIMARY KEY,
     last_slot REAL,
     last_job_id TEXT,
-    seen_at REAL NOT NULL
+    seen_at REAL NOT NULL,
+    runs INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -227,14 +228,15 @@ DELETE FROM queue_jobs
 # only if the new slot is later; no row returned means refused (and the
 # transaction inserts no job).
 ADVANCE_SCHEDULE = """
-INSERT INTO queue_schedules (name, last_slot, last_job_id, seen_at) VALUES (:name, :slot, :job_id, :now)
+INSERT INTO queue_schedules (name, last_slot, last_job_id, seen_at, runs)
+VALUES (:name, :slot, :job_id, :now, 1)
 ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot, last_job_id = excluded.last_job_id,
-                                 seen_at = excluded.seen_at
+                                 seen_at = excluded.seen_at, runs = queue_schedules.runs + 1
  WHERE queue_schedules.last_slot IS NULL OR queue_schedules.last_slot < excluded.last_slot
 RETURNING name
 """
 
-SCHEDULE_STATES = "SELECT name, last_slot, last_job_id, seen_at FROM queue_schedules"
+SCHEDULE_STATES = "SELECT name, last_slot, last_job_id, seen_at, runs FROM queue_schedules"
 
 TOUCH_SCHEDULE = """
 INSERT INTO queue_schedules (name, seen_at) VALUES (?, ?)

@@ -285,8 +285,8 @@ class SQLiteStore(Store):
         return True
 
     def schedule_states(self) -> dict[str, ScheduleState]:
-        return {name: ScheduleState(name, _dt(last_slot), last_job_id, _dt(seen_at))
-                for name, last_slot, last_job_id, seen_at in self._db.read(q.SCHEDULE_STATES)}
+        return {name: ScheduleState(name, _dt(last_slot), last_job_id, _dt(seen_at), runs)
+                for name, last_slot, last_job_id, seen_at, runs in self._db.read(q.SCHEDULE_STATES)}
 
     def touch_schedules(self, names: list[str], now: datetime) -> None:
         with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
