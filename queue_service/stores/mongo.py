@@ -336,13 +336,10 @@ class MongoStore(Store):
             ]}).deleted_count
 
     # -- schedules --------------------------------------------------------------
-    # No multi-document transaction (mongomock has none, and a standalone
-    # server neither): the job's _id is derived from (name, slot), so the
-    # unique _id refuses a second insert of a slot, atomically on the server;
-    # then the schedule document advances only to a later slot (a conditional
-    # upsert: an existing document with an equal or later slot makes the
-    # upsert a DuplicateKeyError). A slot older than the stored one is refused
-    # and its just-inserted job deleted while still pending.
+    # No transactions (mongomock and standalone servers have none): the job's _id comes from
+    # (name, slot), so the server refuses a slot's second insert; then the schedule document
+    # advances by a conditional upsert (an equal or later stored slot: DuplicateKeyError),
+    # and an older slot's just-inserted job is deleted while still pending. docs/periodic.md.
     @property
     def schedules(self):
         return self.db.get_collection(f"{self.collection_name}_schedules",
