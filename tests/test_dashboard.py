@@ -456,3 +456,37 @@ def test_named_queues_are_listed_and_filter_the_jobs(browser, live):
         assert problems == []
     finally:
         context.close()
+
+
+@pytest.mark.browser
+def test_schedules_panel(browser, serve, tmp_path):
+    """The schedules panel lists each schedule with its next run and last job;
+    a click on the last job opens it. Hidden when the app has no schedule."""
+    queue = make_live_queue()
+    queue.periodic("NOTE", {"note": "<img src=x onerror=alert(1)>"}, every=3600, name="hourly <b>")
+    queue.periodic("NOTE", {"note": "nightly"}, cron="0 3 * * *", tz="Europe/Berlin", name="nightly")
+    app, _ = build_live_app(tmp_path, queue)
+    server = serve(app)
+    state = app.extensions["queue_service"]
+    # What the scheduler does at the hour, done here for this hour's slot.
+    now, hourly = state.runtime.clock.now(), queue.schedules.get("hourly <b>")
+    slot = now.replace(minute=0, second=0, microsecond=0)
+    assert state.runtime.store.enqueue_slot(hourly.name, slot, hourly.make_job(slot, now, 3, [1.0]), now)
+    context, page, problems = open_page(browser, server)
+    try:
+        sign_in(page)
+        wait_count(page, "#schedules-body tr", 2)
+        rows = page.locator("#schedules-body tr")
+        assert rows.nth(0).locator("td").nth(0).text_content() == "hourly <b>"  # text, not markup
+        assert "every 1h" in rows.nth(0).text_content() and "pending" in rows.nth(0).text_content()
+        assert "cron 0 3 * * * (Europe/Berlin)" in rows.nth(1).text_content()
+        assert "not run yet" in rows.nth(1).text_content()
+        rows.nth(0).locator("button").click()
+        from playwright.sync_api import expect
+
+        expect(page.locator("#detail")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#detail-body")).to_contain_text("Schedulehourly <b>", timeout=WAIT_MS)
+        shot(page, "schedules-panel")
+        assert not problems, problems
+    finally:
+        context.close()

@@ -128,6 +128,8 @@ class Job:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str | None = None
     queue: str = DEFAULT_QUEUE
+    scheduled_by: str | None = None     # the schedule that enqueued it (core.periodic)
+    slot: datetime | None = None        # and the slot it was enqueued for
 
     @property
     def attempt_number(self) -> int:
@@ -155,6 +157,8 @@ class Job:
             "payload": self.payload,
             "idempotencyKey": self.idempotency_key,
             "queue": self.queue,
+            "scheduledBy": self.scheduled_by,
+            "slot": iso(self.slot),
             "attempts": [
                 {k: (iso(v) if isinstance(v, datetime) else v) for k, v in a.items()}
                 for a in self.attempts

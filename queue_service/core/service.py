@@ -18,6 +18,7 @@ from .store import TypeCounts
 from .errors import InvalidTransition, JobNotFound, StoreError, ValidationError
 from .jobs import Job, JobStatus, RetryPolicy, iso
 from .limits import MAX_BULK_JOBS, PAGE_LIMIT_RANGE, QUEUE_NAME
+from .periodic import overview as schedules_overview
 from .registry import Registry
 from .runtime import Runtime
 from .scheduler import recover_stuck
@@ -161,6 +162,10 @@ class QueueService:
 
     def stuck_jobs(self) -> list[Job]:
         return self.store.find_stuck(self.policy.stuck_before(self.clock.now()))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The periodic schedules, their next run, last slot and last job."""
+        return schedules_overview(self.runtime.schedules, self.store, self.clock.now())
 
     # -- changes --------------------------------------------------------------
     def recover_stuck(self) -> int:

@@ -22,7 +22,7 @@ from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, Du
 
 from ..core.errors import StoreError, StoreUnavailable
 from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
-from ..core.store import Store, StoredFile, TypeCounts
+from ..core.store import ScheduleState, Store, StoredFile, TypeCounts
 
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
@@ -53,6 +53,7 @@ def _doc_to_job(doc: dict[str, Any]) -> Job:
         worker_id=doc.get("workerId"), lock_token=doc.get("lockToken"), error=doc.get("error"),
         result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
         idempotency_key=doc.get("idempotencyKey"), queue=doc.get("queue") or DEFAULT_QUEUE,
+        scheduled_by=doc.get("scheduledBy"), slot=_aware(doc.get("slot")),
     )
 
 
@@ -163,6 +164,8 @@ class MongoStore(Store):
             "retryDelays": list(job.retry_delays), "createdAt": job.created_at, "runAt": job.run_at,
             "attempts": [], "queue": job.queue,
         }
+        if job.scheduled_by is not None:
+            doc["scheduledBy"], doc["slot"] = job.scheduled_by, job.slot
         if job.idempotency_key is not None:
             doc["idempotencyKey"] = doc["activeKey"] = job.idempotency_key
         return doc
@@ -389,6 +392,53 @@ class MongoStore(Store):
                 {"status": "completed", "completedAt": {"$lt": completed_before}},
                 {"status": {"$in": ["failed", "cancelled"]}, "completedAt": {"$lt": finished_before}},
             ]}).deleted_count
+
+    # -- schedules --------------------------------------------------------------
+    # No transactions (mongomock and standalone servers have none): the job's _id comes from
+    # (name, slot), so the server refuses a slot's second insert; then the schedule document
+    # advances by a conditional upsert (an equal or later stored slot: DuplicateKeyError),
+    # and an older slot's just-inserted job is deleted while still pending. docs/periodic.md.
+    @property
+    def schedules(self):
+        return self.db.get_collection(f"{self.collection_name}_schedules",
+                                      codec_options=CodecOptions(tz_aware=True))
+
+    def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
+        try:
+            with self._errors():
+                self.coll.insert_one(self._insert_doc(job))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, DuplicateKeyError):
+                return False  # this slot's job exists: another process enqueued it
+            raise
+        try:
+            with self._errors():
+                self.schedules.update_one(
+                    {"_id": schedule_name, "$or": [{"lastSlot": None}, {"lastSlot": {"$lt": slot}}]},
+                    {"$set": {"lastSlot": slot, "lastJobId": job.id, "seenAt": now}, "$inc": {"runs": 1}},
+                    upsert=True)
+            return True
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, DuplicateKeyError):
+                raise
+        with self._errors():  # a later slot is stored: take back the older one
+            self.coll.delete_one({"_id": job.id, "status": "pending"})
+        return False
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        with self._errors():
+            docs = list(self.schedules.find({}))
+        return {d["_id"]: ScheduleState(d["_id"], _aware(d.get("lastSlot")), d.get("lastJobId"),
+                                        _aware(d.get("seenAt")), d.get("runs", 0)) for d in docs}
+
+    def touch_schedules(self, names: list[str], now: datetime) -> None:
+        with self._errors():
+            for name in names:
+                self.schedules.update_one({"_id": name}, {"$set": {"seenAt": now}}, upsert=True)
+
+    def purge_schedules(self, seen_before: datetime) -> int:
+        with self._errors():
+            return self.schedules.delete_many({"seenAt": {"$lt": seen_before}}).deleted_count
 
     # -- media ----------------------------------------------------------------
     # One document per file in ``<collection>_media``. The files are transcoded

@@ -22,7 +22,7 @@ from .auth import admin_denied, admin_required
 from .body import ApiError, body_limit, checked_job_id, read_json_object, read_query, refuse_body
 from .media import media_response
 from .schemas import (CleanupResponseSchema, HealthSchema, JobListQuerySchema, JobPageSchema, JobSchema,
-                      StatsResponseSchema, UTCDateTime, error_response, json_response)
+                      SchedulesResponseSchema, StatsResponseSchema, UTCDateTime, error_response, json_response)
 from .state import queue_state
 
 log = logging.getLogger("queue_service.api")
@@ -40,6 +40,7 @@ _JOB_LIST_QUERY = JobListQuerySchema()
 _JOB_PAGE = JobPageSchema()
 _JOB = JobSchema()
 _STATS_RESPONSE = StatsResponseSchema()
+_SCHEDULES = SchedulesResponseSchema()
 _RUN_AT = UTCDateTime()
 
 
@@ -196,6 +197,12 @@ def retry_job(job_id: str) -> Response:
 @admin_required
 def stats() -> Response:
     return json_response(_STATS_RESPONSE.dump({"success": True, "stats": queue_state().service.stats()}))
+
+
+@blueprint.get("/schedules")
+@admin_required
+def schedules() -> Response:
+    return json_response(_SCHEDULES.dump({"schedules": queue_state().service.schedules()}))
 
 
 @blueprint.post("/cleanup")

@@ -275,6 +275,24 @@ def cleanup_command(as_json: bool) -> None:
         click.echo(f"recovered {count} stuck job(s)" if count else "no stuck jobs")
 
 
+@queue_cli.command("schedules")
+@json_option
+@operation
+def schedules_command(as_json: bool) -> None:
+    """Periodic schedules: timing, next run, last slot and its job."""
+    rows = queue_state().service.schedules()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no schedules registered")
+    for row in rows:
+        timing = f"cron {row['cron']} ({row['tz']})" if row["cron"] else f"every {row['every']:g}s"
+        last = f"{row['lastSlot']} job {row['lastJobId']} {row['lastJobStatus'] or '-'}" if row["lastSlot"] else "never"
+        click.echo(f"{_clean(row['name'])}  {row['type']}  {timing}  catchup={row['catchup']}")
+        click.echo(f"    next run {row['nextRun']}   last slot {last}")
+
+
 @queue_cli.command("enqueue")
 @click.argument("job_type")
 @click.argument("payload")

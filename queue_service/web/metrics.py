@@ -136,6 +136,28 @@ class QueueCollector:
             errors.add_metric([job_type], sum(summary.attempts.get((job_type, o), 0) for o in ERROR_OUTCOMES))
         yield attempts
         yield errors
+        yield from self._schedule_metrics()
+
+    def _schedule_metrics(self) -> Iterator[Any]:
+        """Per registered schedule, from the store: the last slot enqueued and
+        the count of slots enqueued (by every process)."""
+        try:
+            rows = self.state.service.schedules()
+        except StoreError as exc:
+            log.warning("[Queue] metrics: schedules unreadable: %s", exc)
+            return
+        last = GaugeMetricFamily("queue_schedule_last_run_timestamp_seconds",
+                                 "Unix time of the schedule's last enqueued slot (0 before the first).",
+                                 labels=["schedule", "type"])
+        runs = CounterMetricFamily("queue_schedule_runs", "Slots of the schedule enqueued so far.",
+                                   labels=["schedule", "type"])
+        for row in rows:
+            labels = [row["name"], row["type"]]
+            slot = row["lastSlot"]
+            last.add_metric(labels, datetime.fromisoformat(slot).timestamp() if slot else 0.0)
+            runs.add_metric(labels, row["runs"])
+        yield last
+        yield runs
 
     def _worker_metrics(self) -> Iterator[Any]:
         runtime = self.state.runtime

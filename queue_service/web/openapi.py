@@ -33,6 +33,7 @@ MAX_CACHED = 16
 RESPONSE_COMPONENTS = {
     "Error": s.ErrorSchema, "Job": s.JobSchema, "JobCreated": s.JobCreatedSchema, "JobPage": s.JobPageSchema,
     "StatsResponse": s.StatsResponseSchema, "CleanupResponse": s.CleanupResponseSchema, "Health": s.HealthSchema,
+    "SchedulesResponse": s.SchedulesResponseSchema,
 }
 ERRORS = {
     400: "Invalid request: malformed JSON, a body that is not an object, or invalid fields (details name them).",
@@ -188,6 +189,9 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
     spec.path("/stats", operations={"get": {
         "summary": "Job counts by status (admin)", "operationId": "getStats",
         "responses": _responses((200, "Counts and oldest ages in seconds.", "StatsResponse"), 503)}})
+    spec.path("/schedules", operations={"get": {
+        "summary": "Periodic schedules: next run, last slot and its job (admin)", "operationId": "listSchedules",
+        "responses": _responses((200, "Every registered schedule.", "SchedulesResponse"), 503)}})
     spec.path("/cleanup", operations={"post": {
         "summary": "Requeue jobs whose worker stopped heartbeating (admin)", "operationId": "cleanup",
         "requestBody": NO_INPUT,

@@ -158,6 +158,8 @@ class JobSchema(marshmallow.Schema):
     idempotencyKey = fields.String(allow_none=True, metadata={"description": "Only shown to admin callers."})
     attempts = fields.List(fields.Nested(AttemptSchema), required=True)
     queue = fields.String(required=True)
+    scheduledBy = fields.String(allow_none=True, metadata={"description": "The schedule that enqueued it."})
+    slot = _timestamp(description="The schedule's slot it was enqueued for.")
 
 
 class JobCreatedSchema(marshmallow.Schema):
@@ -171,6 +173,25 @@ class JobPageSchema(marshmallow.Schema):
         required=True, allow_none=True, metadata={
             "format": "uuid",
             "description": "Pass as `before` for the next page; null when this page was not full."})
+
+
+class ScheduleSchema(marshmallow.Schema):
+    name = fields.String(required=True)
+    type = fields.String(required=True)
+    cron = fields.String(required=True, allow_none=True, metadata={"description": "Five fields, in tz."})
+    every = fields.Float(required=True, allow_none=True, metadata={"description": "Interval in seconds."})
+    tz = fields.String(required=True)
+    priority = fields.Integer(required=True)
+    catchup = fields.String(required=True, validate=validate.OneOf(("once", "skip")))
+    nextRun = _timestamp()
+    lastSlot = _timestamp()
+    lastJobId = fields.String(allow_none=True)
+    lastJobStatus = fields.String(allow_none=True, validate=validate.OneOf(STATUSES))
+    runs = fields.Integer(required=True, metadata={"description": "Slots enqueued so far, by every process."})
+
+
+class SchedulesResponseSchema(marshmallow.Schema):
+    schedules = fields.List(fields.Nested(ScheduleSchema), required=True)
 
 
 class QueueStatsSchema(marshmallow.Schema):

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...core.errors import StoreError
 from ...core.jobs import Job, JobStatus, iso
-from ...core.store import Store, StoredFile, TypeCounts
+from ...core.store import ScheduleState, Store, StoredFile, TypeCounts
 from . import queries as q
 from .connections import Connections, Immediate, Pooled
 
@@ -64,7 +64,7 @@ def _row_to_job(row: tuple) -> Job:
     scans the column names case-insensitively, ~20 times per job)."""
     (job_id, job_type, payload, status, priority, retry_count, max_retries, retry_delays,
      created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id, lock_token,
-     error, result, progress, attempts, idempotency_key, queue) = row
+     error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot) = row
     return Job(
         id=job_id,
         type=job_type,
@@ -87,6 +87,8 @@ def _row_to_job(row: tuple) -> Job:
         attempts=_decode_attempts(attempts),
         idempotency_key=idempotency_key,
         queue=queue,
+        scheduled_by=scheduled_by,
+        slot=_dt(slot),
     )
 
 
@@ -100,7 +102,7 @@ def path_from_url(url: str) -> str:
 def _insert_params(job: Job) -> tuple:
     return (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
             job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
-            _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue)
+            _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue, job.scheduled_by, _ts(job.slot))
 
 
 def _fence(job: Job, now: datetime, **params: Any) -> dict[str, Any]:
@@ -126,6 +128,10 @@ def _complete_params(job: Job, now: datetime, result: Any) -> dict[str, Any]:
     # None is written as JSON null without json.dumps (most handlers return nothing).
     encoded = "null" if result is None else json.dumps(result, separators=(",", ":"))
     return _fence(job, now, result=encoded)
+
+
+class _Refused(Exception):
+    """enqueue_slot: roll the transaction back."""
 
 
 class SQLiteStore(Store):
@@ -317,6 +323,30 @@ class SQLiteStore(Store):
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:
         return self._db.write(q.PURGE, {"latest": max(_ts(completed_before), _ts(finished_before)),
                                         "completed": _ts(completed_before), "finished": _ts(finished_before)})
+
+    # -- schedules --------------------------------------------------------------
+    def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
+        advance = {"name": schedule_name, "slot": _ts(slot), "job_id": job.id, "now": _ts(now)}
+        try:
+            with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+                if conn.execute(q.ADVANCE_SCHEDULE, advance).fetchone() is None:
+                    raise _Refused  # an equal or later slot is stored
+                if conn.execute(q.INSERT_UNLESS_KEY_HELD, _insert_params(job)).fetchone() is None:
+                    raise _Refused  # the slot's job id exists (its state was purged since)
+        except _Refused:  # rolled back: nothing written
+            return False
+        return True
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        return {name: ScheduleState(name, _dt(last_slot), last_job_id, _dt(seen_at), runs)
+                for name, last_slot, last_job_id, seen_at, runs in self._db.read(q.SCHEDULE_STATES)}
+
+    def touch_schedules(self, names: list[str], now: datetime) -> None:
+        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            conn.executemany(q.TOUCH_SCHEDULE, [(name, _ts(now)) for name in names])
+
+    def purge_schedules(self, seen_before: datetime) -> int:
+        return self._db.write(q.PURGE_SCHEDULES, (_ts(seen_before),))
 
     # -- media ----------------------------------------------------------------
     def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:

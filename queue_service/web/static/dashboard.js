@@ -27,6 +27,7 @@
     older: $('older'), pageInfo: $('page-info'), detail: $('detail'), scrim: $('scrim'),
     detailTitle: $('detail-title'), detailBadges: $('detail-badges'), detailActions: $('detail-actions'),
     detailBody: $('detail-body'), detailClose: $('detail-close'), toast: $('toast'),
+    schedulesSection: $('schedules-section'), schedulesBody: $('schedules-body'),
   };
 
   const state = {
@@ -458,7 +459,9 @@
       ...timeField('Heartbeat', job.heartbeatAt),
       ...timeField('Finished', job.completedAt),
       ...field('Worker', job.worker ? el('span', { class: 'mono', text: job.worker }) : '–'),
-      ...(job.idempotencyKey ? field('Idempotency key', el('span', { class: 'mono', text: job.idempotencyKey })) : []));
+      ...(job.idempotencyKey ? field('Idempotency key', el('span', { class: 'mono', text: job.idempotencyKey })) : []),
+      ...(job.scheduledBy ? field('Schedule', el('span', { text: job.scheduledBy })) : []),
+      ...(job.scheduledBy ? timeField('Slot', job.slot) : []));
     const parts = [facts];
     if (isStuck(job)) {
       parts.push(el('p', { class: 'callout warn-callout', text: `No heartbeat for ${duration(serverNow() - parseTime(job.heartbeatAt))}. The scheduler or "Run stuck-job cleanup" requeues it (that counts as a retry).` }));
@@ -561,6 +564,31 @@
     toastTimer = setTimeout(() => show(ui.toast, false), isError ? 8000 : 4000);
   }
 
+  // -- schedules (GET /schedules): hidden when the app has none ------------------
+  function renderSchedules(rows) {
+    ui.schedulesBody.replaceChildren(...rows.map((s) => el('tr', null,
+      el('td', { class: 'cell-type', text: s.name }),
+      el('td', { text: s.type }),
+      el('td', { class: 'cell-time', text: s.cron ? `cron ${s.cron} (${s.tz})` : `every ${duration(s.every * 1000)}` }),
+      el('td', { class: 'cell-time' }, timeNode(s.nextRun)),
+      el('td', { class: 'cell-time' }, timeNode(s.lastSlot)),
+      el('td', null, s.lastJobId
+        ? el('button', { type: 'button', class: 'ghost', title: s.lastJobId, onclick: () => openDetail(s.lastJobId) },
+          s.lastJobStatus ? statusBadge(s.lastJobStatus) : el('span', { class: 'muted', text: 'purged' }))
+        : el('span', { class: 'muted', text: 'not run yet' })),
+      el('td', { class: 'num', text: s.runs }))));
+    show(ui.schedulesSection, rows.length > 0);
+  }
+
+  async function refreshSchedules() {
+    try {
+      const data = await api('/schedules');
+      renderSchedules((data && data.schedules) || []);
+    } catch (err) {
+      show(ui.schedulesSection, false);  // the banner already speaks for the API
+    }
+  }
+
   // -- refresh ---------------------------------------------------------------
   async function refreshHealth() {
     try {
@@ -619,6 +647,7 @@
       state.busy = false;
     }
     refreshHealth();
+    if (state.connected) refreshSchedules();
     if (state.again) await refresh();
   }
 
