@@ -116,6 +116,8 @@ class Settings:
     image_format: str = "webp"
     callback_secret: str | None = None
     metrics_public: bool = False
+    eager: bool = False  # QUEUE_EAGER: add_job runs the job in the caller (tests); no threads
+    eager_raise: bool = False  # QUEUE_EAGER_RAISE: a job that fails eagerly re-raises its exception
     mail: "MailSettings" = None  # type: ignore[assignment]  # set by from_config
 
     @classmethod
@@ -127,6 +129,12 @@ class Settings:
         autostart = get("QUEUE_AUTOSTART")
         if isinstance(autostart, str) and autostart.strip().lower() in ("", "auto"):
             autostart = None
+        eager = as_bool(get("QUEUE_EAGER", False), "QUEUE_EAGER")
+        if eager:
+            if autostart is not None and as_bool(autostart, "QUEUE_AUTOSTART"):
+                raise ConfigurationError("QUEUE_EAGER runs jobs in the caller, without threads: "
+                                         "unset QUEUE_AUTOSTART or set it to false")
+            autostart = False
         synchronous = str(get("QUEUE_SQLITE_SYNCHRONOUS", "NORMAL")).upper()
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigurationError(f"QUEUE_SQLITE_SYNCHRONOUS must be NORMAL or FULL, got {synchronous!r}")
@@ -155,6 +163,8 @@ class Settings:
             image_format=str(get("QUEUE_IMAGE_FORMAT", "webp")).strip().lower().replace("jpg", "jpeg"),
             callback_secret=get("QUEUE_CALLBACK_SECRET") or None,
             metrics_public=as_bool(get("QUEUE_METRICS_PUBLIC", False), "QUEUE_METRICS_PUBLIC"),
+            eager=eager,
+            eager_raise=as_bool(get("QUEUE_EAGER_RAISE", False), "QUEUE_EAGER_RAISE"),
             mail=MailSettings.from_config(get),
         )
         if settings.image_quality > 100:
