@@ -269,3 +269,9 @@ def test_testing_module_does_not_import_pytest():
 
     code = "import sys, queue_service.testing; assert 'pytest' not in sys.modules, 'pytest imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("uri", ["mongodb://127.0.0.1:1", "mongodb+srv://u:p@cluster0.example.mongodb.net/?retryWrites=true"])
+def test_mongo_uri_without_a_database_name_is_refused_at_init_app(uri):
+    with pytest.raises(ConfigurationError, match="MONGO_URI names no database"):
+        make_test_app(JobQueue(builtins=False), None, MONGO_URI=uri)

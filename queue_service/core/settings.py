@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 from .jobs import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAYS_SECONDS
@@ -177,6 +178,10 @@ class Settings:
             from .extras import require
 
             require("mongo", "MONGO_URI (the MongoDB store)")
+            if not urlsplit(settings.mongo_uri).path.strip("/"):
+                raise ConfigurationError(
+                    "MONGO_URI names no database: put one after the host, e.g. "
+                    "mongodb+srv://USER:PASSWORD@cluster0.example.mongodb.net/myapp?retryWrites=true&w=majority")
         return settings
 
     def as_dict(self) -> dict[str, Any]:
