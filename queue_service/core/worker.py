@@ -109,7 +109,10 @@ class Worker:
         self.jobs_done = 0
         self._jobs_since_gc = 0
         self._last_gc = time.monotonic()
-        self.last_exception: tuple[str, BaseException] | None = None  # (job id, what its handler raised)
+        # drain() only (eager mode re-raises it): (job id, what its handler raised).
+        # The thread's worker keeps none: a traceback holds the handler's frames.
+        self.keep_exceptions = False
+        self.last_exception: tuple[str, BaseException] | None = None
 
     @property
     def store(self) -> Store:
@@ -203,11 +206,11 @@ class Worker:
                 if inspect.isawaitable(result):  # an async def handler
                     result = run_awaitable(result)
         except PermanentJobError as exc:
-            self.last_exception = (job.id, exc)
+            self._keep(job, exc)
             self._failed_attempt(job, describe(exc), False)
             return
         except Exception as exc:  # a handler's failure is the job's, never the worker's
-            self.last_exception = (job.id, exc)
+            self._keep(job, exc)
             log.debug("handler traceback for job %s:\n%s", job.id, traceback.format_exc())
             self._failed_attempt(job, describe(exc), True)
             return
@@ -234,6 +237,10 @@ class Worker:
                     hook(self.store.get(job.id) or job)
             except Exception:
                 log.exception("[Worker] completion hook for job %s raised", job.id)
+
+    def _keep(self, job: Job, exc: BaseException) -> None:
+        if self.keep_exceptions:
+            self.last_exception = (job.id, exc)
 
     def _failed_attempt(self, job: Job, error: str, retryable: bool) -> None:
         """Record a failed attempt: a retry later, or the failure, as the policy decides."""
@@ -268,6 +275,7 @@ class Worker:
         to its ``run_at`` whenever it waits. ``limit``: at most that many.
         """
         clock = self.clock = ShiftedClock(self.clock) if include_delayed or until else self.clock
+        self.keep_exceptions = True
         ran = 0
         while limit is None or ran < limit:
             if until is not None:
