@@ -45,3 +45,20 @@ def test_no_client_is_touched_until_first_use():
     store = MongoStore(lambda: calls.append(1) or None)
     assert calls == []  # constructing (e.g. in a gunicorn master) connects nothing
     del store
+
+
+def test_documents_stored_before_queues_existed_are_in_the_default_queue(mongo_db):
+    from queue_service.core.jobs import new_lock_token
+
+    mongo_db["queue_jobs"].insert_one({
+        "_id": "old", "type": "T", "payload": {}, "status": "pending", "priority": 0, "retryCount": 0,
+        "maxRetries": 3, "retryDelays": [1], "createdAt": datetime(2030, 1, 1, tzinfo=timezone.utc),
+        "runAt": datetime(2030, 1, 1, tzinfo=timezone.utc), "attempts": []})
+    store = MongoStore(lambda: mongo_db)
+    store.setup()
+    now = datetime(2030, 1, 2, tzinfo=timezone.utc)
+    assert store.get("old").queue == "default"
+    assert [j.id for j in store.list_jobs(queue="default")] == ["old"]
+    assert store.counts_by_queue(now)["default"]["pending"] == 1
+    assert store.claim("w", new_lock_token(), now, ("images",)) is None
+    assert store.claim("w", new_lock_token(), now, ("default",)).id == "old"

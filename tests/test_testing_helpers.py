@@ -275,3 +275,14 @@ def test_testing_module_does_not_import_pytest():
 def test_mongo_uri_without_a_database_name_is_refused_at_init_app(uri):
     with pytest.raises(ConfigurationError, match="MONGO_URI names no database"):
         make_test_app(JobQueue(builtins=False), None, MONGO_URI=uri)
+
+
+def test_run_pending_and_eager_cover_every_named_queue(make_app, flaky):
+    queue, behaviour = flaky
+    app, _ = make_app(queue, QUEUE_WORKER_QUEUES="default")  # the thread's worker would take "default" only
+    job_id = queue.add_job("FLAKY", {"n": 1}, app=app, queue="reports")
+    assert queue.run_pending(app) == 1
+    assert queue.get_job_status(job_id, app=app)["status"] == "completed"
+    eager_app, _ = make_app(queue, QUEUE_EAGER=True)
+    job_id = queue.add_job("FLAKY", {"n": 2}, app=eager_app, queue="reports")
+    assert queue.get_job_status(job_id, app=eager_app)["status"] == "completed"

@@ -91,12 +91,14 @@ def describe(exc: BaseException) -> str:
 
 class Worker:
     def __init__(self, store_getter: Callable[[], Store], registry: Registry, clock: Clock,
-                 app: Any, settings: Settings):
+                 app: Any, settings: Settings, queues: tuple[str, ...] | None = None):
+        """``queues``: the named queues this worker claims from (None: every queue)."""
         self._store_getter = store_getter
         self.registry = registry
         self.clock = clock
         self.app = app
         self.settings = settings
+        self.queues = queues
         self.policy = RetryPolicy(settings.stuck_after)
         self.heartbeat_interval = settings.heartbeat_interval
         self.poll_interval = settings.poll_interval
@@ -135,7 +137,7 @@ class Worker:
         with self._lock:
             job = self.current  # claimed by the previous step, or None
         if job is None:
-            job = self.store.claim(self.worker_id, new_lock_token(), self.clock.now())
+            job = self.store.claim(self.worker_id, new_lock_token(), self.clock.now(), self.queues)
             if job is None:
                 return None
             self._hold(job)
@@ -222,7 +224,7 @@ class Worker:
                 return
         if claim_next and not self.stopping.is_set():
             completed, following = self.store.complete_and_claim(
-                job, self.clock.now(), result, self.worker_id, new_lock_token())
+                job, self.clock.now(), result, self.worker_id, new_lock_token(), self.queues)
             if following is not None:
                 self._hold(following)
         else:
@@ -262,7 +264,7 @@ class Worker:
     def drain(self, *, include_delayed: bool = False, until: str | None = None,
               limit: int | None = None) -> int:
         """Run jobs in the calling thread, one at a time, until none is
-        runnable; returns how many ran. No heartbeats are due (nothing else
+        runnable, whatever named queue it is on; returns how many ran. No heartbeats are due (nothing else
         runs meanwhile) and nothing is held between steps.
 
         ``include_delayed``: also delayed jobs and retries, without waiting:
@@ -278,12 +280,14 @@ class Worker:
         self.keep_exceptions = True
         ran = 0
         while limit is None or ran < limit:
+            queues = None  # every named queue: run_pending runs all that is runnable
             if until is not None:
                 target = self.store.get(until)
                 if target is None or target.status is not JobStatus.PENDING:
                     break  # final (or processing: an outer call runs it)
                 clock.catch_up(target.run_at)
-            job = self.store.claim(self.worker_id, new_lock_token(), clock.now())
+                queues = (target.queue,)
+            job = self.store.claim(self.worker_id, new_lock_token(), clock.now(), queues)
             if job is None:
                 if until is not None or not include_delayed:
                     break
