@@ -107,6 +107,8 @@ class QueueService:
         log.info("[Queue] Added job %s (type: %s, priority: %d)", job_id, job.type, job.priority)
         if job.run_at <= job.created_at:
             self.runtime.wake_worker(job.queue)
+        if self.settings.eager:
+            return Submitted(job_id, self.run_eagerly(job_id), True)
         return Submitted(job_id, "pending", True)
 
     # -- reads ----------------------------------------------------------------
@@ -197,6 +199,9 @@ class QueueService:
         job = self._transition(job_id, "retry", self.store.requeue_failed)
         log.info("[Queue] Job %s requeued by hand", job_id)
         self.runtime.wake_worker()
+        if self.settings.eager:
+            self.run_eagerly(job_id)
+            job = self.store.get(job_id) or job
         return job
 
     # -- health ---------------------------------------------------------------
@@ -236,3 +241,24 @@ class QueueService:
             },
             "timestamp": iso(now),
         }
+
+    # -- in the calling thread (tests) ----------------------------------------
+    def run_pending(self, *, include_delayed: bool = False, limit: int | None = None) -> int:
+        """Run every runnable job in the calling thread, one at a time, until
+        none is left; ``include_delayed``: delayed jobs and retries too,
+        without waiting (``Worker.drain``). Returns how many ran."""
+        return self.runtime.make_worker().drain(include_delayed=include_delayed, limit=limit)
+
+    def run_eagerly(self, job_id: str) -> str:
+        """QUEUE_EAGER: run ``job_id`` (and what is runnable before it) in the
+        calling thread until it is final, retries at once; returns its status.
+        With QUEUE_EAGER_RAISE, a job that failed re-raises what its handler
+        raised last (the failure is recorded first, as in production)."""
+        worker = self.runtime.make_worker()
+        worker.drain(until=job_id)
+        job = self.store.get(job_id)
+        status = str(job.status) if job is not None else "pending"
+        raised = worker.last_exception
+        if self.settings.eager_raise and status == "failed" and raised is not None and raised[0] == job_id:
+            raise raised[1]
+        return status

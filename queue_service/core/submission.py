@@ -32,7 +32,7 @@ def build_job(registry: Registry, settings: Settings, now: datetime, job_type: A
     """A new pending Job, not yet stored. Raises UnknownJobType or ValidationError."""
     spec = registry.get(job_type) if isinstance(job_type, str) else None
     if spec is None:
-        raise UnknownJobType(str(job_type))
+        raise UnknownJobType(str(job_type), registry.names())
     errors: dict[str, Any] = {}
     when = _run_at(now, delay, run_at, errors)
     if not is_int(priority):

@@ -218,7 +218,7 @@ class JobQueue:
         def decorator(hook: Callable) -> Callable:
             job_type = self.registry.get(name)
             if job_type is None:
-                raise UnknownJobType(name)
+                raise UnknownJobType(name, self.registry.names())
             job_type.on_complete.append(hook)
             return hook
         return decorator
@@ -294,6 +294,12 @@ class JobQueue:
 
     def health_check(self, app: Flask | None = None) -> dict[str, Any]:
         return self.state(app).service.health()
+
+    def run_pending(self, app: Flask | None = None, *, include_delayed: bool = False) -> int:
+        """Run every runnable job in the calling thread, one at a time, until
+        none is left (tests, scripts); ``include_delayed=True``: also delayed
+        jobs and retries, without waiting. Returns how many ran."""
+        return self.state(app).service.run_pending(include_delayed=include_delayed)
 
     def start(self, app: Flask | None = None, daemon: bool = True) -> bool:
         return self.state(app).runtime.start(daemon=daemon)

@@ -281,6 +281,17 @@
   }
 
   // -- rendering -------------------------------------------------------------
+  // The one wording of tries (as the CLI and the logs): "attempt 3 of 4".
+  function attemptText(job) {
+    const n = (job.attempts || []).length;
+    const most = (job.maxRetries ?? 0) + 1;
+    return n ? `attempt ${n} of ${most}` : `not run yet, at most ${most} attempts`;
+  }
+
+  function retriesUsed(job) {
+    return `${job.retryCount ?? 0} of ${job.maxRetries ?? 0} retries used`;
+  }
+
   const shortId = (id) => String(id).slice(0, 8);
 
   function renderStats(stats) {
@@ -350,8 +361,8 @@
       el('td', { 'data-label': 'Prio', class: 'num cell-prio', text: job.priority ?? 0 }),
       el('td', {
         'data-label': 'Tries', class: 'num cell-tries',
-        title: `${job.retryCount ?? 0} retries of ${job.maxRetries ?? 0}`,
-        text: `${(job.attempts || []).length}/${(job.maxRetries ?? 0) + 1}`,
+        title: `${attemptText(job)} (${retriesUsed(job)})`,
+        text: `${(job.attempts || []).length} of ${(job.maxRetries ?? 0) + 1}`,
       }),
       el('td', { 'data-label': 'Created', class: 'cell-time' }, timeNode(job.createdAt)),
       el('td', { 'data-label': 'Details', class: 'cell-summary' }, summary(job)),
@@ -452,7 +463,7 @@
     const facts = el('dl', { class: 'facts' },
       ...field('ID', el('span', { class: 'mono', text: job.id }), copy),
       ...field('Priority', String(job.priority ?? 0)),
-      ...field('Retries', `${job.retryCount ?? 0} of ${job.maxRetries ?? 0}`),
+      ...field('Tries', `${attemptText(job)} (${retriesUsed(job)})`),
       ...timeField('Created', job.createdAt),
       ...timeField('Run at', job.runAt),
       ...timeField('Started', job.processedAt),
@@ -468,7 +479,7 @@
     }
     if (job.error) parts.push(section('Error', el('pre', { class: 'error-block', text: job.error })));
     if (job.status === 'processing' || job.progress) parts.push(section('Progress', progressBlock(job.progress)));
-    parts.push(section(`Attempts (${(job.attempts || []).length} of at most ${(job.maxRetries ?? 0) + 1})`, attemptsTable(job)));
+    parts.push(section(`Attempts (${attemptText(job)})`, attemptsTable(job)));
     parts.push(section('Payload', jsonBlock(job.payload, 'No payload shown.')));
     const noResult = { completed: 'The handler returned nothing.', failed: 'None: the job failed (see the error).',
                        cancelled: 'None: the job was cancelled before it ran.' }[job.status] || 'No result yet.';
