@@ -22,6 +22,8 @@ from .clock import ensure_aware
 from .errors import InvalidTransition, JobNotFound, StoreError, UnknownJobType, ValidationError
 from .jobs import Job, JobStatus, RetryPolicy, iso, new_job_id
 from .limits import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PAGE_LIMIT_RANGE, PRIORITY_RANGE
+from . import storable
+from .lazy_store import describe_cause, public_reason
 from .registry import Registry
 from .runtime import Runtime
 from .scheduler import recover_stuck
@@ -94,6 +96,10 @@ class QueueService:
             errors["payload"] = exc.messages
         except (TypeError, ValueError) as exc:
             errors["payload"] = {"_schema": [f"Payload is not JSON-serializable: {exc}"]}
+        else:
+            unstorable = storable.problem(stored_payload)
+            if unstorable:
+                errors["payload"] = {"_schema": [f"Payload cannot be stored: {unstorable}."]}
         if errors:
             raise ValidationError(errors)
         job = Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,
@@ -215,8 +221,9 @@ class QueueService:
         try:
             self.store.ping()
             stats = self.stats()
-        except StoreError as exc:
-            problems.append(f"store: {exc}")
+        except StoreError as exc:  # generic words here; the driver's text (hosts, ports) to the log
+            problems.append(public_reason(exc))
+            log.debug("[Queue] health: %s", describe_cause(exc))
         started = runtime.started_here
         if started and not runtime.running:
             problems.append("a queue thread has died")

@@ -20,12 +20,15 @@ from pymongo import ReturnDocument
 from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure,
                             PyMongoError, ServerSelectionTimeoutError)
 
-from ..core.errors import StoreError, StoreUnavailable
+from bson.errors import InvalidDocument
+
+from ..core.errors import StoreError, StoreUnavailable, UnstorableValue
 from ..core.jobs import Job, JobStatus
 from ..core.store import Store, StoredFile, TypeCounts
 
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
+PING_TIMEOUT_SECONDS = 2.0
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -100,6 +103,8 @@ class MongoStore(Store):
                 raise StoreUnavailable(f"MongoDB unreachable: {exc}") from exc
             except PyMongoError as exc:
                 raise StoreError(f"MongoDB: {exc}") from exc
+            except (InvalidDocument, OverflowError) as exc:  # bson's: not PyMongoErrors
+                raise UnstorableValue(f"MongoDB cannot store this document: {exc}") from exc
 
     @contextmanager
     def _serial(self) -> Iterator[None]:
@@ -140,7 +145,7 @@ class MongoStore(Store):
         self._coll = None
 
     def ping(self) -> None:
-        with self._errors():
+        with self._errors(), pymongo.timeout(PING_TIMEOUT_SECONDS):  # a health check answers in ~2 s
             self.coll.find_one({}, projection={"_id": 1})
 
     # -- jobs -----------------------------------------------------------------
@@ -201,7 +206,7 @@ class MongoStore(Store):
 
     def _update_claimed(self, job: Job, update: dict[str, Any]) -> bool:
         with self._errors():
-            return self.coll.update_one(self._fence(job), update).modified_count == 1
+            return self.coll.update_one(self._fence(job), update).matched_count == 1
 
     def heartbeat(self, job: Job, now: datetime, progress: dict[str, Any] | None = None) -> bool:
         fields: dict[str, Any] = {"heartbeatAt": now}
@@ -252,14 +257,14 @@ class MongoStore(Store):
             update = {"$set": {"status": "failed", "completedAt": now, "error": error, **ended},
                       "$unset": {"lockToken": "", "activeKey": ""}}
         with self._errors():
-            return self.coll.update_one(fence, update).modified_count == 1
+            return self.coll.update_one(fence, update).matched_count == 1
 
     def cancel(self, job_id: str, now: datetime) -> bool:
         with self._errors():
             return self.coll.update_one(
                 {"_id": job_id, "status": "pending"},
                 {"$set": {"status": "cancelled", "completedAt": now},
-                 "$unset": {"activeKey": ""}}).modified_count == 1
+                 "$unset": {"activeKey": ""}}).matched_count == 1
 
     def requeue_failed(self, job_id: str, now: datetime) -> bool:
         with self._errors():
@@ -273,7 +278,7 @@ class MongoStore(Store):
         try:
             with self._errors():
                 return self.coll.update_one({"_id": job_id, "status": "failed"},
-                                            {"$set": fields}).modified_count == 1
+                                            {"$set": fields}).matched_count == 1
         except StoreError as exc:
             if isinstance(exc.__cause__, DuplicateKeyError):
                 return False
