@@ -72,6 +72,14 @@ class LazyStore:
             return 0.0
         return max(0.0, (self._retry_at - self._clock.now()).total_seconds())
 
+    def close(self) -> None:
+        """Close this process's store (set up or not); the next use makes it again."""
+        with self._lock:
+            made = self._made if self._pid == os.getpid() else None
+            self._reset(self._pid)
+        if made is not None:
+            made.close()
+
     # -- access -----------------------------------------------------------------
     def get(self) -> Store:
         pid = os.getpid()

@@ -143,6 +143,9 @@ class MongoStore(Store):
 
     def close(self) -> None:
         self._coll = None
+        close_client = getattr(self._get_db, "close", None)  # the queue's own client (MONGO_URI)
+        if close_client is not None:
+            close_client()
 
     def ping(self) -> None:
         with self._errors(), pymongo.timeout(PING_TIMEOUT_SECONDS):  # a health check answers in ~2 s

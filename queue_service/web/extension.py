@@ -73,8 +73,15 @@ def _own_database(uri: str) -> Callable[[], Any]:
             # flask-pymongo's client, made here (after fork) without PyMongo(app),
             # which would replace the host app's JSON provider.
             client = MongoClient(uri, connect=False, tz_aware=True, **mongo_uri.client_options(uri))
-            made.update(pid=os.getpid(), database=client.get_default_database())
+            made.update(pid=os.getpid(), client=client, database=client.get_default_database())
             return made["database"]
+
+    def close() -> None:
+        with lock:
+            if made.get("pid") == os.getpid():
+                made.pop("client").close()
+                made.clear()
+    get_db.close = close  # type: ignore[attr-defined]  # MongoStore.close() calls it
     return get_db
 
 
