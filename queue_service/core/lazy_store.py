@@ -53,7 +53,7 @@ class LazyStore:
         self._ready: Store | None = None
         self.failures = 0
         self.reason: str | None = None  # generic words while failing, None when ready or untried
-        self._detail: str | None = None
+        self._detail: str | None = None  # the failing state last logged
         self._retry_at: datetime | None = None
 
     # -- state ------------------------------------------------------------------
@@ -123,10 +123,13 @@ class LazyStore:
         is_config = isinstance(exc, ConfigurationError) or isinstance(exc.__cause__, ConfigurationError)
         self.reason = MISCONFIGURED if is_config else UNREACHABLE
         detail = describe_cause(exc)
-        if detail != self._detail:  # once per change of state, not once per attempt
+        # The state is the kind of failure: a driver's text changes on every
+        # attempt (timings, topology ids), so it cannot be the key.
+        state = type(exc.__cause__ or exc).__name__
+        if state != self._detail:  # once per change of state, not once per attempt
             log.error("[Queue] Store setup failed (%s); the queue retries with backoff up to %gs, "
                       "the host app keeps serving: %s", self.reason, MAX_RETRY_SECONDS, detail)
-            self._detail = detail
+            self._detail = state
         else:
             log.debug("[Queue] Store setup failed again (attempt %d): %s", self.failures, detail)
 
