@@ -22,6 +22,7 @@ from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError,
 
 from bson.errors import InvalidDocument
 
+from . import mongo_indexes
 from ..core.errors import StoreError, StoreUnavailable, UnstorableValue
 from ..core.jobs import Job, JobStatus
 from ..core.store import Store, StoredFile, TypeCounts
@@ -70,6 +71,7 @@ class MongoStore(Store):
         self._coll = None
         self._init_lock = threading.Lock()
         self._mock_lock: threading.RLock | None = None
+        self.setup_report: list[str] = []
 
     def _detect_mock(self, db: Any) -> None:
         if type(db).__module__.startswith("mongomock") and self._mock_lock is None:
@@ -118,28 +120,13 @@ class MongoStore(Store):
 
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
+        """Indexes as ``stores.mongo_indexes`` wants them (never collMod);
+        ``setup_report`` keeps what it did."""
         c = self.coll
         with self._errors():
-            c.create_index([("priority", -1), ("createdAt", 1)], name="claim_pending",
-                           partialFilterExpression={"status": "pending"})
-            c.create_index([("status", 1), ("heartbeatAt", 1)], name="status_heartbeat")
-            c.create_index([("createdAt", -1), ("_id", -1)], name="newest")
-            c.create_index([("status", 1), ("completedAt", 1)], name="status_finished")
-            c.create_index([("activeKey", 1)], name="active_idempotency_key", unique=True,
-                           partialFilterExpression={"activeKey": {"$exists": True}})
-            if self.completed_ttl_seconds:
-                self._ensure_ttl(int(self.completed_ttl_seconds))
-            self.media.create_index([("createdAt", 1)], name="media_created")
-
-    def _ensure_ttl(self, seconds: int) -> None:
-        """TTL index on completedAt, limited to completed jobs; retuned in
-        place (collMod) when the configured retention changes."""
-        try:
-            self.coll.create_index([("completedAt", 1)], name="completed_ttl", expireAfterSeconds=seconds,
-                                   partialFilterExpression={"status": "completed"})
-        except OperationFailure:  # exists with another expireAfterSeconds
-            self.db.command("collMod", self.collection_name,
-                            index={"name": "completed_ttl", "expireAfterSeconds": seconds})
+            self.setup_report = mongo_indexes.ensure(c, mongo_indexes.job_indexes(self.completed_ttl_seconds))
+            self.setup_report += mongo_indexes.ensure(
+                self.media, [mongo_indexes.IndexSpec("media_created", (("createdAt", 1),))])
 
     def close(self) -> None:
         self._coll = None
