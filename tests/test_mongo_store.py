@@ -101,3 +101,18 @@ def test_no_client_is_touched_until_first_use():
     store = MongoStore(lambda: calls.append(1) or None)
     assert calls == []  # constructing (e.g. in a gunicorn master) connects nothing
     del store
+
+
+def test_the_queue_collections_pin_primary_and_majority():
+    """A host client with w=0 and secondaryPreferred (real pymongo, connect=False: no server needed)."""
+    import pymongo
+
+    client = pymongo.MongoClient("mongodb://127.0.0.1:1/app?w=0&readPreference=secondaryPreferred",
+                                 connect=False)
+    try:
+        store = MongoStore(lambda: client.get_default_database(), "queue_jobs")
+        for coll in (store.coll, store.media):
+            assert coll.read_preference == pymongo.ReadPreference.PRIMARY
+            assert coll.write_concern.document == {"w": "majority"}
+    finally:
+        client.close()

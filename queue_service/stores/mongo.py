@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator
 import pymongo
 from bson.binary import Binary
 from bson.codec_options import CodecOptions
-from pymongo import ReturnDocument
+from pymongo import ReadPreference, ReturnDocument
+from pymongo.write_concern import WriteConcern
 from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure,
                             PyMongoError, ServerSelectionTimeoutError)
 
@@ -30,6 +31,11 @@ from ..core.store import Store, StoredFile, TypeCounts
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
 PING_TIMEOUT_SECONDS = 2.0
+# Whatever the host's client says (readPreference=secondaryPreferred, w=0): the
+# queue reads its own writes and must see duplicate keys, so its collections
+# read from the primary and write with majority acknowledgement.
+_PINNED = {"codec_options": CodecOptions(tz_aware=True),  # UTC; mongomock refuses an explicit tzinfo
+           "read_preference": ReadPreference.PRIMARY, "write_concern": WriteConcern("majority")}
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -87,14 +93,12 @@ class MongoStore(Store):
             with self._init_lock:
                 if self._coll is None:
                     self._detect_mock(self.db)
-                    options = CodecOptions(tz_aware=True)  # UTC; mongomock refuses an explicit tzinfo
-                    self._coll = self.db.get_collection(self.collection_name, codec_options=options)
+                    self._coll = self.db.get_collection(self.collection_name, **_PINNED)
         return self._coll
 
     @property
     def media(self):
-        return self.db.get_collection(f"{self.collection_name}_media",
-                                      codec_options=CodecOptions(tz_aware=True))
+        return self.db.get_collection(f"{self.collection_name}_media", **_PINNED)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
