@@ -432,3 +432,27 @@ def test_host_login_hook_needs_no_token(browser, serve, tmp_path):
         assert problems == []
     finally:
         context.close()
+
+
+@pytest.mark.browser
+def test_named_queues_are_listed_and_filter_the_jobs(browser, live):
+    server, app, queue = live
+    with app.app_context():
+        images = [queue.add_job("NOTE", {"note": f"img {n}"}, queue="images", delay=3600) for n in range(2)]
+        plain = queue.add_job("NOTE", {"note": "default one"}, delay=3600)
+    context, page, problems = open_page(browser, server)
+    try:
+        sign_in(page)
+        row(page, plain).wait_for(timeout=WAIT_MS)
+        page.wait_for_selector("#queues:visible", timeout=WAIT_MS)
+        line = page.text_content("#queues")
+        assert "images: 2 pending" in line and "default: 1 pending" in line, line
+        page.select_option("#f-queue", "images")
+        wait_count(page, "#jobs-body tr", 2)
+        assert {page.locator("#jobs-body tr").nth(i).get_attribute("data-id") for i in range(2)} == set(images)
+        shot(page, "dashboard-queues-1280x800")
+        page.click("#clear-filters")
+        wait_count(page, "#jobs-body tr", 3)
+        assert problems == []
+    finally:
+        context.close()

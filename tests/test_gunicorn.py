@@ -252,6 +252,23 @@ def test_flask_queue_worker_runs_jobs_and_hands_back_on_sigterm(tmp_path, proces
     assert [a["outcome"] for a in back["attempts"]] == ["released"]
 
 
+def test_queues_split_between_gunicorn_and_a_standalone_worker(tmp_path, processes, local):
+    """gunicorn consumes 'default' only; `flask queue worker --queues images`
+    takes the images jobs: every job completes, each in a process that consumes its queue."""
+    app, queue = local
+    server = processes(Gunicorn, tmp_path, QUEUE_WORKER_QUEUES="default")
+    server.wait_ready()
+    worker = processes(Process, [str(BIN / "flask"), "--app", "tests.gunicorn_app", "queue", "worker",
+                                 "--queues", "images"], base_env(tmp_path), tmp_path / "worker.log")
+    images = [queue.add_job("NOOP", {"n": n}, queue="images", app=app) for n in range(5)]
+    defaults = [queue.add_job("NOOP", {"n": n}, app=app) for n in range(5)]
+    for job_id in images:
+        assert wait_status(local, job_id, "completed")["result"]["pid"] == worker.pid
+    for job_id in defaults:
+        assert wait_status(local, job_id, "completed")["result"]["pid"] != worker.pid
+    assert "queues: images" in worker.log()
+
+
 # -- the demo app's development server -------------------------------------------------
 def test_python_wsgi_dev_server_runs_a_job(tmp_path, processes):
     port = free_port()

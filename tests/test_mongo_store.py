@@ -116,3 +116,20 @@ def test_the_queue_collections_pin_primary_and_majority():
             assert coll.write_concern.document == {"w": "majority"}
     finally:
         client.close()
+
+
+def test_documents_stored_before_queues_existed_are_in_the_default_queue(mongo_db):
+    from queue_service.core.jobs import new_lock_token
+
+    mongo_db["queue_jobs"].insert_one({
+        "_id": "old", "type": "T", "payload": {}, "status": "pending", "priority": 0, "retryCount": 0,
+        "maxRetries": 3, "retryDelays": [1], "createdAt": datetime(2030, 1, 1, tzinfo=timezone.utc),
+        "runAt": datetime(2030, 1, 1, tzinfo=timezone.utc), "attempts": []})
+    store = MongoStore(lambda: mongo_db)
+    store.setup()
+    now = datetime(2030, 1, 2, tzinfo=timezone.utc)
+    assert store.get("old").queue == "default"
+    assert [j.id for j in store.list_jobs(queue="default")] == ["old"]
+    assert store.counts_by_queue(now)["default"]["pending"] == 1
+    assert store.claim("w", new_lock_token(), now, ("images",)) is None
+    assert store.claim("w", new_lock_token(), now, ("default",)).id == "old"

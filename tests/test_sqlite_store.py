@@ -229,3 +229,35 @@ def test_a_driver_error_leaves_as_a_store_error_and_the_pool_stays_usable(tmp_pa
     job = make_job(clock)
     store.insert(job)  # the same pooled connections serve on
     assert store.claim("w", new_lock_token(), clock.now()).id == job.id
+
+
+# -- named queues -----------------------------------------------------------------------
+def test_a_claim_from_some_queues_walks_the_queue_index(tmp_path, clock):
+    from queue_service.stores.sqlite import queries
+
+    store = open_store(tmp_path)
+    sql = queries.CLAIM_FROM_QUEUES.split("WHERE seq = (", 1)[1].rsplit(")", 1)[0]
+    params = {"now": clock.now().timestamp(), "queues": '["images", "default"]'}
+    plan = " | ".join(row[3] for row in store._db.read("EXPLAIN QUERY PLAN " + sql, params))
+    assert "queue_jobs_pending_by_queue" in plan, plan
+
+
+def test_a_file_made_before_queues_existed_gets_the_column_and_its_jobs_are_default(tmp_path, clock):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""CREATE TABLE queue_jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL, priority INTEGER NOT NULL,
+        retry_count INTEGER NOT NULL DEFAULT 0, max_retries INTEGER NOT NULL, retry_delays TEXT NOT NULL,
+        created_at REAL NOT NULL, run_at REAL NOT NULL, processed_at REAL, completed_at REAL,
+        heartbeat_at REAL, worker_id TEXT, lock_token TEXT, error TEXT, result TEXT, progress TEXT,
+        attempts TEXT NOT NULL DEFAULT '[]', idempotency_key TEXT);
+        INSERT INTO queue_jobs (id, type, payload, status, priority, max_retries, retry_delays, created_at,
+        run_at) VALUES ('old-1', 'T', '{}', 'pending', 0, 3, '[1]', 1.0, 1.0);""")
+    conn.close()
+    store = SQLiteStore(str(path))
+    store.setup()
+    store.setup()  # a second start (another process) finds the column there
+    assert store.get("old-1").queue == "default"
+    assert store.claim("w", new_lock_token(), clock.now(), ("default",)).id == "old-1"

@@ -14,11 +14,12 @@ from queue_service.core.jobs import Job, JobStatus, RetryPolicy, new_job_id, new
 from queue_service.core.scheduler import recover_stuck
 
 
-def make_job(clock, job_type="T", priority=0, delay=0.0, max_retries=3, key=None, payload=None) -> Job:
+def make_job(clock, job_type="T", priority=0, delay=0.0, max_retries=3, key=None, payload=None,
+             queue="default") -> Job:
     now = clock.now()
     return Job(id=new_job_id(), type=job_type, payload=payload or {"n": 1}, priority=priority,
                max_retries=max_retries, created_at=now, run_at=now + timedelta(seconds=delay),
-               idempotency_key=key)
+               idempotency_key=key, queue=queue)
 
 
 def add(store, clock, **kwargs) -> Job:
@@ -486,3 +487,65 @@ def test_setup_is_idempotent(store):
     store.setup()
     store.setup()
     store.ping()
+
+
+# -- named queues ---------------------------------------------------------------------
+def test_a_claim_restricted_to_queues_never_returns_another_queues_job(store, clock):
+    images = add(store, clock, queue="images", priority=9)
+    add(store, clock, queue="default")
+    emails = add(store, clock, queue="emails")
+    assert store.get(images.id).queue == "images"
+    got = store.claim("w", new_lock_token(), clock.now(), ("emails", "reports"))
+    assert got.id == emails.id and got.queue == "emails"
+    assert store.claim("w", new_lock_token(), clock.now(), ("emails", "reports")) is None
+    assert store.claim("w", new_lock_token(), clock.now(), ("images",)).id == images.id
+
+
+def test_within_its_queues_a_claim_takes_priority_then_age(store, clock):
+    old_low = add(store, clock, queue="a", priority=0)
+    clock.advance(1)
+    new_high = add(store, clock, queue="b", priority=5)
+    clock.advance(1)
+    other = add(store, clock, queue="c", priority=100)
+    clock.advance(1)
+    newer_low = add(store, clock, queue="a", priority=0)
+    order = [store.claim("w", new_lock_token(), clock.now(), ("a", "b")).id for _ in range(3)]
+    assert order == [new_high.id, old_low.id, newer_low.id]
+    assert store.get(other.id).status is JobStatus.PENDING
+
+
+def test_complete_and_claim_keeps_to_the_workers_queues(store, clock):
+    first = add(store, clock, queue="a")
+    add(store, clock, queue="b")
+    job = store.claim("w", new_lock_token(), clock.now(), ("a",))
+    done, following = store.complete_and_claim(job, clock.now(), None, "w", new_lock_token(), ("a",))
+    assert done and job.id == first.id and following is None
+
+
+def test_counts_by_queue_and_listing_by_queue(store, clock):
+    add(store, clock, queue="a")
+    add(store, clock, queue="a", delay=60)
+    add(store, clock, queue="b")
+    claim(store, clock)
+    clock.advance(5)
+    counts = store.counts_by_queue(clock.now())
+    assert counts["a"].get("pending", 0) + counts["a"].get("processing", 0) == 2
+    assert sum(row.get("pending", 0) + row.get("processing", 0) for row in counts.values()) == 3
+    assert counts["b"]["oldestPendingAt"] is not None or counts["b"].get("processing") == 1
+    assert {job.queue for job in store.list_jobs(queue="a")} == {"a"}
+    assert len(store.list_jobs(queue="b")) == 1
+
+
+# -- bulk insert ---------------------------------------------------------------------------
+def test_insert_many_stores_all_in_order_and_honours_keys(store, clock):
+    held = add(store, clock, key="k-held")
+    jobs = [make_job(clock), make_job(clock, key="k-new"), make_job(clock, key="k-held"),
+            make_job(clock, key="k-new"), make_job(clock, queue="images")]
+    answers = store.insert_many(jobs)
+    assert answers[0] == (jobs[0].id, True) and answers[1] == (jobs[1].id, True)
+    assert answers[2] == (held.id, False)          # held by an active job
+    assert answers[3] == (jobs[1].id, False)       # held by an earlier job of the same call
+    assert answers[4] == (jobs[4].id, True)
+    assert store.get(jobs[2].id) is None and store.get(jobs[3].id) is None
+    assert store.get(jobs[4].id).queue == "images"
+    assert store.counts(clock.now())["pending"] == 4

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAYS_SECONDS: tuple[float, ...] = (1.0, 5.0, 15.0)
+DEFAULT_QUEUE = "default"
 
 
 class JobStatus(str, Enum):
@@ -126,6 +127,7 @@ class Job:
     progress: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str | None = None
+    queue: str = DEFAULT_QUEUE
 
     @property
     def attempt_number(self) -> int:
@@ -152,6 +154,7 @@ class Job:
             "progress": self.progress,
             "payload": self.payload,
             "idempotencyKey": self.idempotency_key,
+            "queue": self.queue,
             "attempts": [
                 {k: (iso(v) if isinstance(v, datetime) else v) for k, v in a.items()}
                 for a in self.attempts

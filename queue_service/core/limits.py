@@ -15,3 +15,5 @@ INT64_RANGE = (-(2**63), 2**63 - 1)          # what BSON can store; SQLite's INT
 PAGE_LIMIT_RANGE = (1, 100)
 DEFAULT_PAGE_LIMIT = 50
 MAX_ERROR_CHARS = 2000                       # a handler's error text as stored
+QUEUE_NAME = r"[a-z0-9_-]{1,40}"            # a named queue (QUEUE_WORKER_QUEUES, queue=)
+MAX_BULK_JOBS = 1000                         # add_jobs / POST /jobs {"jobs": [...]}

@@ -23,6 +23,7 @@ class JobType:
     max_retries: int | None = None
     retry_delays: tuple[float, ...] | None = None
     on_complete: list[Hook] = field(default_factory=list)
+    queue: str | None = None  # None: the default queue
 
     def load(self, payload: Any) -> Any:
         """Validate and deserialize a payload; raises marshmallow.ValidationError."""

@@ -42,6 +42,9 @@ class Runtime:
         self.threads: list[threading.Thread] = []
         self._started_pid: int | None = None
         self._atexit_registered = False
+        #: The queues this process's worker consumes (None: every queue); set
+        #: before start() to override QUEUE_WORKER_QUEUES (``flask queue worker --queues``).
+        self.worker_queues: tuple[str, ...] | None = settings.worker_queues
 
     # -- store ----------------------------------------------------------------
     @property
@@ -69,14 +72,17 @@ class Runtime:
         return self.settings.autostart is not False
 
     def make_worker(self) -> Worker:
-        return Worker(lambda: self.store, self.registry, self.clock, self.app, self.settings)
+        return Worker(lambda: self.store, self.registry, self.clock, self.app, self.settings,
+                      queues=self.worker_queues)
 
     def make_scheduler(self, worker: Worker | None) -> Scheduler:
         return Scheduler(lambda: self.store, self.clock, worker, self.settings)
 
-    def wake_worker(self) -> None:
-        """A job became runnable: this process's worker looks at once."""
-        if self.worker is not None:
+    def wake_worker(self, queue: str | None = None) -> None:
+        """A job became runnable (on ``queue``): this process's worker looks at
+        once, if it consumes that queue."""
+        if self.worker is not None and (queue is None or self.worker_queues is None
+                                        or queue in self.worker_queues):
             self.worker.wake.set()
 
     def start(self, daemon: bool = True) -> bool:

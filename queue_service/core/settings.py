@@ -13,10 +13,12 @@ seconds and may be fractions.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from .errors import ConfigurationError
+from .limits import QUEUE_NAME
 from .jobs import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAYS_SECONDS
 
 ENV_PREFIXES = ("QUEUE_", "MAIL_")
@@ -82,6 +84,18 @@ def as_int(value: Any, name: str, minimum: int = 0) -> int:
     return number
 
 
+def as_queues(value: Any, name: str) -> tuple[str, ...] | None:
+    """"*" (every queue) -> None; "images,default" or a list -> the names, checked."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(item).strip() for item in items if str(item).strip()]
+    if not names or names == ["*"]:
+        return None
+    bad = [n for n in names if not re.fullmatch(QUEUE_NAME, n)]
+    if bad:
+        raise ConfigurationError(f"{name} takes queue names matching {QUEUE_NAME} or *, got {bad[0]!r}")
+    return tuple(dict.fromkeys(names))
+
+
 def as_delays(value: Any, name: str) -> list[float]:
     items = value.split(",") if isinstance(value, str) else list(value)
     delays = [as_seconds(item, name) for item in items if str(item).strip() != ""]
@@ -117,6 +131,7 @@ class Settings:
     callback_secret: str | None = None
     metrics_public: bool = False
     mail: "MailSettings" = None  # type: ignore[assignment]  # set by from_config
+    worker_queues: tuple[str, ...] | None = None  # None: every queue ("*")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "Settings":
@@ -156,6 +171,7 @@ class Settings:
             callback_secret=get("QUEUE_CALLBACK_SECRET") or None,
             metrics_public=as_bool(get("QUEUE_METRICS_PUBLIC", False), "QUEUE_METRICS_PUBLIC"),
             mail=MailSettings.from_config(get),
+            worker_queues=as_queues(get("QUEUE_WORKER_QUEUES", "*"), "QUEUE_WORKER_QUEUES"),
         )
         if settings.image_quality > 100:
             raise ConfigurationError(f"QUEUE_IMAGE_QUALITY must be 1..100, got {settings.image_quality}")

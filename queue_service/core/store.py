@@ -70,15 +70,25 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        """``insert`` for each job, in order, as one write: all of them or
+        (on an error) none on SQLite, one ``insert_many`` on MongoDB. A key
+        held by an active job, or by an earlier job of the same call, answers
+        that job's id and False."""
+
+    @abstractmethod
     def get(self, job_id: str) -> Job | None:
         """The job, or None if no job has this id."""
 
     @abstractmethod
-    def claim(self, worker_id: str, lock_token: str, now: datetime) -> Job | None:
+    def claim(self, worker_id: str, lock_token: str, now: datetime,
+              queues: tuple[str, ...] | None = None) -> Job | None:
         """Atomically take the next runnable job, or return None.
 
-        Runnable: pending with ``run_at <= now``. Order: highest priority
-        first, then oldest ``created_at``. The job becomes processing with
+        Runnable: pending with ``run_at <= now``, in one of ``queues`` (None:
+        any queue; a job stored before queues existed is in "default"). Order:
+        highest priority first, then oldest ``created_at``. Indexed on the
+        queue: jobs of other queues are not scanned. The job becomes processing with
         ``lock_token``, ``worker_id``, ``processed_at = heartbeat_at = now``,
         and a new entry ``{startedAt: now, worker: worker_id}`` appended to
         ``attempts``. No job is ever returned to two callers.
@@ -95,12 +105,12 @@ class Store(ABC):
         the current attempt ends with outcome "completed". Fenced."""
 
     def complete_and_claim(self, job: Job, now: datetime, result: Any, worker_id: str,
-                           lock_token: str) -> tuple[bool, Job | None]:
+                           lock_token: str, queues: tuple[str, ...] | None = None) -> tuple[bool, Job | None]:
         """``complete(job)``, then ``claim()`` the next runnable job for the
         same worker: (completed?, the claimed job or None). The worker's loop
         uses it so that a store that can do both in one write (SQLite: one
         transaction instead of two) does. Here: the two calls in turn."""
-        return self.complete(job, now, result), self.claim(worker_id, lock_token, now)
+        return self.complete(job, now, result), self.claim(worker_id, lock_token, now, queues)
 
     @abstractmethod
     def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
@@ -153,6 +163,12 @@ class Store(ABC):
         ``processed_at`` among processing jobs, or None."""
 
     @abstractmethod
+    def counts_by_queue(self, now: datetime) -> dict[str, dict[str, Any]]:
+        """Per queue that holds any job: ``{status: count, ...,
+        "oldestPendingAt": earliest run_at among its runnable pending jobs or
+        None}``; statuses without jobs may be missing."""
+
+    @abstractmethod
     def counts_by_type(self) -> TypeCounts:
         """Every stored job counted by ``(type, status)``, and every attempt
         recorded on them by ``(type, outcome)``; an attempt still running
@@ -160,9 +176,10 @@ class Store(ABC):
 
     @abstractmethod
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
-                  limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
+                  limit: int = 50, before: tuple[datetime, str] | None = None,
+                  queue: str | None = None) -> list[Job]:
         """Jobs newest first (``created_at`` desc, then id desc), filtered by
-        status and type, strictly after the cursor ``(created_at, id)``."""
+        status, type and queue, strictly after the cursor ``(created_at, id)``."""
 
     @abstractmethod
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:

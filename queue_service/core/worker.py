@@ -71,12 +71,14 @@ def describe(exc: BaseException) -> str:
 
 class Worker:
     def __init__(self, store_getter: Callable[[], Store], registry: Registry, clock: Clock,
-                 app: Any, settings: Settings):
+                 app: Any, settings: Settings, queues: tuple[str, ...] | None = None):
+        """``queues``: the named queues this worker claims from (None: every queue)."""
         self._store_getter = store_getter
         self.registry = registry
         self.clock = clock
         self.app = app
         self.settings = settings
+        self.queues = queues
         self.policy = RetryPolicy(settings.stuck_after)
         self.heartbeat_interval = settings.heartbeat_interval
         self.poll_interval = settings.poll_interval
@@ -111,7 +113,7 @@ class Worker:
         with self._lock:
             job = self.current  # claimed by the previous step, or None
         if job is None:
-            job = self.store.claim(self.worker_id, new_lock_token(), self.clock.now())
+            job = self.store.claim(self.worker_id, new_lock_token(), self.clock.now(), self.queues)
             if job is None:
                 return None
             self._hold(job)
@@ -199,7 +201,7 @@ class Worker:
         try:
             if claim_next and not self.stopping.is_set():
                 completed, following = self.store.complete_and_claim(
-                    job, self.clock.now(), result, self.worker_id, new_lock_token())
+                    job, self.clock.now(), result, self.worker_id, new_lock_token(), self.queues)
                 if following is not None:
                     self._hold(following)
             else:

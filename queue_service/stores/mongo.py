@@ -18,14 +18,14 @@ from bson.binary import Binary
 from bson.codec_options import CodecOptions
 from pymongo import ReadPreference, ReturnDocument
 from pymongo.write_concern import WriteConcern
-from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure,
+from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, DuplicateKeyError,
                             PyMongoError, ServerSelectionTimeoutError)
 
 from bson.errors import InvalidDocument
 
 from . import mongo_indexes
 from ..core.errors import StoreError, StoreUnavailable, UnstorableValue
-from ..core.jobs import Job, JobStatus
+from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
 from ..core.store import Store, StoredFile, TypeCounts
 
 _MOCK_LOCK = threading.RLock()
@@ -62,8 +62,17 @@ def _doc_to_job(doc: dict[str, Any]) -> Job:
         completed_at=_aware(doc.get("completedAt")), heartbeat_at=_aware(doc.get("heartbeatAt")),
         worker_id=doc.get("workerId"), lock_token=doc.get("lockToken"), error=doc.get("error"),
         result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
-        idempotency_key=doc.get("idempotencyKey"),
+        idempotency_key=doc.get("idempotencyKey"), queue=doc.get("queue") or DEFAULT_QUEUE,
     )
+
+
+def _in_queues(queues: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """A filter on the queue field; a document stored before queues existed
+    has none and is in the default queue."""
+    names: list[Any] = list(queues)
+    if DEFAULT_QUEUE in names:
+        names.append(None)  # $in with null also matches a missing field
+    return {"$in": names}
 
 
 class MongoStore(Store):
@@ -143,15 +152,20 @@ class MongoStore(Store):
             self.coll.find_one({}, projection={"_id": 1})
 
     # -- jobs -----------------------------------------------------------------
-    def insert(self, job: Job) -> tuple[str, bool]:
+    @staticmethod
+    def _insert_doc(job: Job) -> dict[str, Any]:
         doc = {
             "_id": job.id, "type": job.type, "payload": job.payload, "status": str(job.status),
             "priority": job.priority, "retryCount": job.retry_count, "maxRetries": job.max_retries,
             "retryDelays": list(job.retry_delays), "createdAt": job.created_at, "runAt": job.run_at,
-            "attempts": [],
+            "attempts": [], "queue": job.queue,
         }
         if job.idempotency_key is not None:
             doc["idempotencyKey"] = doc["activeKey"] = job.idempotency_key
+        return doc
+
+    def insert(self, job: Job) -> tuple[str, bool]:
+        doc = self._insert_doc(job)
         for _ in range(5):
             try:
                 with self._errors():
@@ -160,22 +174,54 @@ class MongoStore(Store):
             except StoreError as exc:
                 if not isinstance(exc.__cause__, DuplicateKeyError) or job.idempotency_key is None:
                     raise
-            with self._errors():
-                existing = self.coll.find_one({"activeKey": job.idempotency_key}, projection={"_id": 1})
+            existing = self._holder_of(job.idempotency_key)
             if existing is not None:
-                return existing["_id"], False
+                return existing, False
             # The holder finished between our insert and our read: try again.
         raise StoreError(f"could not settle idempotency key {job.idempotency_key!r}")
+
+    def _holder_of(self, key: str) -> str | None:
+        with self._errors():
+            existing = self.coll.find_one({"activeKey": key}, projection={"_id": 1})
+        return None if existing is None else existing["_id"]
+
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        """One ``insert_many`` (unordered: every document is tried); the
+        documents refused for a held idempotency key answer its holder."""
+        refused: set[int] = set()
+        try:
+            with self._errors():
+                self.coll.insert_many([self._insert_doc(job) for job in jobs], ordered=False)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, BulkWriteError):
+                raise
+            errors = cause.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 or jobs[e["index"]].idempotency_key is None for e in errors):
+                raise
+            refused = {e["index"] for e in errors}
+        out: list[tuple[str, bool]] = []
+        for index, job in enumerate(jobs):
+            if index not in refused:
+                out.append((job.id, True))
+                continue
+            holder = self._holder_of(job.idempotency_key)
+            out.append((holder, False) if holder is not None else self.insert(job))
+        return out
 
     def get(self, job_id: str) -> Job | None:
         with self._errors():
             doc = self.coll.find_one({"_id": job_id})
         return _doc_to_job(doc) if doc else None
 
-    def claim(self, worker_id: str, lock_token: str, now: datetime) -> Job | None:
+    def claim(self, worker_id: str, lock_token: str, now: datetime,
+              queues: tuple[str, ...] | None = None) -> Job | None:
+        query: dict[str, Any] = {"status": "pending", "runAt": {"$lte": now}}
+        if queues is not None:
+            query["queue"] = _in_queues(queues)
         with self._errors():
             doc = self.coll.find_one_and_update(
-                {"status": "pending", "runAt": {"$lte": now}},
+                query,
                 {"$set": {"status": "processing", "lockToken": lock_token, "workerId": worker_id,
                           "processedAt": now, "heartbeatAt": now, "progress": None},
                  "$push": {"attempts": {"startedAt": now, "worker": worker_id}}},
@@ -292,6 +338,18 @@ class MongoStore(Store):
         out["oldestProcessingAt"] = _aware(processing["processedAt"]) if processing else None
         return out
 
+    def counts_by_queue(self, now: datetime) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        queue = {"$ifNull": ["$queue", DEFAULT_QUEUE]}
+        with self._errors():
+            for row in self.coll.aggregate([{"$group": {"_id": {"queue": queue, "status": "$status"},
+                                                        "n": {"$sum": 1}}}]):
+                out.setdefault(row["_id"]["queue"], {"oldestPendingAt": None})[row["_id"]["status"]] = row["n"]
+            for row in self.coll.aggregate([{"$match": {"status": "pending", "runAt": {"$lte": now}}},
+                                            {"$group": {"_id": queue, "oldest": {"$min": "$runAt"}}}]):
+                out.setdefault(row["_id"], {})["oldestPendingAt"] = _aware(row["oldest"])
+        return out
+
     def counts_by_type(self) -> TypeCounts:
         with self._errors():
             jobs = self.coll.aggregate([
@@ -306,8 +364,11 @@ class MongoStore(Store):
         return TypeCounts(by_job, by_attempt)
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
-                  limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
+                  limit: int = 50, before: tuple[datetime, str] | None = None,
+                  queue: str | None = None) -> list[Job]:
         query: dict[str, Any] = {}
+        if queue is not None:
+            query["queue"] = _in_queues([queue])
         if status is not None:
             query["status"] = status
         if job_type is not None:

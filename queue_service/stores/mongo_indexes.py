@@ -65,6 +65,8 @@ def job_indexes(completed_ttl_seconds: float | None) -> list[IndexSpec]:
     specs = [
         IndexSpec("claim_pending", (("priority", -1), ("createdAt", 1)),
                   {"partialFilterExpression": {"status": "pending"}}),
+        IndexSpec("claim_pending_by_queue", (("queue", 1), ("priority", -1), ("createdAt", 1)),
+                  {"partialFilterExpression": {"status": "pending"}}),
         IndexSpec("status_heartbeat", (("status", 1), ("heartbeatAt", 1))),
         IndexSpec("newest", (("createdAt", -1), ("_id", -1))),
         IndexSpec("status_finished", (("status", 1), ("completedAt", 1))),

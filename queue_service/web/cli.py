@@ -19,8 +19,10 @@ from typing import Any, Callable
 import click
 from flask.cli import AppGroup
 
-from ..core.errors import InvalidTransition, JobNotFound, QueueError, StoreError, UnknownJobType, ValidationError
+from ..core.errors import (ConfigurationError, InvalidTransition, JobNotFound, QueueError, StoreError, UnknownJobType,
+                           ValidationError)
 from ..core.jobs import Job, JobStatus, iso
+from ..core.settings import as_queues
 from .state import queue_state
 
 ERROR_COLUMN_CHARS = 60
@@ -135,15 +137,25 @@ def _short(value: Any, width: int) -> str:
 
 # -- commands ------------------------------------------------------------------
 @queue_cli.command("worker")
-def worker_command() -> None:
+@click.option("--queues", default=None, metavar="A,B",
+              help="The named queues to consume (default QUEUE_WORKER_QUEUES, else every queue: *).")
+def worker_command(queues: str | None) -> None:
     """Run the worker and scheduler in this process until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     runtime = queue_state().runtime
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    try:
+        chosen = None if queues is None else as_queues(queues, "--queues")
+    except ConfigurationError as exc:
+        raise _UsageError(str(exc)) from None
+    if queues is not None:  # --queues beats QUEUE_WORKER_QUEUES ("*": every queue)
+        runtime.worker_queues = chosen
     runtime.start(daemon=True)
-    click.echo(f"queue worker {runtime.worker.worker_id} running (store: {runtime.store.kind}); Ctrl-C stops it")
+    consumed = ",".join(runtime.worker_queues) if runtime.worker_queues else "*"
+    click.echo(f"queue worker {runtime.worker.worker_id} running (store: {runtime.store.kind}, queues: {consumed});"
+               " Ctrl-C stops it")
     while not stop.wait(1.0):
         if not runtime.running:
             runtime.shutdown(0)
@@ -175,23 +187,24 @@ def stats_command(as_json: bool) -> None:
 @queue_cli.command("list")
 @click.option("--status", help="pending, processing, completed, failed or cancelled.")
 @click.option("--type", "job_type", help="A registered job type, e.g. EMAIL_SEND.")
+@click.option("--queue", "queue_name", help="A named queue, e.g. images.")
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--before", metavar="ID", help="Continue after this job (the next page).")
 @json_option
 @operation
-def list_command(status: str | None, job_type: str | None, limit: int, before: str | None,
-                 as_json: bool) -> None:
+def list_command(status: str | None, job_type: str | None, queue_name: str | None, limit: int,
+                 before: str | None, as_json: bool) -> None:
     """Jobs, newest first."""
     state = queue_state()
     if job_type is not None and job_type not in state.service.registry:
         raise UnknownJobType(job_type)
-    jobs = state.service.list(status=status, job_type=job_type, limit=limit, before=before)
+    jobs = state.service.list(status=status, job_type=job_type, limit=limit, before=before, queue=queue_name)
     if as_json:
         _echo_json({"jobs": [job.to_dict() for job in jobs],
                     "next": jobs[-1].id if len(jobs) == limit else None})
         return
     if not jobs:
-        click.echo("no jobs" + (" matching the filters" if status or job_type or before else ""))
+        click.echo("no jobs" + (" matching the filters" if status or job_type or queue_name or before else ""))
         return
     width = max(len(job.type) for job in jobs)
     click.echo(f"{'ID':<36}  {'TYPE':<{width}}  {'STATUS':<10}  {'PRI':>4}  TRIES  {'CREATED':<24}  ERROR")

@@ -8,6 +8,7 @@ this class finds the right app's service and hands the call on.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from .. import hosting
 from ..core.clock import Clock
 from ..core.errors import ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType
 from ..core.jobs import Job
+from ..core.limits import QUEUE_NAME
 from ..core.registry import JobType, Registry
 from ..core.runtime import Runtime
 from ..core.service import QueueService
@@ -183,9 +185,12 @@ class JobQueue:
 
     # -- job types ------------------------------------------------------------
     def job_type(self, name: str, *, schema: Any = None, max_retries: int | None = None,
-                 retry_delays: list[float] | None = None) -> Callable:
+                 retry_delays: list[float] | None = None, queue: str | None = None) -> Callable:
         """Register ``handler(payload, job)`` for job type ``name``; ``job`` is
-        a ``queue_service.JobContext``."""
+        a ``queue_service.JobContext``. ``queue``: the named queue its jobs go
+        to unless ``add_job(queue=...)`` says otherwise (default "default")."""
+        if queue is not None and not (isinstance(queue, str) and re.fullmatch(QUEUE_NAME, queue)):
+            raise ValueError(f"queue names match {QUEUE_NAME}, got {queue!r}")
         if isinstance(schema, type):
             schema = schema()
         if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
@@ -194,7 +199,7 @@ class JobQueue:
 
         def decorator(handler: Callable) -> Callable:
             self.registry.add(JobType(name, handler, schema, max_retries,
-                                      tuple(retry_delays) if retry_delays else None))
+                                      tuple(retry_delays) if retry_delays else None, queue=queue))
             return handler
         return decorator
 
@@ -218,11 +223,21 @@ class JobQueue:
     def add_job(self, job_type: str, payload: Any, *, priority: int = 0,
                 delay: float | timedelta | None = None, run_at: datetime | None = None,
                 max_retries: int | None = None, idempotency_key: str | None = None,
-                app: Flask | None = None) -> str:
+                queue: str | None = None, app: Flask | None = None) -> str:
         """Validate and enqueue a job; returns its id. Raises ValidationError
         (field -> messages) before anything is written."""
         return self.state(app).service.submit(job_type, payload, priority=priority, delay=delay, run_at=run_at,
-                                              max_retries=max_retries, idempotency_key=idempotency_key).id
+                                              max_retries=max_retries, idempotency_key=idempotency_key,
+                                              queue=queue).id
+
+    def add_jobs(self, jobs: list[dict[str, Any]], app: Flask | None = None) -> list[str]:
+        """Enqueue many jobs at once: each item a dict of ``type``, ``payload``
+        and ``add_job``'s options. All are validated before anything is
+        written (the ValidationError names the index and field), then stored
+        in one transaction (SQLite) or one ``insert_many`` (MongoDB). Returns
+        the ids in order; an item whose idempotency key is held answers the
+        holder's id."""
+        return [submitted.id for submitted in self.state(app).service.submit_many(jobs)]
 
     def get_job(self, job_id: str, app: Flask | None = None) -> Job | None:
         return self.state(app).service.get(job_id)
@@ -232,8 +247,9 @@ class JobQueue:
         return None if job is None else job.to_dict()
 
     def list_jobs(self, *, status: str | None = None, job_type: str | None = None, limit: int = 50,
-                  before: str | None = None, app: Flask | None = None) -> list[Job]:
-        return self.state(app).service.list(status=status, job_type=job_type, limit=limit, before=before)
+                  before: str | None = None, queue: str | None = None, app: Flask | None = None) -> list[Job]:
+        return self.state(app).service.list(status=status, job_type=job_type, limit=limit, before=before,
+                                            queue=queue)
 
     def get_queue_stats(self, app: Flask | None = None) -> dict[str, Any]:
         return self.state(app).service.stats()

@@ -70,6 +70,7 @@ class QueueCollector:
             counts = state.service.counts()
             stuck = len(state.service.stuck_jobs())
             summary = state.service.counts_by_type()
+            by_queue = state.service.counts_by_queue()
         except StoreError as exc:
             log.warning("[Queue] metrics: the store did not answer: %s", exc)
             up.add_metric([], 0)
@@ -101,6 +102,18 @@ class QueueCollector:
             "Seconds since the oldest processing job was claimed (0 when none).")
         processing_age.add_metric([], _age(now, counts.get("oldestProcessingAt")))
         yield processing_age
+
+        queue_jobs = GaugeMetricFamily("queue_jobs_by_queue", "Jobs in the store by named queue and status.",
+                                       labels=["queue", "status"])
+        queue_age = GaugeMetricFamily(
+            "queue_queue_oldest_pending_age_seconds",
+            "Per named queue: seconds the oldest runnable pending job has waited (0 when none).", labels=["queue"])
+        for name, row in sorted(by_queue.items()):
+            for status in JobStatus:
+                queue_jobs.add_metric([name, status.value], row.get(status.value, 0))
+            queue_age.add_metric([name], _age(now, row.get("oldestPendingAt")))
+        yield queue_jobs
+        yield queue_age
 
         stuck_gauge = GaugeMetricFamily(
             "queue_stuck_jobs", "Processing jobs whose heartbeat is older than QUEUE_STUCK_AFTER.")

@@ -23,7 +23,7 @@ from marshmallow import fields, validate, validates_schema
 
 from ..core.jobs import JobStatus
 from ..core.limits import (DEFAULT_PAGE_LIMIT, MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_JSON_DEPTH,
-                           MAX_RETRIES_LIMIT, MAX_TYPE_NAME_CHARS, PAGE_LIMIT_RANGE, PRIORITY_RANGE)
+                           MAX_RETRIES_LIMIT, MAX_TYPE_NAME_CHARS, PAGE_LIMIT_RANGE, PRIORITY_RANGE, QUEUE_NAME)
 
 # Job ids are str(uuid4()): anything else cannot name a job.
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -102,6 +102,9 @@ class JobCreateSchema(marshmallow.Schema):
         metadata={"description": "While a job with this key is pending or processing, its id is answered "
                                  "instead of creating another."})
 
+    queue = fields.String(validate=validate.Regexp(f"^{QUEUE_NAME}$"),
+                          metadata={"description": "The named queue; default the type's queue, else 'default'."})
+
     @validates_schema
     def _delay_or_run_at(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "delay" in data and "runAt" in data:
@@ -115,6 +118,7 @@ class JobListQuerySchema(marshmallow.Schema):
     type = fields.String(validate=validate.Length(1, MAX_TYPE_NAME_CHARS))
     limit = QueryInteger(load_default=DEFAULT_PAGE_LIMIT, validate=validate.Range(*PAGE_LIMIT_RANGE),
                          metadata={"default": DEFAULT_PAGE_LIMIT})
+    queue = fields.String(validate=validate.Regexp(f"^{QUEUE_NAME}$"))
     before = fields.String(validate=validate.Regexp(JOB_ID, error="Not a valid job id."),
                            metadata={"format": "uuid", "description": "Cursor: the nextBefore of the previous page."})
 
@@ -153,6 +157,7 @@ class JobSchema(marshmallow.Schema):
     payload = fields.Dict(metadata={"description": "Only shown to admin callers."})
     idempotencyKey = fields.String(allow_none=True, metadata={"description": "Only shown to admin callers."})
     attempts = fields.List(fields.Nested(AttemptSchema), required=True)
+    queue = fields.String(required=True)
 
 
 class JobCreatedSchema(marshmallow.Schema):
@@ -168,6 +173,15 @@ class JobPageSchema(marshmallow.Schema):
             "description": "Pass as `before` for the next page; null when this page was not full."})
 
 
+class QueueStatsSchema(marshmallow.Schema):
+    pending = fields.Integer(required=True)
+    processing = fields.Integer(required=True)
+    completed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    cancelled = fields.Integer(required=True)
+    oldestPendingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
+
+
 class StatsSchema(marshmallow.Schema):
     pending = fields.Integer(required=True)
     processing = fields.Integer(required=True)
@@ -177,6 +191,8 @@ class StatsSchema(marshmallow.Schema):
     total = fields.Integer(required=True)
     oldestPendingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
     oldestProcessingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
+    queues = fields.Dict(keys=fields.String(), values=fields.Nested(QueueStatsSchema), required=True,
+                         metadata={"description": "Per named queue: counts by status and oldestPendingAge."})
 
 
 class StatsResponseSchema(marshmallow.Schema):
@@ -195,6 +211,8 @@ class HealthWorkerSchema(marshmallow.Schema):
     isProcessing = fields.Boolean(required=True)
     processingJobId = fields.String(required=True, allow_none=True)
     maxRetries = fields.Integer(required=True)
+    queues = fields.List(fields.String(), required=True,
+                         metadata={"description": "The queues this process's worker consumes; ['*'] for all."})
 
 
 class HealthSchema(marshmallow.Schema):

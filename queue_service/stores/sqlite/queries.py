@@ -7,7 +7,9 @@ while the job is processing under the lock token its worker holds.
 """
 from __future__ import annotations
 
-SCHEMA = """
+# setup(): TABLES, then ADDED_COLUMNS missing from a file made by an older
+# version, then INDEXES (some index the added columns).
+TABLES = """
 CREATE TABLE IF NOT EXISTS queue_jobs (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -29,10 +31,30 @@ CREATE TABLE IF NOT EXISTS queue_jobs (
     result TEXT,
     progress TEXT,
     attempts TEXT NOT NULL DEFAULT '[]',
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    queue TEXT NOT NULL DEFAULT 'default'
 );
+CREATE TABLE IF NOT EXISTS queue_files (
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+TABLE_COLUMNS = "SELECT name FROM pragma_table_info('queue_jobs')"
+
+ADDED_COLUMNS = {
+    "queue": "ALTER TABLE queue_jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
+}
+
+INDEXES = """
 CREATE INDEX IF NOT EXISTS queue_jobs_pending
     ON queue_jobs (priority DESC, created_at, seq) WHERE status = 'pending';
+-- A worker that consumes some queues claims along this one: no job of another
+-- queue is read.
+CREATE INDEX IF NOT EXISTS queue_jobs_pending_by_queue
+    ON queue_jobs (queue, priority DESC, created_at, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS queue_jobs_processing
     ON queue_jobs (heartbeat_at) WHERE status = 'processing';
 -- No index on completed_at: each completion would write one more page (drain
@@ -45,12 +67,6 @@ CREATE INDEX IF NOT EXISTS queue_jobs_newest ON queue_jobs (created_at, id);
 CREATE UNIQUE INDEX IF NOT EXISTS queue_jobs_active_key
     ON queue_jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status IN ('pending', 'processing');
-CREATE TABLE IF NOT EXISTS queue_files (
-    name TEXT PRIMARY KEY,
-    data BLOB NOT NULL,
-    content_type TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
 CREATE INDEX IF NOT EXISTS queue_files_created ON queue_files (created_at);
 """
 
@@ -58,15 +74,15 @@ CREATE INDEX IF NOT EXISTS queue_files_created ON queue_files (created_at);
 # ``*``, so a file whose table gained columns later still reads right).
 COLUMNS = ("id, type, payload, status, priority, retry_count, max_retries, retry_delays,"
            " created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id,"
-           " lock_token, error, result, progress, attempts, idempotency_key")
+           " lock_token, error, result, progress, attempts, idempotency_key, queue")
 
 PING = "SELECT 1 FROM queue_jobs LIMIT 1"
 
 # -- enqueue ------------------------------------------------------------------
 INSERT = """
 INSERT INTO queue_jobs (id, type, payload, status, priority, retry_count, max_retries,
-                        retry_delays, created_at, run_at, idempotency_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        retry_delays, created_at, run_at, idempotency_key, queue)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_UNLESS_KEY_HELD = INSERT + " ON CONFLICT DO NOTHING RETURNING id"
@@ -82,6 +98,12 @@ GET = f"SELECT {COLUMNS} FROM queue_jobs WHERE id = ?"
 # A plain read before an idle claim: with nothing runnable, no write lock.
 ANY_RUNNABLE = "SELECT 1 FROM queue_jobs WHERE status = 'pending' AND run_at <= :now LIMIT 1"
 
+ANY_RUNNABLE_IN_QUEUES = """
+SELECT 1 FROM queue_jobs
+ WHERE status = 'pending' AND queue IN (SELECT value FROM json_each(:queues)) AND run_at <= :now
+ LIMIT 1
+"""
+
 CLAIM = f"""
 UPDATE queue_jobs
    SET status = 'processing', lock_token = :token, worker_id = :worker,
@@ -89,6 +111,19 @@ UPDATE queue_jobs
        attempts = json_insert(attempts, '$[#]', json_object('startedAt', :now_iso, 'worker', :worker))
  WHERE seq = (SELECT seq FROM queue_jobs
                WHERE status = 'pending' AND run_at <= :now
+               ORDER BY priority DESC, created_at, seq LIMIT 1)
+RETURNING {COLUMNS}
+"""
+
+# The same, for a worker that consumes only the queues named in :queues (a JSON array).
+CLAIM_FROM_QUEUES = f"""
+UPDATE queue_jobs
+   SET status = 'processing', lock_token = :token, worker_id = :worker,
+       processed_at = :now, heartbeat_at = :now, progress = NULL,
+       attempts = json_insert(attempts, '$[#]', json_object('startedAt', :now_iso, 'worker', :worker))
+ WHERE seq = (SELECT seq FROM queue_jobs
+               WHERE status = 'pending' AND queue IN (SELECT value FROM json_each(:queues))
+                 AND run_at <= :now
                ORDER BY priority DESC, created_at, seq LIMIT 1)
 RETURNING {COLUMNS}
 """
@@ -180,6 +215,12 @@ OLDEST_RUNNABLE_PENDING = "SELECT MIN(run_at) FROM queue_jobs WHERE status = 'pe
 
 OLDEST_PROCESSING = "SELECT MIN(processed_at) FROM queue_jobs WHERE status = 'processing'"
 
+COUNT_BY_QUEUE_AND_STATUS = "SELECT queue, status, COUNT(*) FROM queue_jobs GROUP BY queue, status"
+
+OLDEST_RUNNABLE_PENDING_BY_QUEUE = """
+SELECT queue, MIN(run_at) FROM queue_jobs WHERE status = 'pending' AND run_at <= ? GROUP BY queue
+"""
+
 COUNT_BY_TYPE_AND_STATUS = "SELECT type, status, COUNT(*) FROM queue_jobs GROUP BY type, status"
 
 # json_each parses every attempts list: ~120 ms for 100,000 jobs here.
@@ -195,6 +236,7 @@ LIST_JOBS = f"""
 SELECT {COLUMNS} FROM queue_jobs
  WHERE (:status IS NULL OR status = :status)
    AND (:type IS NULL OR type = :type)
+   AND (:queue IS NULL OR queue = :queue)
    AND (created_at < :before_at OR (created_at = :before_at AND id < :before_id))
  ORDER BY created_at DESC, id DESC LIMIT :limit
 """

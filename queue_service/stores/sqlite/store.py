@@ -64,7 +64,7 @@ def _row_to_job(row: tuple) -> Job:
     scans the column names case-insensitively, ~20 times per job)."""
     (job_id, job_type, payload, status, priority, retry_count, max_retries, retry_delays,
      created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id, lock_token,
-     error, result, progress, attempts, idempotency_key) = row
+     error, result, progress, attempts, idempotency_key, queue) = row
     return Job(
         id=job_id,
         type=job_type,
@@ -86,6 +86,7 @@ def _row_to_job(row: tuple) -> Job:
         progress=None if progress is None else json.loads(progress),
         attempts=_decode_attempts(attempts),
         idempotency_key=idempotency_key,
+        queue=queue,
     )
 
 
@@ -96,13 +97,29 @@ def path_from_url(url: str) -> str:
     return url[len("sqlite:///"):] or ":memory:"
 
 
+def _insert_params(job: Job) -> tuple:
+    return (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
+            job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
+            _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue)
+
+
 def _fence(job: Job, now: datetime, **params: Any) -> dict[str, Any]:
     """Parameters of a statement ending ``job``'s claimed attempt."""
     return {"id": job.id, "token": job.lock_token, "now": _ts(now), "now_iso": iso(now), **params}
 
 
-def _claim_params(worker_id: str, lock_token: str, now: datetime) -> dict[str, Any]:
-    return {"token": lock_token, "worker": worker_id, "now": now.timestamp(), "now_iso": iso(now)}
+def _claim_params(worker_id: str, lock_token: str, now: datetime,
+                  queues: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
+    """The claim statement for ``queues`` (None: every queue) and its parameters."""
+    params = {"token": lock_token, "worker": worker_id, "now": now.timestamp(), "now_iso": iso(now)}
+    if queues is None:
+        return q.CLAIM, params
+    return q.CLAIM_FROM_QUEUES, {**params, "queues": _encoded_queues(queues)}
+
+
+@lru_cache(maxsize=16)
+def _encoded_queues(queues: tuple[str, ...]) -> str:
+    return json.dumps(list(queues))
 
 
 def _complete_params(job: Job, now: datetime, result: Any) -> dict[str, Any]:
@@ -132,7 +149,16 @@ class SQLiteStore(Store):
 
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
-        self._db.script(q.SCHEMA)
+        self._db.script(q.TABLES)
+        present = {row[0] for row in self._db.read(q.TABLE_COLUMNS)}
+        for column, statement in q.ADDED_COLUMNS.items():
+            if column not in present:
+                try:
+                    self._db.write(statement)
+                except StoreError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
+        self._db.script(q.INDEXES)
 
     def close(self) -> None:
         self._db.close()
@@ -142,9 +168,7 @@ class SQLiteStore(Store):
 
     # -- jobs -----------------------------------------------------------------
     def insert(self, job: Job) -> tuple[str, bool]:
-        params = (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
-                  job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
-                  _ts(job.created_at), _ts(job.run_at), job.idempotency_key)
+        params = _insert_params(job)
         if job.idempotency_key is None:
             self._db.write(q.INSERT, params)
             return job.id, True
@@ -156,6 +180,30 @@ class SQLiteStore(Store):
             raise StoreError("insert conflicted on something other than the idempotency key")
         return row[0], False
 
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        out: list[tuple[str, bool]] = []
+        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            plain: list[tuple] = []  # a run of jobs without a key, inserted by one executemany
+            for job in jobs:
+                if job.idempotency_key is None:
+                    plain.append(_insert_params(job))
+                    out.append((job.id, True))
+                    continue
+                if plain:  # before this keyed job, so rows keep the order given
+                    conn.executemany(q.INSERT, plain)
+                    plain = []
+                params = _insert_params(job)
+                if conn.execute(q.INSERT_UNLESS_KEY_HELD, params).fetchone() is not None:
+                    out.append((job.id, True))
+                else:
+                    row = conn.execute(q.ACTIVE_JOB_WITH_KEY, (job.idempotency_key,)).fetchone()
+                    if row is None:
+                        raise StoreError("insert conflicted on something other than the idempotency key")
+                    out.append((row[0], False))
+            if plain:
+                conn.executemany(q.INSERT, plain)
+        return out
+
     def get(self, job_id: str) -> Job | None:
         rows = self._db.read(q.GET, (job_id,))
         return _row_to_job(rows[0]) if rows else None
@@ -164,7 +212,8 @@ class SQLiteStore(Store):
         self._idle_poll = row is None
         return _row_to_job(row) if row is not None else None
 
-    def claim(self, worker_id: str, lock_token: str, now: datetime) -> Job | None:
+    def claim(self, worker_id: str, lock_token: str, now: datetime,
+              queues: tuple[str, ...] | None = None) -> Job | None:
         with Pooled(self._db) as conn:
             # After a claim that found nothing (an idle poll), a plain read
             # first: with nothing runnable no write lock is taken, so idle
@@ -172,20 +221,27 @@ class SQLiteStore(Store):
             # commit; a job committed after it is found by the next poll, as
             # it would be had the claim run a moment earlier. In a burst the
             # read is skipped (it would cost ~5% of a claim for nothing).
-            if self._idle_poll and conn.execute(q.ANY_RUNNABLE, {"now": now.timestamp()}).fetchone() is None:
+            if self._idle_poll and self._nothing_runnable(conn, now, queues):
                 return None
             with Immediate(conn, self._db.writer):
-                row = conn.execute(q.CLAIM, _claim_params(worker_id, lock_token, now)).fetchone()
+                row = conn.execute(*_claim_params(worker_id, lock_token, now, queues)).fetchone()
         return self._claimed(row)
 
+    @staticmethod
+    def _nothing_runnable(conn: sqlite3.Connection, now: datetime, queues: tuple[str, ...] | None) -> bool:
+        if queues is None:
+            return conn.execute(q.ANY_RUNNABLE, {"now": now.timestamp()}).fetchone() is None
+        params = {"now": now.timestamp(), "queues": _encoded_queues(queues)}
+        return conn.execute(q.ANY_RUNNABLE_IN_QUEUES, params).fetchone() is None
+
     def complete_and_claim(self, job: Job, now: datetime, result: Any, worker_id: str,
-                           lock_token: str) -> tuple[bool, Job | None]:
+                           lock_token: str, queues: tuple[str, ...] | None = None) -> tuple[bool, Job | None]:
         """Both in one write transaction: a drained job costs one commit, and
         the pages the two share (the row's table page, the processing index's
         edge) are written once."""
         with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
             done = conn.execute(q.COMPLETE, _complete_params(job, now, result)).rowcount == 1
-            row = conn.execute(q.CLAIM, _claim_params(worker_id, lock_token, now)).fetchone()
+            row = conn.execute(*_claim_params(worker_id, lock_token, now, queues)).fetchone()
         return done, self._claimed(row)
 
     def heartbeat(self, job: Job, now: datetime, progress: dict[str, Any] | None = None) -> bool:
@@ -237,16 +293,25 @@ class SQLiteStore(Store):
         out["oldestProcessingAt"] = _dt(self._db.read(q.OLDEST_PROCESSING)[0][0])
         return out
 
+    def counts_by_queue(self, now: datetime) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for queue, status, n in self._db.read(q.COUNT_BY_QUEUE_AND_STATUS):
+            out.setdefault(queue, {"oldestPendingAt": None})[status] = n
+        for queue, oldest in self._db.read(q.OLDEST_RUNNABLE_PENDING_BY_QUEUE, (_ts(now),)):
+            out.setdefault(queue, {})["oldestPendingAt"] = _dt(oldest)
+        return out
+
     def counts_by_type(self) -> TypeCounts:
         jobs = self._db.read(q.COUNT_BY_TYPE_AND_STATUS)
         attempts = self._db.read(q.COUNT_ATTEMPTS_BY_TYPE_AND_OUTCOME)
         return TypeCounts({(t, s): n for t, s, n in jobs}, {(t, o): n for t, o, n in attempts})
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
-                  limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
+                  limit: int = 50, before: tuple[datetime, str] | None = None,
+                  queue: str | None = None) -> list[Job]:
         before_at, before_id = _NO_CURSOR if before is None else (_ts(before[0]), before[1])
-        rows = self._db.read(q.LIST_JOBS, {"status": status, "type": job_type, "before_at": before_at,
-                                           "before_id": before_id, "limit": int(limit)})
+        rows = self._db.read(q.LIST_JOBS, {"status": status, "type": job_type, "queue": queue,
+                                           "before_at": before_at, "before_id": before_id, "limit": int(limit)})
         return [_row_to_job(r) for r in rows]
 
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:

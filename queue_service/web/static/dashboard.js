@@ -22,7 +22,7 @@
     connect: $('connect'), authError: $('auth-error'), banner: $('banner'), overview: $('overview'),
     stuckBanner: $('stuck-banner'), stuckText: $('stuck-text'), stuckCleanup: $('stuck-cleanup'),
     jobsSection: $('jobs-section'), status: $('f-status'), type: $('f-type'), types: $('known-types'),
-    limit: $('f-limit'), clearFilters: $('clear-filters'), cleanup: $('cleanup'), rows: $('jobs-body'),
+    queue: $('f-queue'), queues: $('queues'), limit: $('f-limit'), clearFilters: $('clear-filters'), cleanup: $('cleanup'), rows: $('jobs-body'),
     empty: $('empty'), emptyTitle: $('empty-title'), emptyHint: $('empty-hint'), newer: $('newer'),
     older: $('older'), pageInfo: $('page-info'), detail: $('detail'), scrim: $('scrim'),
     detailTitle: $('detail-title'), detailBadges: $('detail-badges'), detailActions: $('detail-actions'),
@@ -145,6 +145,7 @@
     const type = ui.type.value.trim();
     if (status) params.set('status', status);
     if (type) params.set('type', type);
+    if (ui.queue.value) params.set('queue', ui.queue.value);
     params.set('limit', ui.limit.value);
     if (state.before) params.set('before', state.before);
     for (const [k, v] of Object.entries(extra || {})) params.set(k, v);
@@ -295,10 +296,32 @@
       : (Number(stats.pending) > 0 ? 'all scheduled for later' : 'nothing waiting');
     $('age-processing').textContent = known(stats.oldestProcessingAge)
       ? `oldest runs ${duration(stats.oldestProcessingAge * 1000)}` : 'idle';
+    renderQueues(stats.queues || {});
     for (const card of document.querySelectorAll('.stat')) {
       card.classList.toggle('active', card.dataset.status === ui.status.value);
       card.classList.toggle('nonzero', Number(stats[card.dataset.status] ?? 0) > 0);
     }
+  }
+
+  // One line per named queue (GET /stats "queues"), and the queue filter's options.
+  function renderQueues(queues) {
+    const names = Object.keys(queues).sort();
+    const parts = names.map((name) => {
+      const q = queues[name];
+      const waits = q.oldestPendingAge !== null && q.oldestPendingAge !== undefined
+        ? `, oldest waits ${duration(q.oldestPendingAge * 1000)}` : '';
+      return `${name}: ${Number(q.pending || 0).toLocaleString()} pending, `
+        + `${Number(q.processing || 0).toLocaleString()} processing${waits}`;
+    });
+    ui.queues.textContent = parts.length ? `Queues · ${parts.join(' · ')}` : '';
+    show(ui.queues, names.length > 1 || (names.length === 1 && names[0] !== 'default'));
+    const chosen = ui.queue.value;
+    const options = [el('option', { value: '', text: 'all' })];
+    for (const name of new Set([...names, ...(chosen ? [chosen] : [])])) {
+      options.push(el('option', { value: name, text: name }));
+    }
+    ui.queue.replaceChildren(...options);
+    ui.queue.value = chosen;
   }
 
   function renderStuck() {
@@ -335,7 +358,7 @@
       return row;
     });
     ui.rows.replaceChildren(...rows);
-    const filtered = Boolean(ui.status.value || ui.type.value.trim());
+    const filtered = Boolean(ui.status.value || ui.type.value.trim() || ui.queue.value);
     show(ui.empty, rows.length === 0);
     show(ui.rows.parentElement.tHead, rows.length > 0);
     show(ui.clearFilters, filtered);
@@ -647,6 +670,7 @@
   ui.autorefresh.addEventListener('change', schedule);
   ui.status.addEventListener('change', () => { resetPaging(); refresh(); });
   ui.limit.addEventListener('change', () => { resetPaging(); refresh(); });
+  ui.queue.addEventListener('change', () => { resetPaging(); refresh(); });
   let typeTimer = null;
   ui.type.addEventListener('input', () => {
     clearTimeout(typeTimer);
@@ -655,6 +679,7 @@
   ui.clearFilters.addEventListener('click', () => {
     ui.status.value = '';
     ui.type.value = '';
+    ui.queue.value = '';
     resetPaging();
     refresh();
   });
