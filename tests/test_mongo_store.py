@@ -22,11 +22,67 @@ def test_indexes_include_partial_claim_ttl_and_unique_active_key(mongo_db):
     store.setup()
     indexes = mongo_db["queue_jobs"].index_information()
     assert indexes["claim_pending"]["partialFilterExpression"] == {"status": "pending"}
-    ttl = indexes["completed_ttl"]
+    ttl = indexes["completed_ttl_604800s"]  # the retention is in the name
     assert ttl["expireAfterSeconds"] == 604800
     assert ttl["partialFilterExpression"] == {"status": "completed"}
     assert indexes["active_idempotency_key"]["unique"] is True
+    assert store.setup_report and all(line.startswith("created index") for line in store.setup_report)
     store.setup()  # idempotent
+    assert store.setup_report == []
+
+
+def test_a_changed_ttl_replaces_the_previous_ttl_index_without_collmod(mongo_db):
+    """The collection of an older release: its TTL index under the old name,
+    with another retention. readWrite has no collMod: drop and create."""
+    coll = mongo_db["queue_jobs"]
+    coll.create_index([("completedAt", 1)], name="completed_ttl", expireAfterSeconds=3600,
+                      partialFilterExpression={"status": "completed"})
+    store = MongoStore(lambda: mongo_db, "queue_jobs", completed_ttl_seconds=604800)
+    store.setup()
+    indexes = coll.index_information()
+    assert "completed_ttl" not in indexes and indexes["completed_ttl_604800s"]["expireAfterSeconds"] == 604800
+    assert any("dropped TTL index 'completed_ttl'" in line for line in store.setup_report)
+    MongoStore(lambda: mongo_db, "queue_jobs", completed_ttl_seconds=86400).setup()  # changed again
+    assert [name for name in coll.index_information() if name.startswith("completed_ttl")] == ["completed_ttl_86400s"]
+
+
+def test_an_index_of_the_same_keys_under_another_name_is_kept(mongo_db):
+    coll = mongo_db["queue_jobs"]
+    coll.create_index([("status", 1), ("heartbeatAt", 1)], name="made_by_hand")
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    indexes = coll.index_information()
+    assert "made_by_hand" in indexes and "status_heartbeat" not in indexes
+    assert "kept index 'made_by_hand' (the same as 'status_heartbeat')" in store.setup_report
+
+
+def test_a_conflict_by_code_is_a_warning_not_a_failed_start(mongo_db, caplog):
+    """An index by hand under the queue's name with other keys: 86 on a real
+    server. mongomock does not raise these codes, so the collection here is a
+    stand-in that answers as the server documents it (not run against a
+    real server yet)."""
+    from pymongo.errors import OperationFailure
+
+    from queue_service.stores import mongo_indexes
+
+    class Conflicting:
+        name = "queue_jobs"
+
+        def index_information(self):
+            return {"_id_": {"key": [("_id", 1)]}, "newest": {"key": [("createdAt", 1)]}}
+
+        def create_index(self, keys, name, **options):
+            if name == "newest":
+                raise OperationFailure("Index with name: newest already exists with different options", 86)
+    done = mongo_indexes.ensure(Conflicting(), mongo_indexes.job_indexes(None))
+    [line] = [line for line in done if line.startswith("could not")]
+    assert "code 86" in line and 'dropIndex("newest")' in line
+
+    class Other(Conflicting):
+        def create_index(self, keys, name, **options):
+            raise OperationFailure("not authorized", 13)
+    with pytest.raises(OperationFailure):
+        mongo_indexes.ensure(Other(), mongo_indexes.job_indexes(None))
 
 
 def test_naive_datetimes_from_a_host_client_are_read_as_utc(mongo_db):
@@ -45,6 +101,21 @@ def test_no_client_is_touched_until_first_use():
     store = MongoStore(lambda: calls.append(1) or None)
     assert calls == []  # constructing (e.g. in a gunicorn master) connects nothing
     del store
+
+
+def test_the_queue_collections_pin_primary_and_majority():
+    """A host client with w=0 and secondaryPreferred (real pymongo, connect=False: no server needed)."""
+    import pymongo
+
+    client = pymongo.MongoClient("mongodb://127.0.0.1:1/app?w=0&readPreference=secondaryPreferred",
+                                 connect=False)
+    try:
+        store = MongoStore(lambda: client.get_default_database(), "queue_jobs")
+        for coll in (store.coll, store.media):
+            assert coll.read_preference == pymongo.ReadPreference.PRIMARY
+            assert coll.write_concern.document == {"w": "majority"}
+    finally:
+        client.close()
 
 
 def test_documents_stored_before_queues_existed_are_in_the_default_queue(mongo_db):

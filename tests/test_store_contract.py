@@ -204,6 +204,17 @@ def test_heartbeat_renews_and_stores_progress(store, clock):
     assert got.heartbeat_at == clock.now() and got.progress == {"done": 1, "total": 3}
 
 
+def test_an_identical_heartbeat_in_the_same_millisecond_keeps_the_claim(store, clock):
+    """A write that changes nothing still matched the fence: not a lost claim
+    (MongoDB's modified_count is 0 for it; matched_count is 1)."""
+    add(store, clock)
+    job = claim(store, clock)
+    assert store.heartbeat(job, clock.now())  # the same instant the claim wrote
+    assert store.heartbeat(job, clock.now(), {"done": 1})
+    assert store.heartbeat(job, clock.now(), {"done": 1})
+    assert store.get(job.id).progress == {"done": 1}
+
+
 def test_a_stale_token_changes_nothing(store, clock):
     """Fencing: after a takeover the old worker can write nothing."""
     add(store, clock, max_retries=3)

@@ -61,6 +61,11 @@ class StoreError(QueueError):
     """The store failed in a way that retrying the same call will not fix."""
 
 
+class UnstorableValue(StoreError):
+    """A value the store cannot keep (too large, an integer beyond 64 bits, a
+    NUL in a key): writing it again will fail the same way."""
+
+
 class StoreUnavailable(StoreError):
     """The store could not be reached (locked, down, timed out)."""
 

@@ -1,7 +1,9 @@
 """One app's queue in one process: its store, its worker and scheduler threads.
 
 The store is made lazily in the process that uses it (never in a gunicorn
-master before fork) and made again after a fork. ``start()`` starts exactly
+master before fork) and made again after a fork (``core.lazy_store``); a
+store that cannot be set up never stops ``start()``: the threads start and
+retry, and every caller gets ``StoreUnavailable`` until the store answers. ``start()`` starts exactly
 one worker thread and one scheduler thread per process; ``started_here`` says
 whether this process started them.
 """
@@ -13,6 +15,7 @@ import os
 import threading
 from typing import Any, Callable
 
+from .lazy_store import LazyStore
 from .store import Store
 from .clock import Clock
 from .periodic import Schedules
@@ -34,9 +37,7 @@ class Runtime:
         self.settings = settings
         self.clock = clock
         self.app = app
-        self._store_factory = store_factory
-        self._store: Store | None = None
-        self._store_pid: int | None = None
+        self.lazy_store = LazyStore(store_factory, clock)
         self._lock = threading.RLock()
         self.worker: Worker | None = None
         self.scheduler: Scheduler | None = None
@@ -50,20 +51,14 @@ class Runtime:
     # -- store ----------------------------------------------------------------
     @property
     def store(self) -> Store:
-        """This process's store, set up on first use."""
-        pid = os.getpid()
-        if self._store is None or self._store_pid != pid:
-            with self._lock:
-                if self._store is None or self._store_pid != pid:
-                    store = self._store_factory()
-                    store.setup()
-                    self._store, self._store_pid = store, pid
-        return self._store
+        """This process's store, set up on first use. Raises StoreNotReady
+        (a StoreUnavailable) while its setup fails."""
+        return self.lazy_store.get()
 
     @property
     def store_kind(self) -> str | None:
         """The store's kind once this process has made it, else None."""
-        return self._store.kind if self._store is not None else None
+        return self.lazy_store.kind
 
     # -- threads --------------------------------------------------------------
     @property
@@ -99,7 +94,8 @@ class Runtime:
             if self.started_here:
                 return False
             self._started_pid = os.getpid()
-            self.store  # create the store (and its schema) in this process
+            # The store is set up by its first user (the worker's first claim,
+            # a request): a store that is down must not fail post_fork or init_app.
             self.worker = self.make_worker()
             self.scheduler = self.make_scheduler(self.worker)
             self.threads = [
@@ -111,7 +107,7 @@ class Runtime:
             if not self._atexit_registered:
                 atexit.register(self.shutdown)
                 self._atexit_registered = True
-            log.info("[Queue] Started worker %s (store: %s)", self.worker.worker_id, self.store.kind)
+            log.info("[Queue] Started worker %s", self.worker.worker_id)
             return True
 
     def shutdown(self, timeout: float | None = None) -> bool:

@@ -20,6 +20,7 @@ from typing import Callable
 from .store import Store
 from .clock import Clock
 from .jobs import Job, RetryPolicy
+from .lazy_store import log_loop_failure
 from .periodic import Periodic, Schedules
 from .settings import Settings
 from .worker import Worker
@@ -122,12 +123,14 @@ class Scheduler:
         while not self.stopping.is_set():
             try:
                 self.tick()
+                if failures:
+                    log.warning("[Scheduler] Ticking again after %d failure(s)", failures)
                 failures = 0
                 wait = self.seconds_until_next_tick()
-            except Exception:
+            except Exception as exc:
                 failures += 1
                 wait = min(MAX_BACKOFF_SECONDS, 2.0 ** min(failures, 5))
-                log.exception("[Scheduler] Tick failed; retrying in %.0fs", wait)
+                log_loop_failure(log, "[Scheduler] Tick failed", exc, failures, wait)
             self.clock.wait(self.stopping, wait)
 
     def stop(self) -> None:

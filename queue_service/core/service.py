@@ -18,6 +18,7 @@ from .store import TypeCounts
 from .errors import InvalidTransition, JobNotFound, StoreError, ValidationError
 from .jobs import Job, JobStatus, RetryPolicy, iso
 from .limits import MAX_BULK_JOBS, PAGE_LIMIT_RANGE, QUEUE_NAME
+from .lazy_store import describe_cause, public_reason
 from .periodic import overview as schedules_overview
 from .registry import Registry
 from .runtime import Runtime
@@ -215,8 +216,9 @@ class QueueService:
         try:
             self.store.ping()
             stats = self.stats()
-        except StoreError as exc:
-            problems.append(f"store: {exc}")
+        except StoreError as exc:  # generic words here; the driver's text (hosts, ports) to the log
+            problems.append(public_reason(exc))
+            log.debug("[Queue] health: %s", describe_cause(exc))
         started = runtime.started_here
         if started and not runtime.running:
             problems.append("a queue thread has died")

@@ -15,6 +15,7 @@ import marshmallow
 
 from .clock import ensure_aware
 from .errors import UnknownJobType, ValidationError
+from . import storable
 from .jobs import DEFAULT_QUEUE, Job, new_job_id
 from .limits import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PRIORITY_RANGE, QUEUE_NAME
 from .registry import Registry
@@ -59,6 +60,10 @@ def build_job(registry: Registry, settings: Settings, now: datetime, job_type: A
         errors["payload"] = exc.messages
     except (TypeError, ValueError) as exc:
         errors["payload"] = {"_schema": [f"Payload is not JSON-serializable: {exc}"]}
+    else:
+        unstorable = storable.problem(stored_payload)
+        if unstorable:
+            errors["payload"] = {"_schema": [f"Payload cannot be stored: {unstorable}."]}
     if errors:
         raise ValidationError(errors)
     return Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,

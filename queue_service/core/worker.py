@@ -24,8 +24,10 @@ from typing import Any, Callable
 
 import marshmallow
 
+from . import storable
 from .clock import Clock, ShiftedClock
-from .errors import PermanentJobError
+from .errors import PermanentJobError, UnstorableValue
+from .lazy_store import log_loop_failure
 from .context import JobContext
 from .jobs import Job, JobStatus, RetryPolicy, attempt_text, new_lock_token
 from .limits import MAX_ERROR_CHARS
@@ -222,13 +224,21 @@ class Worker:
             except (TypeError, ValueError) as exc:  # running it again would return the same thing
                 self._failed_attempt(job, f"handler result is not JSON: {describe(exc)}", False)
                 return
-        if claim_next and not self.stopping.is_set():
-            completed, following = self.store.complete_and_claim(
-                job, self.clock.now(), result, self.worker_id, new_lock_token(), self.queues)
-            if following is not None:
-                self._hold(following)
-        else:
-            completed = self.store.complete(job, self.clock.now(), result)
+            unstorable = storable.problem(result)
+            if unstorable:  # the same on every store; running it again would return the same thing
+                self._failed_attempt(job, f"handler result cannot be stored: {unstorable}", False)
+                return
+        try:
+            if claim_next and not self.stopping.is_set():
+                completed, following = self.store.complete_and_claim(
+                    job, self.clock.now(), result, self.worker_id, new_lock_token(), self.queues)
+                if following is not None:
+                    self._hold(following)
+            else:
+                completed = self.store.complete(job, self.clock.now(), result)
+        except UnstorableValue as exc:  # the store refused what the check above let through
+            self._failed_attempt(job, f"handler result cannot be stored: {describe(exc)}", False)
+            return
         if not completed:
             log.warning("[Worker] ⚠️ Job %s finished but its claim was taken over; outcome not recorded", job.id)
             return
@@ -337,13 +347,15 @@ class Worker:
             try:
                 self.wake.clear()
                 job = self.run_once(claim_next=True)
-                failures = 0
-            except Exception:
+            except Exception as exc:
                 failures += 1
                 backoff = min(MAX_BACKOFF_SECONDS, self.poll_interval * 2 ** min(failures, 10))
-                log.exception("[Worker] Loop error; retrying in %.1fs", backoff)
+                log_loop_failure(log, "[Worker] Loop error", exc, failures, backoff)
                 self.clock.wait(self.stopping, backoff)
                 continue
+            if failures:
+                log.warning("[Worker] Loop recovered after %d failure(s)", failures)
+            failures = 0
             if job is None:
                 # Collect once the queue stayed dry for a whole wait, not each
                 # time it runs dry: under a trickle (every add_job wakes us) that

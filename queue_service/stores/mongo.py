@@ -16,16 +16,26 @@ from typing import Any, Callable, Iterator
 import pymongo
 from bson.binary import Binary
 from bson.codec_options import CodecOptions
-from pymongo import ReturnDocument
+from pymongo import ReadPreference, ReturnDocument
+from pymongo.write_concern import WriteConcern
 from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, DuplicateKeyError,
-                            OperationFailure, PyMongoError, ServerSelectionTimeoutError)
+                            PyMongoError, ServerSelectionTimeoutError)
 
-from ..core.errors import StoreError, StoreUnavailable
+from bson.errors import InvalidDocument
+
+from . import mongo_indexes
+from ..core.errors import StoreError, StoreUnavailable, UnstorableValue
 from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
 from ..core.store import ScheduleState, Store, StoredFile, TypeCounts
 
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
+PING_TIMEOUT_SECONDS = 2.0
+# Whatever the host's client says (readPreference=secondaryPreferred, w=0): the
+# queue reads its own writes and must see duplicate keys, so its collections
+# read from the primary and write with majority acknowledgement.
+_PINNED = {"codec_options": CodecOptions(tz_aware=True),  # UTC; mongomock refuses an explicit tzinfo
+           "read_preference": ReadPreference.PRIMARY, "write_concern": WriteConcern("majority")}
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -77,6 +87,7 @@ class MongoStore(Store):
         self._coll = None
         self._init_lock = threading.Lock()
         self._mock_lock: threading.RLock | None = None
+        self.setup_report: list[str] = []
 
     def _detect_mock(self, db: Any) -> None:
         if type(db).__module__.startswith("mongomock") and self._mock_lock is None:
@@ -92,14 +103,12 @@ class MongoStore(Store):
             with self._init_lock:
                 if self._coll is None:
                     self._detect_mock(self.db)
-                    options = CodecOptions(tz_aware=True)  # UTC; mongomock refuses an explicit tzinfo
-                    self._coll = self.db.get_collection(self.collection_name, codec_options=options)
+                    self._coll = self.db.get_collection(self.collection_name, **_PINNED)
         return self._coll
 
     @property
     def media(self):
-        return self.db.get_collection(f"{self.collection_name}_media",
-                                      codec_options=CodecOptions(tz_aware=True))
+        return self.db.get_collection(f"{self.collection_name}_media", **_PINNED)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -110,6 +119,8 @@ class MongoStore(Store):
                 raise StoreUnavailable(f"MongoDB unreachable: {exc}") from exc
             except PyMongoError as exc:
                 raise StoreError(f"MongoDB: {exc}") from exc
+            except (InvalidDocument, OverflowError) as exc:  # bson's: not PyMongoErrors
+                raise UnstorableValue(f"MongoDB cannot store this document: {exc}") from exc
 
     @contextmanager
     def _serial(self) -> Iterator[None]:
@@ -123,36 +134,22 @@ class MongoStore(Store):
 
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
+        """Indexes as ``stores.mongo_indexes`` wants them (never collMod);
+        ``setup_report`` keeps what it did."""
         c = self.coll
         with self._errors():
-            c.create_index([("priority", -1), ("createdAt", 1)], name="claim_pending",
-                           partialFilterExpression={"status": "pending"})
-            c.create_index([("queue", 1), ("priority", -1), ("createdAt", 1)], name="claim_pending_by_queue",
-                           partialFilterExpression={"status": "pending"})
-            c.create_index([("status", 1), ("heartbeatAt", 1)], name="status_heartbeat")
-            c.create_index([("createdAt", -1), ("_id", -1)], name="newest")
-            c.create_index([("status", 1), ("completedAt", 1)], name="status_finished")
-            c.create_index([("activeKey", 1)], name="active_idempotency_key", unique=True,
-                           partialFilterExpression={"activeKey": {"$exists": True}})
-            if self.completed_ttl_seconds:
-                self._ensure_ttl(int(self.completed_ttl_seconds))
-            self.media.create_index([("createdAt", 1)], name="media_created")
-
-    def _ensure_ttl(self, seconds: int) -> None:
-        """TTL index on completedAt, limited to completed jobs; retuned in
-        place (collMod) when the configured retention changes."""
-        try:
-            self.coll.create_index([("completedAt", 1)], name="completed_ttl", expireAfterSeconds=seconds,
-                                   partialFilterExpression={"status": "completed"})
-        except OperationFailure:  # exists with another expireAfterSeconds
-            self.db.command("collMod", self.collection_name,
-                            index={"name": "completed_ttl", "expireAfterSeconds": seconds})
+            self.setup_report = mongo_indexes.ensure(c, mongo_indexes.job_indexes(self.completed_ttl_seconds))
+            self.setup_report += mongo_indexes.ensure(
+                self.media, [mongo_indexes.IndexSpec("media_created", (("createdAt", 1),))])
 
     def close(self) -> None:
         self._coll = None
+        close_client = getattr(self._get_db, "close", None)  # the queue's own client (MONGO_URI)
+        if close_client is not None:
+            close_client()
 
     def ping(self) -> None:
-        with self._errors():
+        with self._errors(), pymongo.timeout(PING_TIMEOUT_SECONDS):  # a health check answers in ~2 s
             self.coll.find_one({}, projection={"_id": 1})
 
     # -- jobs -----------------------------------------------------------------
@@ -252,7 +249,7 @@ class MongoStore(Store):
 
     def _update_claimed(self, job: Job, update: dict[str, Any]) -> bool:
         with self._errors():
-            return self.coll.update_one(self._fence(job), update).modified_count == 1
+            return self.coll.update_one(self._fence(job), update).matched_count == 1
 
     def heartbeat(self, job: Job, now: datetime, progress: dict[str, Any] | None = None) -> bool:
         fields: dict[str, Any] = {"heartbeatAt": now}
@@ -303,14 +300,14 @@ class MongoStore(Store):
             update = {"$set": {"status": "failed", "completedAt": now, "error": error, **ended},
                       "$unset": {"lockToken": "", "activeKey": ""}}
         with self._errors():
-            return self.coll.update_one(fence, update).modified_count == 1
+            return self.coll.update_one(fence, update).matched_count == 1
 
     def cancel(self, job_id: str, now: datetime) -> bool:
         with self._errors():
             return self.coll.update_one(
                 {"_id": job_id, "status": "pending"},
                 {"$set": {"status": "cancelled", "completedAt": now},
-                 "$unset": {"activeKey": ""}}).modified_count == 1
+                 "$unset": {"activeKey": ""}}).matched_count == 1
 
     def requeue_failed(self, job_id: str, now: datetime) -> bool:
         with self._errors():
@@ -324,7 +321,7 @@ class MongoStore(Store):
         try:
             with self._errors():
                 return self.coll.update_one({"_id": job_id, "status": "failed"},
-                                            {"$set": fields}).modified_count == 1
+                                            {"$set": fields}).matched_count == 1
         except StoreError as exc:
             if isinstance(exc.__cause__, DuplicateKeyError):
                 return False

@@ -55,6 +55,42 @@ def _database_getter(mongo: Any) -> Callable[[], Any]:
     raise ConfigurationError(f"mongo= takes a flask_pymongo.PyMongo or a database, not {type(mongo).__name__}")
 
 
+def _own_database(uri: str) -> Callable[[], Any]:
+    """The database of the queue's own client for MONGO_URI: one client per
+    process, made on first use after fork and kept (a store whose setup
+    failed reuses it rather than opening another). Its waits are bounded
+    (``stores.mongo_uri.client_options``)."""
+    import os
+    import threading
+
+    made: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def get_db() -> Any:
+        if made.get("pid") == os.getpid():
+            return made["database"]
+        with lock:
+            if made.get("pid") == os.getpid():
+                return made["database"]
+            from flask_pymongo.wrappers import MongoClient
+
+            from ..stores import mongo_uri
+
+            # flask-pymongo's client, made here (after fork) without PyMongo(app),
+            # which would replace the host app's JSON provider.
+            client = MongoClient(uri, connect=False, tz_aware=True, **mongo_uri.client_options(uri))
+            made.update(pid=os.getpid(), client=client, database=client.get_default_database())
+            return made["database"]
+
+    def close() -> None:
+        with lock:
+            if made.get("pid") == os.getpid():
+                made.pop("client").close()
+                made.clear()
+    get_db.close = close  # type: ignore[attr-defined]  # MongoStore.close() calls it
+    return get_db
+
+
 def _store_factory(settings: Settings, store: Store | None,
                    get_db: Callable[[], Any] | None) -> Callable[[], Store]:
     """How this app's store is made (in each process, when first used):
@@ -63,19 +99,16 @@ def _store_factory(settings: Settings, store: Store | None,
     if store is not None:
         return lambda: store
     if get_db is not None or settings.mongo_uri:
+        if get_db is None:
+            from ..stores import mongo_uri
+
+            mongo_uri.check(settings.mongo_uri)  # a URI without a database fails init_app, offline
+            get_db = _own_database(settings.mongo_uri)
+
         def mongo_store() -> Store:
             from ..stores.mongo import MongoStore  # only the MongoDB path loads pymongo
 
-            database_getter = get_db
-            if database_getter is None:
-                from flask_pymongo.wrappers import MongoClient
-
-                # flask-pymongo's client, made here (after fork) without PyMongo(app),
-                # which would replace the host app's JSON provider.
-                client = MongoClient(settings.mongo_uri, connect=False, tz_aware=True)
-                database = client.get_default_database()
-                database_getter = lambda: database  # noqa: E731
-            return MongoStore(database_getter, settings.mongo_collection, settings.completed_ttl)
+            return MongoStore(get_db, settings.mongo_collection, settings.completed_ttl)
         return mongo_store
 
     def sqlite_store() -> Store:

@@ -1,0 +1,126 @@
+"""The MongoDB store's indexes: what ``setup()`` wants, compared with what is there.
+
+Atlas's least-privilege ``readWrite`` role may create and drop indexes but not
+run ``collMod``, so nothing here needs it:
+
+- an index of the same keys and options under another name already does the
+  job: it is kept and nothing is created;
+- the completed-jobs TTL index carries its retention in its name
+  (``completed_ttl_604800s``): a changed QUEUE_COMPLETED_TTL drops the
+  previous TTL index on the same key and creates the new one. Two processes
+  doing it at once both succeed (a missing index on drop, an identical one
+  on create, are not errors);
+- a conflict that remains (IndexOptionsConflict 85, IndexKeySpecsConflict
+  86: an index someone made by hand) is a warning with the one-line admin
+  command that resolves it, never a failed start. Any other error is raised.
+
+``ensure`` returns what it did, one line per action, and logs it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.errors import OperationFailure
+
+log = logging.getLogger("queue_service.mongo")
+
+INDEX_OPTIONS_CONFLICT = 85
+INDEX_KEY_SPECS_CONFLICT = 86
+INDEX_NOT_FOUND = 27
+OPTION_NAMES = ("unique", "expireAfterSeconds", "partialFilterExpression")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    name: str
+    keys: tuple[tuple[str, int], ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def same_as(self, info: dict[str, Any]) -> bool:
+        return _keys(info) == self.keys and _options(info) == _normal(self.options)
+
+    @property
+    def is_ttl(self) -> bool:
+        return "expireAfterSeconds" in self.options
+
+
+def _keys(info: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple((name, int(direction)) for name, direction in info.get("key", []))
+
+
+def _normal(options: dict[str, Any]) -> dict[str, Any]:
+    out = {name: options[name] for name in OPTION_NAMES if options.get(name) not in (None, False)}
+    if "expireAfterSeconds" in out:
+        out["expireAfterSeconds"] = int(out["expireAfterSeconds"])
+    return out
+
+
+def _options(info: dict[str, Any]) -> dict[str, Any]:
+    return _normal(info)
+
+
+def job_indexes(completed_ttl_seconds: float | None) -> list[IndexSpec]:
+    specs = [
+        IndexSpec("claim_pending", (("priority", -1), ("createdAt", 1)),
+                  {"partialFilterExpression": {"status": "pending"}}),
+        IndexSpec("claim_pending_by_queue", (("queue", 1), ("priority", -1), ("createdAt", 1)),
+                  {"partialFilterExpression": {"status": "pending"}}),
+        IndexSpec("status_heartbeat", (("status", 1), ("heartbeatAt", 1))),
+        IndexSpec("newest", (("createdAt", -1), ("_id", -1))),
+        IndexSpec("status_finished", (("status", 1), ("completedAt", 1))),
+        IndexSpec("active_idempotency_key", (("activeKey", 1),),
+                  {"unique": True, "partialFilterExpression": {"activeKey": {"$exists": True}}}),
+    ]
+    if completed_ttl_seconds:
+        seconds = int(completed_ttl_seconds)
+        specs.append(IndexSpec(f"completed_ttl_{seconds}s", (("completedAt", 1),),
+                               {"expireAfterSeconds": seconds, "partialFilterExpression": {"status": "completed"}}))
+    return specs
+
+
+def ensure(collection: Any, specs: list[IndexSpec]) -> list[str]:
+    """Make ``collection`` carry ``specs``; returns what was done."""
+    done: list[str] = []
+    existing = collection.index_information()
+    for spec in specs:
+        info = existing.get(spec.name)
+        if info is not None and spec.same_as(info):
+            continue
+        twin = next((name for name, other in existing.items() if spec.same_as(other)), None)
+        if twin is not None:
+            done.append(f"kept index {twin!r} (the same as {spec.name!r})")
+            continue
+        if spec.is_ttl:
+            for name, other in list(existing.items()):
+                if name != spec.name and _keys(other) == spec.keys and "expireAfterSeconds" in other:
+                    _drop(collection, name)
+                    done.append(f"dropped TTL index {name!r} (expireAfterSeconds="
+                                f"{other['expireAfterSeconds']}) for {spec.name!r}")
+        try:
+            collection.create_index(list(spec.keys), name=spec.name, **spec.options)
+            done.append(f"created index {spec.name!r}")
+        except OperationFailure as exc:
+            if exc.code not in (INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT):
+                raise
+            command = (f'db.getCollection("{collection.name}").dropIndex("{_conflicting(existing, spec)}")')
+            done.append(f"could not create index {spec.name!r} (code {exc.code}: an index of the same keys "
+                        f"or name differs); the queue runs without it. To resolve, run once: {command}")
+    for line in done:
+        (log.warning if line.startswith("could not") else log.info)("[Mongo] %s: %s", collection.name, line)
+    return done
+
+
+def _conflicting(existing: dict[str, Any], spec: IndexSpec) -> str:
+    if spec.name in existing:
+        return spec.name
+    return next((name for name, info in existing.items() if _keys(info) == spec.keys), spec.name)
+
+
+def _drop(collection: Any, name: str) -> None:
+    try:
+        collection.drop_index(name)
+    except OperationFailure as exc:
+        if exc.code != INDEX_NOT_FOUND:  # another process dropped it first
+            raise
