@@ -158,3 +158,20 @@ def test_rest_bulk_enqueue(make_app, clock):
         assert answer.status_code == 400, wrong
     with app.app_context():
         assert queue.get_queue_stats()["total"] == 2
+
+
+def test_a_schedule_enqueues_on_its_queue(make_app, clock):
+    queue = make_queue(clock)
+    queue.periodic("EMAIL", {}, every=60, name="digest", queue="bulk")
+    queue.periodic("RESIZE", {}, every=60, name="thumbs")  # the type's queue
+    with pytest.raises(ValueError, match="queue names"):
+        queue.periodic("EMAIL", {}, every=60, name="bad", queue="Not Valid")
+    app, queue = make_app(queue)
+    with app.app_context():
+        state = queue.state()
+        digest, thumbs = queue.schedules.get("digest"), queue.schedules.get("thumbs")
+        now = clock.now()
+        assert digest.make_job(now, now, 3, [1.0]).queue == "bulk"
+        assert thumbs.make_job(now, now, 3, [1.0]).queue == "images"
+        rows = {row["name"]: row for row in state.service.schedules()}
+        assert rows["digest"]["queue"] == "bulk" and rows["thumbs"]["queue"] == "images"

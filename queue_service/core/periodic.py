@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from .jobs import Job, JobStatus
+from .jobs import DEFAULT_QUEUE, Job, JobStatus
+from .limits import QUEUE_NAME
 from .registry import JobType
 from .store import ScheduleState  # noqa: F401  (re-exported: the state periodic reads)
 
@@ -89,6 +91,7 @@ class Schedule:
     tz: str = "UTC"
     priority: int = 0
     catchup: str = "once"
+    queue: str | None = None         # None: the type's queue, else "default"
     _zone: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,8 @@ class Schedule:
         else:
             self.every = _check_every(self.every)
         self._zone = _zone(self.tz)
+        if self.queue is not None and not (isinstance(self.queue, str) and re.fullmatch(QUEUE_NAME, self.queue)):
+            raise ValueError(f"queue names match {QUEUE_NAME}, got {self.queue!r}")
         if self.catchup not in CATCHUP_MODES:
             raise ValueError(f"catchup must be one of {', '.join(CATCHUP_MODES)}, got {self.catchup!r}")
 
@@ -140,11 +145,12 @@ class Schedule:
                    status=JobStatus.PENDING, priority=self.priority,
                    max_retries=spec.max_retries if spec.max_retries is not None else max_retries,
                    retry_delays=list(spec.retry_delays or retry_delays), created_at=now, run_at=now,
-                   scheduled_by=self.name, slot=slot)
+                   scheduled_by=self.name, slot=slot, queue=self.queue or spec.queue or DEFAULT_QUEUE)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.job_type.name, "cron": self.cron, "every": self.every,
-                "tz": self.tz, "priority": self.priority, "catchup": self.catchup}
+                "tz": self.tz, "priority": self.priority, "catchup": self.catchup,
+                "queue": self.queue or self.job_type.queue or DEFAULT_QUEUE}
 
 
 class Schedules:

@@ -211,9 +211,10 @@ class JobQueue:
 
     def periodic(self, job_type: str, payload: dict[str, Any] | None = None, *, cron: str | None = None,
                  every: float | timedelta | None = None, name: str | None = None, tz: str = "UTC",
-                 priority: int = 0, catchup: str = "once") -> Callable:
+                 priority: int = 0, catchup: str = "once", queue: str | None = None) -> Callable:
         """Enqueue ``job_type`` with ``payload`` on a schedule: ``cron`` (five
-        fields, in time zone ``tz``) or ``every`` (seconds or a timedelta).
+        fields, in time zone ``tz``) or ``every`` (seconds or a timedelta), on
+        the named ``queue`` (default: the type's).
         Each slot is enqueued once across all processes (see core.periodic).
 
         Registers at once when the type is known; with no payload it also
@@ -234,7 +235,7 @@ class JobQueue:
                 raise ValueError(f"priority must be an integer between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
             schedule = Schedule(name or Schedule.default_name(job_type, cron, every), spec,
                                 json.loads(json.dumps(stored)), cron=cron, every=every, tz=tz, priority=priority,
-                                catchup=catchup)
+                                catchup=catchup, queue=queue)
             return self.schedules.add(schedule)
 
         if payload is not None or job_type in self.registry:

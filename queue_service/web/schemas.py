@@ -183,6 +183,7 @@ class ScheduleSchema(marshmallow.Schema):
     tz = fields.String(required=True)
     priority = fields.Integer(required=True)
     catchup = fields.String(required=True, validate=validate.OneOf(("once", "skip")))
+    queue = fields.String(required=True, metadata={"description": "The named queue its jobs go to."})
     nextRun = _timestamp()
     lastSlot = _timestamp()
     lastJobId = fields.String(allow_none=True)
