@@ -23,6 +23,7 @@ from .worker import Worker
 log = logging.getLogger("queue_service.scheduler")
 
 MAX_BACKOFF_SECONDS = 30.0
+WORKER_RECORD_KEPT_SECONDS = 3600.0  # a worker record not renewed for this long is purged
 
 
 def recover_stuck(store: Store, policy: RetryPolicy, now: datetime) -> tuple[int, int]:
@@ -74,6 +75,7 @@ class Scheduler:
         store = self.store
         requeued, failed = recover_stuck(store, self.policy, now)
         purged = store.purge(now - timedelta(seconds=self.completed_ttl), now - timedelta(seconds=self.failed_ttl))
+        store.purge_workers(now - timedelta(seconds=max(WORKER_RECORD_KEPT_SECONDS, 3 * self.heartbeat_interval)))
         report = SweepReport(requeued, failed, purged)
         if requeued or failed or purged:
             log.info("[Scheduler] Sweep: %d stuck job(s) requeued, %d failed (worker lost), %d purged",
@@ -86,6 +88,7 @@ class Scheduler:
         self.last_tick_at = now
         if self.worker is not None:
             self.worker.heartbeat_if_due(now)
+            self.worker.register_if_due(now)
         if self.next_sweep_at is None or now >= self.next_sweep_at:
             report = self.sweep(now)
             self.next_sweep_at = self.clock.now() + timedelta(seconds=self.cleanup_interval)

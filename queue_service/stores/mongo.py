@@ -205,13 +205,15 @@ class MongoStore(Store):
 
     @staticmethod
     def _end_attempt(index: int, now: datetime, outcome: str, error: str | None = None,
-                     next_delay: float | None = None) -> dict[str, Any]:
+                     next_delay: float | None = None, traceback: str | None = None) -> dict[str, Any]:
         prefix = f"attempts.{index}."
         fields: dict[str, Any] = {prefix + "endedAt": now, prefix + "outcome": outcome}
         if error is not None:
             fields[prefix + "error"] = error
         if next_delay is not None:
             fields[prefix + "nextDelaySeconds"] = next_delay
+        if traceback is not None:
+            fields[prefix + "traceback"] = traceback
         return fields
 
     def _update_claimed(self, job: Job, update: dict[str, Any]) -> bool:
@@ -230,17 +232,18 @@ class MongoStore(Store):
                      **self._end_attempt(len(job.attempts) - 1, now, "completed")},
             "$unset": {"lockToken": "", "activeKey": ""}})
 
-    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
+    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime,
+                    traceback: str | None = None) -> bool:
         delay = round((run_at - now).total_seconds(), 3)
         return self._update_claimed(job, {
             "$set": {"status": "pending", "runAt": run_at, "error": error,
-                     **self._end_attempt(len(job.attempts) - 1, now, "retry", error, delay)},
+                     **self._end_attempt(len(job.attempts) - 1, now, "retry", error, delay, traceback)},
             "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}})
 
-    def fail(self, job: Job, now: datetime, error: str) -> bool:
+    def fail(self, job: Job, now: datetime, error: str, traceback: str | None = None) -> bool:
         return self._update_claimed(job, {
             "$set": {"status": "failed", "completedAt": now, "error": error,
-                     **self._end_attempt(len(job.attempts) - 1, now, "failed", error)},
+                     **self._end_attempt(len(job.attempts) - 1, now, "failed", error, traceback=traceback)},
             "$unset": {"lockToken": "", "activeKey": ""}})
 
     def release(self, job: Job, now: datetime, reason: str) -> bool:
@@ -294,6 +297,11 @@ class MongoStore(Store):
                 return False
             raise
 
+    def run_now(self, job_id: str, now: datetime) -> bool:
+        with self._errors():
+            return self.coll.update_one({"_id": job_id, "status": "pending", "runAt": {"$gt": now}},
+                                        {"$set": {"runAt": now}}).modified_count == 1
+
     def counts(self, now: datetime) -> dict[str, Any]:
         out: dict[str, Any] = {s.value: 0 for s in JobStatus}
         with self._errors():
@@ -303,6 +311,7 @@ class MongoStore(Store):
                                          projection={"runAt": 1}, sort=[("runAt", 1)])
             processing = self.coll.find_one({"status": "processing"}, projection={"processedAt": 1},
                                             sort=[("processedAt", 1)])
+            out["scheduled"] = self.coll.count_documents({"status": "pending", "runAt": {"$gt": now}})
         out["total"] = sum(out[s.value] for s in JobStatus)
         out["oldestPendingAt"] = _aware(pending["runAt"]) if pending else None
         out["oldestProcessingAt"] = _aware(processing["processedAt"]) if processing else None
@@ -356,6 +365,50 @@ class MongoStore(Store):
                 {"status": "completed", "completedAt": {"$lt": completed_before}},
                 {"status": {"$in": ["failed", "cancelled"]}, "completedAt": {"$lt": finished_before}},
             ]}).deleted_count
+
+    # -- operator views -------------------------------------------------------
+    @property
+    def workers(self):
+        return self.db.get_collection(f"{self.collection_name}_workers",
+                                      codec_options=CodecOptions(tz_aware=True))
+
+    def history(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
+        """Along the status_finished index (status, completedAt). The bucket is
+        computed from the epoch milliseconds ($toLong of a date), so it is the
+        same arithmetic as the SQLite store's."""
+        ms = int(bucket_seconds) * 1000
+        epoch_ms = {"$toLong": "$completedAt"}
+        with self._errors():
+            rows = list(self.coll.aggregate([
+                {"$match": {"status": {"$in": ["completed", "failed"]},
+                            "completedAt": {"$gte": since, "$lt": until}}},
+                {"$group": {"_id": {"bucket": {"$subtract": [epoch_ms, {"$mod": [epoch_ms, ms]}]},
+                                    "type": "$type"},
+                            "completed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}},
+                            "failed": {"$sum": {"$cond": [{"$eq": ["$status", "failed"]}, 1, 0]}}}}]))
+        out = [{"bucket": int(r["_id"]["bucket"]) // 1000, "type": r["_id"]["type"],
+                "completed": r["completed"], "failed": r["failed"]} for r in rows]
+        return sorted(out, key=lambda r: (r["bucket"], r["type"]))
+
+    def register_worker(self, record: dict[str, Any]) -> None:
+        doc = {k: v for k, v in record.items() if k != "id"}
+        with self._errors():
+            self.workers.replace_one({"_id": record["id"]}, doc, upsert=True)
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        with self._errors():
+            docs = list(self.workers.find({}, sort=[("lastSeenAt", -1), ("_id", 1)]))
+        out = []
+        for doc in docs:
+            record = {"id": doc.pop("_id"), **doc}
+            for key in ("startedAt", "lastSeenAt"):
+                record[key] = _aware(record.get(key))
+            out.append(record)
+        return out
+
+    def purge_workers(self, seen_before: datetime) -> int:
+        with self._errors():
+            return self.workers.delete_many({"lastSeenAt": {"$lt": seen_before}}).deleted_count
 
     # -- media ----------------------------------------------------------------
     # One document per file in ``<collection>_media``. The files are transcoded

@@ -152,6 +152,7 @@ def worker_command(queues: str | None) -> None:
         raise _UsageError(str(exc)) from None
     if queues is not None:  # --queues beats QUEUE_WORKER_QUEUES ("*": every queue)
         runtime.worker_queues = chosen
+    runtime.worker_kind = "standalone"
     runtime.start(daemon=True)
     consumed = ",".join(runtime.worker_queues) if runtime.worker_queues else "*"
     click.echo(f"queue worker {runtime.worker.worker_id} running (store: {runtime.store.kind}, queues: {consumed});"

@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS queue_jobs (
     idempotency_key TEXT,
     queue TEXT NOT NULL DEFAULT 'default'
 );
+CREATE TABLE IF NOT EXISTS queue_workers (
+    id TEXT PRIMARY KEY,
+    last_seen_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS queue_files (
     name TEXT PRIMARY KEY,
     data BLOB NOT NULL,
@@ -163,6 +168,25 @@ UPDATE queue_jobs
  WHERE id = :id AND status = 'processing' AND lock_token = :token
 """
 
+# The same two, for an attempt that ended with an exception: its traceback too.
+RETRY_LATER_WITH_TRACEBACK = """
+UPDATE queue_jobs
+   SET status = 'pending', retry_count = retry_count + 1, run_at = :run_at, lock_token = NULL,
+       error = :error,
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'retry',
+                           '$[#-1].error', :error, '$[#-1].nextDelaySeconds', :next_delay,
+                           '$[#-1].traceback', :traceback)
+ WHERE id = :id AND status = 'processing' AND lock_token = :token
+"""
+
+FAIL_WITH_TRACEBACK = """
+UPDATE queue_jobs
+   SET status = 'failed', completed_at = :now, lock_token = NULL, error = :error,
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'failed',
+                           '$[#-1].error', :error, '$[#-1].traceback', :traceback)
+ WHERE id = :id AND status = 'processing' AND lock_token = :token
+"""
+
 RELEASE = """
 UPDATE queue_jobs
    SET status = 'pending', run_at = :now, lock_token = NULL,
@@ -208,10 +232,18 @@ UPDATE queue_jobs
  WHERE id = :id AND status = 'failed'
 """
 
+# A delayed or retry-scheduled job made due at once; no retry counted.
+RUN_NOW = """
+UPDATE queue_jobs SET run_at = :now
+ WHERE id = :id AND status = 'pending' AND run_at > :now
+"""
+
 # -- reads for stats, metrics and lists ---------------------------------------------
 COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM queue_jobs GROUP BY status"
 
 OLDEST_RUNNABLE_PENDING = "SELECT MIN(run_at) FROM queue_jobs WHERE status = 'pending' AND run_at <= ?"
+
+COUNT_SCHEDULED = "SELECT COUNT(*) FROM queue_jobs WHERE status = 'pending' AND run_at > ?"
 
 OLDEST_PROCESSING = "SELECT MIN(processed_at) FROM queue_jobs WHERE status = 'processing'"
 
@@ -249,6 +281,26 @@ DELETE FROM queue_jobs
    AND ((status = 'completed' AND completed_at < :completed)
         OR (status IN ('failed', 'cancelled') AND completed_at < :finished))
 """
+
+# -- operator views ---------------------------------------------------------------
+# Finished jobs per completed_at bucket and type. No index on completed_at (see
+# INDEXES): this scans the finished jobs' rows, which PURGE bounds by retention.
+HISTORY = """
+SELECT CAST(completed_at / :bucket AS INTEGER) * :bucket AS bucket, type,
+       SUM(status = 'completed'), SUM(status = 'failed')
+  FROM queue_jobs
+ WHERE status IN ('completed', 'failed') AND completed_at >= :since AND completed_at < :until
+ GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+REGISTER_WORKER = """
+INSERT INTO queue_workers (id, last_seen_at, record) VALUES (:id, :seen, :record)
+ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, record = excluded.record
+"""
+
+LIST_WORKERS = "SELECT record FROM queue_workers ORDER BY last_seen_at DESC, id"
+
+PURGE_WORKERS = "DELETE FROM queue_workers WHERE last_seen_at < ?"
 
 # -- media ------------------------------------------------------------------------------
 PUT_FILE = """
