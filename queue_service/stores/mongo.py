@@ -374,10 +374,10 @@ class MongoStore(Store):
 
     def history(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
         """Along the status_finished index (status, completedAt). The bucket is
-        computed from the epoch milliseconds ($toLong of a date), so it is the
-        same arithmetic as the SQLite store's."""
+        computed from the epoch milliseconds (a date minus the epoch), so it is
+        the same arithmetic as the SQLite store's."""
         ms = int(bucket_seconds) * 1000
-        epoch_ms = {"$toLong": "$completedAt"}
+        epoch_ms = {"$subtract": ["$completedAt", datetime(1970, 1, 1, tzinfo=timezone.utc)]}
         with self._errors():
             rows = list(self.coll.aggregate([
                 {"$match": {"status": {"$in": ["completed", "failed"]},

@@ -231,16 +231,6 @@ class HealthSchema(marshmallow.Schema):
 
 
 # -- operator routes ------------------------------------------------------------
-class BulkRequestSchema(marshmallow.Schema):
-    """``POST /jobs/retry`` and ``POST /jobs/cancel``: ids, or a filter. The
-    route checks the body with ``core.bulk.parse_selection``; this describes it."""
-
-    ids = fields.List(fields.String(metadata={"format": "uuid"}), metadata={"description": "1 to 1,000 job ids."})
-    status = fields.String(metadata={"description": "failed (retry) or pending (cancel); the default."})
-    type = fields.String()
-    queue = fields.String()
-
-
 class BulkResultSchema(marshmallow.Schema):
     matched = fields.Integer(required=True, metadata={"description": "Jobs found in the status the action needs."})
     changed = fields.Integer(required=True, metadata={
