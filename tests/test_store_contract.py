@@ -595,6 +595,15 @@ def test_history_groups_finished_jobs_by_bucket_and_type(store, clock):
     hourly = store.history(start, start + timedelta(hours=2), 3600)
     assert [(r["bucket"] - epoch, r["type"], r["completed"], r["failed"]) for r in hourly] == [
         (0, "A", 2, 1), (0, "B", 1, 0), (3600, "A", 1, 0)]
+    # A failure stays counted once the job is retried (by the policy, or by hand) and completes.
+    later = clock.advance(60)
+    add(store, clock, job_type="C")
+    job = claim(store, clock)
+    assert store.retry_later(job, clock.now(), "boom", clock.now())
+    clock.advance(0.5)
+    assert store.complete(claim(store, clock), clock.now(), None)
+    rows = store.history(later - timedelta(seconds=1), later + timedelta(seconds=10), 300)
+    assert [(r["type"], r["completed"], r["failed"]) for r in rows] == [("C", 1, 1)]
 
 
 def test_worker_records_are_replaced_listed_and_purged(store, clock):

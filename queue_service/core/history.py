@@ -1,4 +1,4 @@
-"""Throughput over the last hours: finished jobs per time bucket, for the
+"""Throughput over the last hours: attempts that ended per time bucket (completed, failed), for the
 dashboard's charts and ``GET /stats/history``.
 
 The store groups (``Store.history``); this module picks the bucket size (5

@@ -192,10 +192,12 @@ class Store(ABC):
     # -- operator views -------------------------------------------------------
     @abstractmethod
     def history(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
-        """Finished jobs with ``since <= completed_at < until``, grouped in the
-        store by bucket (``floor(completed_at epoch / bucket_seconds)``) and
-        type: ``[{"bucket": epoch seconds of its start, "type", "completed",
-        "failed"}]`` sorted by bucket then type; empty buckets are missing."""
+        """Attempts that ended with ``since <= endedAt < until``, grouped in the
+        store by bucket (``floor(endedAt epoch / bucket_seconds)``) and type:
+        ``[{"bucket": epoch seconds of its start, "type", "completed": attempts
+        that completed, "failed": attempts that failed (outcome failed, retry or
+        lost)}]`` sorted by bucket then type; empty buckets are missing. A
+        failure stays counted after the job is retried and completes."""
 
     @abstractmethod
     def register_worker(self, record: dict[str, Any]) -> None:

@@ -373,19 +373,25 @@ class MongoStore(Store):
                                       codec_options=CodecOptions(tz_aware=True))
 
     def history(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
-        """Along the status_finished index (status, completedAt). The bucket is
-        computed from the epoch milliseconds (a date minus the epoch), so it is
-        the same arithmetic as the SQLite store's."""
+        """Attempts ended in the window, per bucket and type. Only jobs still
+        active or finished since ``since`` can hold one (status_heartbeat and
+        status_finished indexes). The bucket comes from the epoch milliseconds
+        (a date minus the epoch): the same arithmetic as the SQLite store's."""
         ms = int(bucket_seconds) * 1000
-        epoch_ms = {"$subtract": ["$completedAt", datetime(1970, 1, 1, tzinfo=timezone.utc)]}
+        epoch_ms = {"$subtract": ["$attempts.endedAt", datetime(1970, 1, 1, tzinfo=timezone.utc)]}
+        failure = {"$in": ["$attempts.outcome", ["failed", "retry", "lost"]]}
         with self._errors():
             rows = list(self.coll.aggregate([
-                {"$match": {"status": {"$in": ["completed", "failed"]},
-                            "completedAt": {"$gte": since, "$lt": until}}},
+                {"$match": {"$or": [{"status": {"$in": ["pending", "processing"]}},
+                                    {"completedAt": {"$gte": since}}]}},
+                {"$project": {"type": 1, "attempts.endedAt": 1, "attempts.outcome": 1}},
+                {"$unwind": "$attempts"},
+                {"$match": {"attempts.endedAt": {"$gte": since, "$lt": until},
+                            "attempts.outcome": {"$in": ["completed", "failed", "retry", "lost"]}}},
                 {"$group": {"_id": {"bucket": {"$subtract": [epoch_ms, {"$mod": [epoch_ms, ms]}]},
                                     "type": "$type"},
-                            "completed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}},
-                            "failed": {"$sum": {"$cond": [{"$eq": ["$status", "failed"]}, 1, 0]}}}}]))
+                            "completed": {"$sum": {"$cond": [{"$eq": ["$attempts.outcome", "completed"]}, 1, 0]}},
+                            "failed": {"$sum": {"$cond": [failure, 1, 0]}}}}]))
         out = [{"bucket": int(r["_id"]["bucket"]) // 1000, "type": r["_id"]["type"],
                 "completed": r["completed"], "failed": r["failed"]} for r in rows]
         return sorted(out, key=lambda r: (r["bucket"], r["type"]))

@@ -283,13 +283,20 @@ DELETE FROM queue_jobs
 """
 
 # -- operator views ---------------------------------------------------------------
-# Finished jobs per completed_at bucket and type. No index on completed_at (see
-# INDEXES): this scans the finished jobs' rows, which PURGE bounds by retention.
+# Attempts that ended in [since, until), per endedAt bucket and type: outcome
+# "completed", or a failure ("failed", "retry", "lost"). A job with such an
+# attempt is still active or finished after it ended, so only those rows are
+# read (the pending and processing partial indexes, and completed_at). endedAt
+# is ISO text: strftime('%s') gives its whole epoch seconds exactly.
 HISTORY = """
-SELECT CAST(completed_at / :bucket AS INTEGER) * :bucket AS bucket, type,
-       SUM(status = 'completed'), SUM(status = 'failed')
-  FROM queue_jobs
- WHERE status IN ('completed', 'failed') AND completed_at >= :since AND completed_at < :until
+SELECT CAST(e.ended / :bucket AS INTEGER) * :bucket AS bucket, e.type,
+       SUM(e.outcome = 'completed'), SUM(e.outcome IN ('failed', 'retry', 'lost'))
+  FROM (SELECT q.type AS type, json_extract(a.value, '$.outcome') AS outcome,
+               CAST(strftime('%s', json_extract(a.value, '$.endedAt')) AS INTEGER) AS ended
+          FROM queue_jobs AS q, json_each(q.attempts) AS a
+         WHERE (q.status IN ('pending', 'processing') OR q.completed_at >= :since)
+           AND json_extract(a.value, '$.endedAt') IS NOT NULL) AS e
+ WHERE e.ended >= :since AND e.ended < :until AND e.outcome IN ('completed', 'failed', 'retry', 'lost')
  GROUP BY 1, 2 ORDER BY 1, 2
 """
 

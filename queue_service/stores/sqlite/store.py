@@ -301,7 +301,8 @@ class SQLiteStore(Store):
 
     # -- operator views -------------------------------------------------------
     def history(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
-        rows = self._db.read(q.HISTORY, {"bucket": int(bucket_seconds), "since": _ts(since), "until": _ts(until)})
+        rows = self._db.read(q.HISTORY, {"bucket": int(bucket_seconds), "since": int(since.timestamp()),
+                                         "until": int(until.timestamp())})
         return [{"bucket": int(b), "type": t, "completed": int(c), "failed": int(f)} for b, t, c, f in rows]
 
     def register_worker(self, record: dict[str, Any]) -> None:
