@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hmac
 import os
+import time
+from pathlib import Path
 
 from flask import Flask, jsonify, request
 
@@ -66,6 +68,82 @@ if QUEUE_ON:
             except StoreError as exc:
                 return jsonify(error="store unavailable", details={"store": str(exc)}), 503
             return jsonify(id=job_id, status="pending"), 201
+
+
+# -- the peers, each behind an equivalent route (BENCH_PEERS=1) -------------------------
+# The durable-write ceiling: one plain sqlite3 INSERT per request, in the same
+# WAL mode and synchronous setting; Huey's SqliteHuey; RQ on the bench's
+# redis-server (BENCH_REDIS_PORT). Each checks the bearer token as ours does.
+if os.environ.get("BENCH_PEERS") == "1":
+    import json
+    import sqlite3
+    import threading
+    import uuid
+
+    from bench import subjects as peers
+
+    _local = threading.local()
+    _peer_dir = os.environ["BENCH_PEER_DIR"]
+
+    def _authorized() -> bool:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        token = os.environ.get("QUEUE_ADMIN_TOKEN", "")
+        return bool(token) and hmac.compare_digest(given.encode(), token.encode())
+
+    def _peer(name: str, make):
+        value = getattr(_local, name, None)
+        if value is None or getattr(_local, "pid", None) != os.getpid():  # made after fork, per thread
+            value = make()
+            setattr(_local, name, value)
+            _local.pid = os.getpid()
+        return value
+
+    def _sqlite_connection() -> sqlite3.Connection:
+        conn = sqlite3.connect(os.path.join(_peer_dir, "ceiling.db"), isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={peers.SYNCHRONOUS}")
+        conn.execute("CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+                     " payload TEXT NOT NULL, status TEXT NOT NULL, priority INTEGER NOT NULL, run_at REAL NOT NULL)")
+        return conn
+
+    @app.post("/bench/sqlite")
+    def sqlite_ceiling():
+        if not _authorized():
+            return jsonify(error="admin token required"), 401
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(error="expected a JSON object"), 400
+        job_id = str(uuid.uuid4())
+        _peer("sqlite", _sqlite_connection).execute(peers.FLOOR_INSERT, (job_id, json.dumps(body.get("payload")),
+                                                                         time.time()))
+        return jsonify(id=job_id, status="pending"), 201
+
+    @app.post("/bench/huey")
+    def huey_route():
+        if not _authorized():
+            return jsonify(error="admin token required"), 401
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(error="expected a JSON object"), 400
+        _, task = _peer("huey", lambda: peers.huey_instance(Path(_peer_dir) / "huey.db", True))
+        result = task(body.get("payload", {}).get("n", 0), "hello")
+        return jsonify(id=result.id, status="pending"), 201
+
+    if os.environ.get("BENCH_REDIS_PORT"):
+        @app.post("/bench/rq")
+        def rq_route():
+            if not _authorized():
+                return jsonify(error="admin token required"), 401
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                return jsonify(error="expected a JSON object"), 400
+
+            def connect():
+                from redis import Redis
+                from rq import Queue
+                return Queue("bench", connection=Redis(host="127.0.0.1", port=int(os.environ["BENCH_REDIS_PORT"])))
+            job = _peer("rq", connect).enqueue(peers.noop, body.get("payload", {}).get("n", 0), "hello")
+            return jsonify(id=job.id, status="pending"), 201
 
 
 @app.get("/bench/info")

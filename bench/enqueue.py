@@ -54,5 +54,41 @@ def floor_validated(count: int) -> dict[str, Any]:
     return latencies_us(call, count)
 
 
+BATCH = 100  # jobs per bulk call
+
+
+def _per_job(batches: dict[str, Any]) -> dict[str, Any]:
+    """Latencies of whole batches as per-job figures."""
+    return {**batches, "p50_us": batches["p50_us"] / BATCH, "p99_us": batches["p99_us"] / BATCH,
+            "mean_us": batches["mean_us"] / BATCH, "batch": BATCH}
+
+
+def queue_service_bulk(count: int) -> dict[str, Any]:
+    """``queue.add_jobs`` of BATCH jobs (one transaction each), per job."""
+    work = fresh_dir("enqueue-qs-bulk")
+    app, queue = subjects.queue_app(work / "queue.db")
+    with app.app_context():
+        queue.state().runtime.store
+
+        def call(i: int) -> None:
+            queue.add_jobs([{"type": subjects.NOOP_TYPE, "payload": subjects.payload(i * BATCH + n)}
+                            for n in range(BATCH)])
+        return _per_job(latencies_us(call, max(1, count // BATCH), warmup=3))
+
+
+def rq_bulk(count: int) -> dict[str, Any]:
+    """RQ's ``enqueue_many`` of BATCH jobs (one pipeline), per job."""
+    from rq import Queue
+
+    work = fresh_dir("enqueue-rq-bulk")
+    with redis_server(work) as port:
+        _, queue = subjects.rq_queue(port)
+
+        def call(i: int) -> None:
+            queue.enqueue_many([Queue.prepare_data(subjects.noop, (i * BATCH + n, "hello")) for n in range(BATCH)])
+        return _per_job(latencies_us(call, max(1, count // BATCH), warmup=3))
+
+
 SYSTEMS = {"queue_service": queue_service, "huey": huey, "huey_defaults": huey_defaults, "rq": rq,
-           "floor": floor, "floor_validated": floor_validated}
+           "floor": floor, "floor_validated": floor_validated, "queue_service_bulk": queue_service_bulk,
+           "rq_bulk": rq_bulk}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import subjects
-from bench.common import fresh_dir, percentile
+from bench.common import fresh_dir, percentile, redis_server
 from bench.server import ADMIN_TOKEN, Server, gunicorn
 
 CONNECTIONS = 4
@@ -112,7 +112,15 @@ def measure(seconds: float) -> dict[str, Any]:
     enqueue["path"] = path
     enqueue["jobs_by_status_after"] = _job_counts(work / "http.db")
     work = fresh_dir("http-threads-off")
-    with gunicorn(work, queue_on=True, extra_env={"QUEUE_AUTOSTART": "false"}) as server:
-        enqueue_only = load(server, path, seconds, work)
+    peers: dict[str, Any] = {}
+    with redis_server(work) as redis_port:
+        env = {"QUEUE_AUTOSTART": "false", "BENCH_PEERS": "1", "BENCH_PEER_DIR": str(work),
+               "BENCH_REDIS_PORT": str(redis_port)}
+        with gunicorn(work, queue_on=True, extra_env=env) as server:
+            enqueue_only = load(server, path, seconds, work)
+            # The same app, the same load, each peer behind an equivalent route.
+            for name, peer_path in (("durable_write", "/bench/sqlite"), ("huey", "/bench/huey"),
+                                    ("rq", "/bench/rq")):
+                peers[name] = load(server, peer_path, seconds, work)
     enqueue_only["jobs_by_status_after"] = _job_counts(work / "http.db")
-    return {"enqueue": enqueue, "enqueue_threads_off": enqueue_only, "ceiling": ceiling}
+    return {"enqueue": enqueue, "enqueue_threads_off": enqueue_only, "ceiling": ceiling, "peers": peers}

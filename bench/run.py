@@ -21,10 +21,10 @@ import time
 from importlib import metadata
 from typing import Any
 
-from bench import drain, enqueue, image, report
+from bench import drain, enqueue, image, report, route
 from bench.common import ROOT, median, run_child
 
-SECTIONS = ("enqueue", "drain", "http", "image", "memory", "storage")
+SECTIONS = ("enqueue", "drain", "route", "http", "image", "memory", "storage", "mongo_ops")
 
 
 def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,6 +101,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if "drain" in only:
         results["drain"] = _rounds({n: f"bench.drain:{n}" for n in drain.SYSTEMS},
                                    args.repeat, "drain", count=args.jobs)
+    if "route" in only:
+        results["route"] = _rounds({n: f"bench.route:{n}" for n in route.SYSTEMS}, args.repeat, "route",
+                                   count=min(args.jobs, 3000))["queue_service"]
     if "http" in only:
         results["http"] = _rounds({"http": "bench.http:measure"}, args.repeat, "http",
                                   seconds=args.http_seconds)["http"]
@@ -119,6 +122,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                     idle_seconds=args.idle_seconds)["memory"]
     if "storage" in only:
         results["storage"] = run_child("bench.storage:measure", count=1000)
+    if "mongo_ops" in only:
+        results["mongo_ops"] = run_child("bench.mongo_ops:measure", count=200)
     return results
 
 

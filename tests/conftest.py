@@ -7,6 +7,7 @@ test that uses the ``store`` fixture.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import uuid
 
@@ -18,6 +19,13 @@ from queue_service.stores.sqlite import SQLiteStore
 
 MONGO_URI = os.environ.get("QUEUE_TEST_MONGO_URI")
 STORE_KINDS = ["sqlite", "mongo"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (aiosmtpd cannot bind port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -57,13 +65,18 @@ def store_kind(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def store(store_kind, tmp_path):
-    store, cleanup = make_store(store_kind, tmp_path)
+def opened_store(kind: str, tmp_path):
+    """A set-up store of ``kind``, closed and dropped after the test."""
+    store, cleanup = make_store(kind, tmp_path)
     store.setup()
     yield store
     store.close()
     cleanup()
+
+
+@pytest.fixture
+def store(store_kind, tmp_path):
+    yield from opened_store(store_kind, tmp_path)
 
 
 @pytest.fixture
@@ -73,11 +86,7 @@ def app_store(request, tmp_path):
     web and core layers, which are the same over every store; the store
     contract suite covers the stores)."""
     kind = request.getfixturevalue("store_kind") if "store_kind" in request.fixturenames else "sqlite"
-    store, cleanup = make_store(kind, tmp_path)
-    store.setup()
-    yield store
-    store.close()
-    cleanup()
+    yield from opened_store(kind, tmp_path)
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ keeps the request S seconds (at most 2), so concurrent requests spread over
 the workers. With TEST_APP_LOG_FILE set, the app configures logging itself
 (``logging.basicConfig`` to that file), as many host apps do. With
 TEST_APP_ENQUEUE_AT_IMPORT set, it adds a NOOP job while it is created (so
-under --preload the gunicorn master opens the store before forking).
+under --preload the gunicorn master opens the store before forking). With
+TEST_APP_PERIODIC_EVERY=S, a schedule "every-S" enqueues NOOP {n: 0} every S
+seconds (tests/test_periodic_gunicorn.py).
 """
 from __future__ import annotations
 
@@ -75,6 +77,9 @@ def create_app() -> Flask:
     app.config.update({key: value for key, value in os.environ.items() if key.startswith("QUEUE_")})
     queue = JobQueue(builtins=False)
     register_job_types(queue)
+    if os.environ.get("TEST_APP_PERIODIC_EVERY"):
+        every = float(os.environ["TEST_APP_PERIODIC_EVERY"])
+        queue.periodic("NOOP", {"n": 0}, every=every, name=f"every-{every:g}")
     queue.init_app(app)
     if os.environ.get("TEST_APP_ENQUEUE_AT_IMPORT"):  # the store is used in the master under --preload
         with app.app_context():

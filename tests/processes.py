@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import free_port  # noqa: F401  (the one free_port; tests import it from here too)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -41,12 +41,6 @@ FAST = {
     "QUEUE_POLL_INTERVAL": "0.1",
     "QUEUE_SHUTDOWN_TIMEOUT": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(what: str, check: Callable[[], Any], seconds: float = WAIT_SECONDS, every: float = 0.05) -> Any:
@@ -145,8 +139,12 @@ class Process:
 
 
 class Gunicorn(Process):
+    """gunicorn with the project's gunicorn.conf.py serving ``app`` (default
+    tests/gunicorn_app.py, whose /census answers ``wait_ready``; for another app
+    pass ``ready_path``, a route that answers 200 once the app is up)."""
+
     def __init__(self, tmp_path: Path, workers: int = 2, preload: bool = False, cwd: Path = ROOT,
-                 **env: str):
+                 app: str = "tests.gunicorn_app:app", ready_path: str = "/census", **env: str):
         self.port = free_port()
         args = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "-w", str(workers),
                 "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
@@ -154,16 +152,16 @@ class Gunicorn(Process):
             args.append("--preload")
         if cwd != ROOT:
             args += ["--chdir", str(ROOT)]
-        super().__init__([*args, "tests.gunicorn_app:app"], base_env(tmp_path, **env),
-                         tmp_path / f"gunicorn-{self.port}.log", cwd)
+        super().__init__([*args, app], base_env(tmp_path, **env), tmp_path / f"gunicorn-{self.port}.log", cwd)
         self.expected_workers = workers
+        self.ready_path = ready_path
 
     def wait_ready(self) -> None:
         """Until the port answers and every worker process exists."""
         def ready() -> bool:
             assert self.proc.poll() is None, f"gunicorn exited:\n{self.log()}"
             try:
-                status, _ = http(self.port, "GET", "/census", timeout=2)
+                status, _ = http(self.port, "GET", self.ready_path, timeout=2)
             except OSError:
                 return False
             return status == 200 and len(self.workers()) == self.expected_workers

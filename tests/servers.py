@@ -18,15 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 import pytest
+from conftest import free_port  # noqa: F401  (re-exported for the tests that import it from here)
 
 TRICKLE_MAX_SECONDS = 10.0  # a trickling route gives up on its own after this
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (aiosmtpd cannot bind port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -555,8 +555,11 @@ def test_openapi_document(api):
     email = components["EMAILPayload"]
     assert set(email["required"]) == {"to", "subject"} and email["properties"]["to"]["format"] == "email"
     body = doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert {v["$ref"].rsplit("/", 1)[1] for v in body["oneOf"]} == {"JobCreate_EMAIL", "JobCreate_NOOP",
-                                                                       "JobCreate_BOOM"}
+    assert {v["$ref"].rsplit("/", 1)[1] for v in body["oneOf"]} == {"JobCreateOne", "JobCreateMany"}
+    one = components["JobCreateOne"]
+    assert {v["$ref"].rsplit("/", 1)[1] for v in one["oneOf"]} == {"JobCreate_EMAIL", "JobCreate_NOOP",
+                                                                      "JobCreate_BOOM"}
+    assert components["JobCreateMany"]["properties"]["jobs"]["maxItems"] == 1000
     assert components["JobCreate_EMAIL"]["additionalProperties"] is False
     assert doc["paths"]["/health"]["get"]["security"] == []
     assert doc["paths"]["/stats"]["get"].get("security") is None  # the global bearer requirement

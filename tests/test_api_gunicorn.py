@@ -4,25 +4,12 @@ way: each gets a 4xx, and the server keeps answering afterwards."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
+from processes import TOKEN, Gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
-TOKEN = "gunicorn-test-token"
 PREFIX = "/api/queue"
-STARTUP_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def raw_request(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
@@ -63,36 +50,13 @@ def request(port: int, method: str, target: str, body: bytes | None = None,
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gunicorn")
-    port = free_port()
-    env = {**os.environ, "QUEUE_DATABASE_URL": f"sqlite:///{tmp / 'queue.db'}", "QUEUE_ADMIN_TOKEN": TOKEN,
-           "QUEUE_SHUTDOWN_TIMEOUT": "2", "WEB_CONCURRENCY": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("PORT", None)
-    log = open(tmp / "gunicorn.log", "wb")
-    proc = subprocess.Popen(
-        [str(GUNICORN), "-c", str(ROOT / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}",
-         "--no-control-socket",  # gunicorn 27 shares one control socket path per user
-         "--pythonpath", str(ROOT / "tests"), "api_gunicorn_app:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    gunicorn = Gunicorn(tmp, workers=1, app="tests.api_gunicorn_app:app", ready_path=f"{PREFIX}/health",
+                        QUEUE_SHUTDOWN_TIMEOUT="2")
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:  # bounded wait for the port to answer
-            assert proc.poll() is None, (tmp / "gunicorn.log").read_text()
-            try:
-                if request(port, "GET", f"{PREFIX}/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.1)
-        yield port, tmp / "gunicorn.log"
+        gunicorn.wait_ready()
+        yield gunicorn.port, gunicorn.log_path
     finally:
-        proc.terminate()  # SIGTERM to the master we started, by PID
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+        gunicorn.stop()  # SIGTERM to the master we started, by PID; closes its log
 
 
 def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: int) -> None:

@@ -118,6 +118,7 @@ def test_list_newest_first_filters_and_pages(env, clock):
     assert result.exit_code == 0
     rows = [line.split()[0] for line in result.stdout.splitlines()[1:]]
     assert rows == ids[::-1]
+    assert " ATTEMPT " in result.stdout.splitlines()[0] and " 0 of 2 " in result.stdout  # "attempt 0 of 2"
 
     page = json.loads(run("list", "--limit", "2", "--json").stdout)
     assert [j["id"] for j in page["jobs"]] == [ids[4], ids[3]] and page["next"] == ids[3]
@@ -165,8 +166,9 @@ def test_show_text_and_json_with_attempts(env):
     run_worker_once(app)
     text = run("show", job_id).stdout
     assert f"id           {job_id}" in text
-    assert "status       pending" in text and "retries      1 of 1" in text
-    assert "1. " in text and " retry " in text and "(next try after 1s)" in text
+    assert "status       pending" in text and "tries        attempt 1 of 2 (1 of 1 retries used)" in text
+    assert "1. 2030-01-01T00:00:00Z -> 2030-01-01T00:00:00Z  retry " in text  # ISO 8601 like the API
+    assert "(next try after 1s)" in text
     assert "error: RuntimeError: boom" in text
     assert '"name": "boom"' in text
 

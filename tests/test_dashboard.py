@@ -434,6 +434,64 @@ def test_host_login_hook_needs_no_token(browser, serve, tmp_path):
         context.close()
 
 
+@pytest.mark.browser
+def test_named_queues_are_listed_and_filter_the_jobs(browser, live):
+    server, app, queue = live
+    with app.app_context():
+        images = [queue.add_job("NOTE", {"note": f"img {n}"}, queue="images", delay=3600) for n in range(2)]
+        plain = queue.add_job("NOTE", {"note": "default one"}, delay=3600)
+    context, page, problems = open_page(browser, server)
+    try:
+        sign_in(page)
+        row(page, plain).wait_for(timeout=WAIT_MS)
+        page.wait_for_selector("#queues:visible", timeout=WAIT_MS)
+        line = page.text_content("#queues")
+        assert "images: 2 pending" in line and "default: 1 pending" in line, line
+        page.select_option("#f-queue", "images")
+        wait_count(page, "#jobs-body tr", 2)
+        assert {page.locator("#jobs-body tr").nth(i).get_attribute("data-id") for i in range(2)} == set(images)
+        shot(page, "dashboard-queues-1280x800")
+        page.click("#clear-filters")
+        wait_count(page, "#jobs-body tr", 3)
+        assert problems == []
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_schedules_panel(browser, serve, tmp_path):
+    """The schedules panel lists each schedule with its next run and last job;
+    a click on the last job opens it. Hidden when the app has no schedule."""
+    queue = make_live_queue()
+    queue.periodic("NOTE", {"note": "<img src=x onerror=alert(1)>"}, every=3600, name="hourly <b>")
+    queue.periodic("NOTE", {"note": "nightly"}, cron="0 3 * * *", tz="Europe/Berlin", name="nightly")
+    app, _ = build_live_app(tmp_path, queue)
+    server = serve(app)
+    state = app.extensions["queue_service"]
+    # What the scheduler does at the hour, done here for this hour's slot.
+    now, hourly = state.runtime.clock.now(), queue.schedules.get("hourly <b>")
+    slot = now.replace(minute=0, second=0, microsecond=0)
+    assert state.runtime.store.enqueue_slot(hourly.name, slot, hourly.make_job(slot, now, 3, [1.0]), now)
+    context, page, problems = open_page(browser, server)
+    try:
+        sign_in(page)
+        wait_count(page, "#schedules-body tr", 2)
+        rows = page.locator("#schedules-body tr")
+        assert rows.nth(0).locator("td").nth(0).text_content() == "hourly <b>"  # text, not markup
+        assert "every 1h" in rows.nth(0).text_content() and "pending" in rows.nth(0).text_content()
+        assert "cron 0 3 * * * (Europe/Berlin)" in rows.nth(1).text_content()
+        assert "not run yet" in rows.nth(1).text_content()
+        rows.nth(0).locator("button").click()
+        from playwright.sync_api import expect
+
+        expect(page.locator("#detail")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#detail-body")).to_contain_text("Schedulehourly <b>", timeout=WAIT_MS)
+        shot(page, "schedules-panel")
+        assert not problems, problems
+    finally:
+        context.close()
+
+
 # -- operator essentials (issue 17) --------------------------------------------------
 def seed_failures(app, queue, count: int) -> list[str]:
     """``count`` NOTE jobs that failed their first (only allowed) attempt."""

@@ -125,6 +125,11 @@ def test_counts_match_the_store(env, clock, app_store, store_kind):
     assert int(value(metrics, "queue_oldest_processing_age_seconds")) == stats["oldestProcessingAge"] == STUCK_AFTER + 13
     assert value(metrics, "queue_stuck_jobs") == 1
     assert value(metrics, "queue_stuck_after_seconds") == STUCK_AFTER
+    for name, row in stats["queues"].items():  # every job here is in "default"
+        for status in ("pending", "processing", "completed", "failed", "cancelled"):
+            assert value(metrics, "queue_jobs_by_queue", queue=name, status=status) == row[status]
+        assert int(value(metrics, "queue_queue_oldest_pending_age_seconds", queue=name)) == row["oldestPendingAge"]
+    assert set(stats["queues"]) == {"default"}
 
     queue.cleanup_stuck_jobs()
     after = scrape(client)

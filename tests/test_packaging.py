@@ -161,6 +161,13 @@ with app.app_context():
     except ConfigurationError as exc:
         out["image"] = str(exc)
 
+from queue_service.testing import make_test_app  # the base install has no pytest: must not need it
+
+(here / "eager").mkdir(exist_ok=True)
+eager_app = make_test_app(queue, here / "eager", QUEUE_EAGER=True)
+out["eager"] = queue.get_job_status(queue.add_job("GREET", {"name": "eager"}, app=eager_app), app=eager_app)
+out["pytest_imported"] = "pytest" in sys.modules
+
 client = app.test_client()
 page = client.get("/api/queue/dashboard")
 html = page.get_data(as_text=True)
@@ -233,6 +240,7 @@ def test_the_wheel_installs_and_runs_a_host_app_outside_the_checkout(tmp_path):
     assert Path(base["file"]).is_relative_to(venv), base["file"]  # the installed copy, not the checkout
     assert base["job"]["status"] == "completed" and base["job"]["result"] == {"hello": "wheel"}
     assert base["email"] and base["cleanup"]
+    assert base["eager"]["status"] == "completed" and base["pytest_imported"] is False
     assert base["image"] == IMAGE_ERROR
     assert base["mongo"] == ("MONGO_URI (the MongoDB store) needs pymongo and flask-pymongo, which is not "
                              'installed: pip install "queue-service[mongo]"')

@@ -113,3 +113,48 @@ def test_cli_lists_by_queue_and_refuses_a_bad_queue_list(make_app, clock):
     assert image_job in listed.output and listed.output.count('"id"') == 1
     refused = runner.invoke(args=["queue", "worker", "--queues", "Bad Name"])
     assert refused.exit_code == 2 and "--queues" in refused.output
+
+
+# -- bulk enqueue (issue 18) ---------------------------------------------------------------
+def test_add_jobs_validates_everything_before_writing_anything(make_app, clock):
+    app, queue = make_app(make_queue(clock))
+    with app.app_context():
+        with pytest.raises(ValidationError) as caught:
+            queue.add_jobs([{"type": "EMAIL", "payload": {}}, {"type": "NOPE", "payload": {}},
+                            {"type": "EMAIL", "payload": {}, "priority": "high"}, "not a dict",
+                            {"type": "EMAIL", "payload": {}, "colour": "red"}])
+        assert set(caught.value.messages["jobs"]) == {1, 2, 3, 4}
+        assert "type" in caught.value.messages["jobs"][1] and "priority" in caught.value.messages["jobs"][2]
+        assert queue.get_queue_stats()["total"] == 0
+        with pytest.raises(ValidationError):
+            queue.add_jobs([])
+        ids = queue.add_jobs([{"type": "EMAIL", "payload": {}, "idempotency_key": "k"},
+                              {"type": "RESIZE", "payload": {}, "priority": 5},
+                              {"type": "EMAIL", "payload": {}, "idempotency_key": "k"}])
+        assert ids[0] == ids[2] and len(set(ids)) == 2
+        assert queue.get_job(ids[1]).queue == "images" and queue.get_job(ids[1]).priority == 5
+
+
+def test_rest_bulk_enqueue(make_app, clock):
+    app, queue = make_app(make_queue(clock), QUEUE_ADMIN_TOKEN=TOKEN, QUEUE_DEVELOPMENT=False)
+    client = app.test_client()
+    body = {"jobs": [{"type": "EMAIL", "payload": {}, "idempotencyKey": "a"},
+                     {"type": "RESIZE", "payload": {}, "delay": 60}]}
+    created = client.post("/api/queue/jobs", json=body, headers=ADMIN)
+    assert created.status_code == 201, created.get_json()
+    answers = created.get_json()["jobs"]
+    assert [a["status"] for a in answers] == ["pending", "pending"]
+    with app.app_context():
+        assert queue.get_job(answers[1]["id"]).run_at > queue.get_job(answers[0]["id"]).run_at
+    bad = client.post("/api/queue/jobs", json={"jobs": [{"type": "EMAIL", "payload": {}},
+                                                        {"type": "EMAIL", "payload": {}, "runAt": "soon"},
+                                                        {"type": "EMAIL", "payload": {}, "maxRetries": -1}]},
+                      headers=ADMIN)
+    assert bad.status_code == 400
+    details = bad.get_json()["details"]["jobs"]
+    assert set(details) == {"1", "2"} and "runAt" in details["1"] and "maxRetries" in details["2"]
+    for wrong in ({"jobs": []}, {"jobs": {"a": 1}}, {"jobs": [{}] * 1001}, {"jobs": [1], "type": "EMAIL"}):
+        answer = client.post("/api/queue/jobs", json=wrong, headers=ADMIN)
+        assert answer.status_code == 400, wrong
+    with app.app_context():
+        assert queue.get_queue_stats()["total"] == 2

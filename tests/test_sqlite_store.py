@@ -261,3 +261,27 @@ def test_a_file_made_before_queues_existed_gets_the_column_and_its_jobs_are_defa
     store.setup()  # a second start (another process) finds the column there
     assert store.get("old-1").queue == "default"
     assert store.claim("w", new_lock_token(), clock.now(), ("default",)).id == "old-1"
+
+
+# -- a file made before periodic jobs -----------------------------------------------
+def test_a_file_without_the_schedule_columns_gains_them_at_setup(tmp_path, clock):
+    store = open_store(tmp_path)
+    old = make_job(clock)
+    store.insert(old)
+    store.close()
+    conn = sqlite3.connect(str(tmp_path / "queue.db"), isolation_level=None)
+    conn.execute("ALTER TABLE queue_jobs DROP COLUMN slot")
+    conn.execute("ALTER TABLE queue_jobs DROP COLUMN scheduled_by")
+    conn.execute("DROP TABLE queue_schedules")
+    conn.close()
+
+    reopened = open_store(tmp_path)
+    open_store(tmp_path).close()  # a second process's setup finds them there
+    got = reopened.get(old.id)
+    assert got.id == old.id and (got.scheduled_by, got.slot) == (None, None)
+    from test_store_contract import slot_job
+
+    slot = clock.now()
+    assert reopened.enqueue_slot("s", slot, slot_job(clock, "s", slot), clock.now())
+    assert reopened.schedule_states()["s"].last_slot == slot
+    reopened.close()

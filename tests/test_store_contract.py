@@ -525,6 +525,86 @@ def test_counts_by_queue_and_listing_by_queue(store, clock):
     assert len(store.list_jobs(queue="b")) == 1
 
 
+# -- bulk insert ---------------------------------------------------------------------------
+def test_insert_many_stores_all_in_order_and_honours_keys(store, clock):
+    held = add(store, clock, key="k-held")
+    jobs = [make_job(clock), make_job(clock, key="k-new"), make_job(clock, key="k-held"),
+            make_job(clock, key="k-new"), make_job(clock, queue="images")]
+    answers = store.insert_many(jobs)
+    assert answers[0] == (jobs[0].id, True) and answers[1] == (jobs[1].id, True)
+    assert answers[2] == (held.id, False)          # held by an active job
+    assert answers[3] == (jobs[1].id, False)       # held by an earlier job of the same call
+    assert answers[4] == (jobs[4].id, True)
+    assert store.get(jobs[2].id) is None and store.get(jobs[3].id) is None
+    assert store.get(jobs[4].id).queue == "images"
+    assert store.counts(clock.now())["pending"] == 4
+
+
+# -- periodic slots (enqueue_slot) ------------------------------------------------
+def slot_job(clock, name, slot) -> Job:
+    from queue_service.core.periodic import slot_job_id
+
+    now = clock.now()
+    return Job(id=slot_job_id(name, slot), type="T", payload={}, created_at=now, run_at=now,
+               scheduled_by=name, slot=slot)
+
+
+def test_enqueue_slot_records_schedule_and_slot(store, clock):
+    slot = clock.now()
+    job = slot_job(clock, "nightly", slot)
+    assert store.enqueue_slot("nightly", slot, job, clock.now())
+    got = store.get(job.id)
+    assert (got.scheduled_by, got.slot, got.status) == ("nightly", slot, JobStatus.PENDING)
+    state = store.schedule_states()["nightly"]
+    assert (state.last_slot, state.last_job_id, state.seen_at) == (slot, job.id, clock.now())
+    assert claim(store, clock).id == job.id
+    plain = add(store, clock)
+    assert (store.get(plain.id).scheduled_by, store.get(plain.id).slot) == (None, None)
+
+
+def test_two_schedulers_racing_for_one_slot_enqueue_one_job(store, clock):
+    slot = clock.now()
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def race() -> None:
+        job = slot_job(clock, "racy", slot)
+        barrier.wait()
+        results.append(store.enqueue_slot("racy", slot, job, clock.now()))
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert store.counts(clock.now())["total"] == 1
+    assert store.schedule_states()["racy"].runs == 1
+
+
+def test_an_older_slot_after_a_newer_one_is_refused(store, clock):
+    older, newer = clock.now(), clock.now() + timedelta(seconds=60)
+    assert store.enqueue_slot("s", newer, slot_job(clock, "s", newer), clock.now())
+    assert not store.enqueue_slot("s", older, slot_job(clock, "s", older), clock.now())
+    assert not store.enqueue_slot("s", newer, slot_job(clock, "s", newer), clock.now())  # the same slot again
+    assert store.counts(clock.now())["total"] == 1
+    assert store.schedule_states()["s"].last_slot == newer
+    later = newer + timedelta(seconds=60)
+    assert store.enqueue_slot("s", later, slot_job(clock, "s", later), clock.now())
+    assert store.schedule_states()["s"].runs == 2
+    assert store.enqueue_slot("other", older, slot_job(clock, "other", older), clock.now())  # per schedule
+
+
+def test_touch_and_purge_schedules(store, clock):
+    store.touch_schedules(["a", "b"], clock.now())
+    slot = clock.now()
+    assert store.enqueue_slot("a", slot, slot_job(clock, "a", slot), clock.now())  # a touched state has no slot
+    clock.advance(100)
+    store.touch_schedules(["b"], clock.now())
+    assert store.purge_schedules(clock.now() - timedelta(seconds=50)) == 1
+    assert set(store.schedule_states()) == {"b"}
+    assert store.schedule_states()["b"].last_slot is None
+
+
 # -- operator essentials (issue 17) ---------------------------------------------------
 def test_failed_attempts_keep_their_traceback_and_others_have_no_key(store, clock):
     add(store, clock)

@@ -56,3 +56,27 @@ class ManualClock(Clock):
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         return event.wait(min(seconds, 0.01))
+
+
+class ShiftedClock(Clock):
+    """Another clock's time moved forward by an offset that only grows: the
+    view of a worker that runs delayed jobs and retries without waiting
+    (``Worker.drain``)."""
+
+    def __init__(self, base: Clock):
+        self.base = base
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return self.base.now() + self.offset
+
+    def catch_up(self, when: datetime) -> bool:
+        """Move forward so that ``now() >= when``; False if it already was."""
+        behind = when - self.now()
+        if behind <= timedelta(0):
+            return False
+        self.offset += behind
+        return True
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return self.base.wait(event, seconds)

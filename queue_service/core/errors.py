@@ -22,10 +22,16 @@ class ValidationError(QueueError, marshmallow.ValidationError):
 
 
 class UnknownJobType(ValidationError):
-    """``add_job`` was given a type no handler is registered for."""
+    """``add_job`` was given a type no handler is registered for.
 
-    def __init__(self, job_type: str):
-        super().__init__({"type": [f"Unknown job type: {job_type!r}."]})
+    The message (and ``messages["type"]``) lists the registered types, which
+    are also in ``registered``: a typo or a module that was never imported
+    (so its ``@queue.job_type`` never ran) shows at once."""
+
+    def __init__(self, job_type: str, registered: "list[str] | tuple[str, ...]" = ()):
+        self.registered = sorted(registered)
+        known = ", ".join(self.registered) or "none"
+        super().__init__({"type": [f"Unknown job type: {job_type!r}. Registered types: {known}."]})
         self.job_type = job_type
 
 

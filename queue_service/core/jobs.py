@@ -88,6 +88,13 @@ class RetryPolicy:
         return f"worker lost (no heartbeat for {self.stuck_after_seconds:g}s)"
 
 
+def attempt_text(attempt: int, max_retries: int) -> str:
+    """ "attempt 3 of 4" (attempt 0: "not run yet, at most 4 attempts")."""
+    if attempt <= 0:
+        return f"not run yet, at most {max_retries + 1} attempts"
+    return f"attempt {attempt} of {max_retries + 1}"
+
+
 def iso(value: datetime | None) -> str | None:
     """ISO 8601 UTC with a Z, milliseconds when there are any."""
     if value is None:
@@ -128,11 +135,19 @@ class Job:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str | None = None
     queue: str = DEFAULT_QUEUE
+    scheduled_by: str | None = None     # the schedule that enqueued it (core.periodic)
+    slot: datetime | None = None        # and the slot it was enqueued for
 
     @property
     def attempt_number(self) -> int:
         """1-based number of the current (or last) attempt."""
         return len(self.attempts)
+
+    @property
+    def attempt_text(self) -> str:
+        """The one wording of tries (CLI, logs, dashboard): "attempt 3 of 4",
+        the current or last attempt of at most ``1 + max_retries``."""
+        return attempt_text(self.attempt_number, self.max_retries)
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape (camelCase, ISO 8601 UTC timestamps)."""
@@ -155,6 +170,8 @@ class Job:
             "payload": self.payload,
             "idempotencyKey": self.idempotency_key,
             "queue": self.queue,
+            "scheduledBy": self.scheduled_by,
+            "slot": iso(self.slot),
             "attempts": [
                 {k: (iso(v) if isinstance(v, datetime) else v) for k, v in a.items()}
                 for a in self.attempts

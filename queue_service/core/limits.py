@@ -16,3 +16,4 @@ PAGE_LIMIT_RANGE = (1, 100)
 DEFAULT_PAGE_LIMIT = 50
 MAX_ERROR_CHARS = 2000                       # a handler's error text as stored
 QUEUE_NAME = r"[a-z0-9_-]{1,40}"            # a named queue (QUEUE_WORKER_QUEUES, queue=)
+MAX_BULK_JOBS = 1000                         # add_jobs / POST /jobs {"jobs": [...]}

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .store import Store
 from .clock import Clock
+from .periodic import Schedules
 from .registry import Registry
 from .scheduler import Scheduler
 from .settings import Settings
@@ -25,10 +26,11 @@ log = logging.getLogger("queue_service")
 
 class Runtime:
     def __init__(self, registry: Registry, settings: Settings, clock: Clock,
-                 store_factory: Callable[[], Store], app: Any):
+                 store_factory: Callable[[], Store], app: Any, schedules: Schedules | None = None):
         """``store_factory`` makes this app's store (not yet set up); ``app`` is
         the host app, whose context every handler runs in."""
         self.registry = registry
+        self.schedules = schedules if schedules is not None else Schedules()
         self.settings = settings
         self.clock = clock
         self.app = app
@@ -83,7 +85,7 @@ class Runtime:
                       queues=self.worker_queues, kind=self.worker_kind)
 
     def make_scheduler(self, worker: Worker | None) -> Scheduler:
-        return Scheduler(lambda: self.store, self.clock, worker, self.settings)
+        return Scheduler(lambda: self.store, self.clock, worker, self.settings, self.schedules)
 
     def wake_worker(self, queue: str | None = None) -> None:
         """A job became runnable (on ``queue``): this process's worker looks at

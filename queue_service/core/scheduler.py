@@ -5,6 +5,9 @@ older than ``stuck_after`` and purges finished jobs past their retention. It
 runs at start-up and then every ``cleanup_interval``; a stalled scheduler
 (an app that slept) sweeps once and skips the ticks it missed. Every sweep is
 a set of conditional updates, so N processes may sweep at once.
+
+Periodic jobs (``core.periodic``): each tick enqueues the schedules' due
+slots, and the thread wakes for the next slot, not only for the next sweep.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from typing import Callable
 
 from .store import Store
 from .clock import Clock
-from .jobs import RetryPolicy
+from .jobs import Job, RetryPolicy
+from .periodic import Periodic, Schedules
 from .settings import Settings
 from .worker import Worker
 
@@ -54,7 +58,7 @@ class SweepReport:
 
 class Scheduler:
     def __init__(self, store_getter: Callable[[], Store], clock: Clock, worker: Worker | None,
-                 settings: Settings):
+                 settings: Settings, schedules: Schedules | None = None):
         self._store_getter = store_getter
         self.clock = clock
         self.worker = worker
@@ -66,6 +70,7 @@ class Scheduler:
         self.next_sweep_at: datetime | None = None  # None: sweep on the first tick
         self.last_tick_at: datetime | None = None
         self.stopping = threading.Event()
+        self.periodic = Periodic(schedules or Schedules(), settings.max_retries, settings.retry_delays)
 
     @property
     def store(self) -> Store:
@@ -76,19 +81,28 @@ class Scheduler:
         requeued, failed = recover_stuck(store, self.policy, now)
         purged = store.purge(now - timedelta(seconds=self.completed_ttl), now - timedelta(seconds=self.failed_ttl))
         store.purge_workers(now - timedelta(seconds=max(WORKER_RECORD_KEPT_SECONDS, 3 * self.heartbeat_interval)))
+        self.periodic.forget_removed(store, now)
         report = SweepReport(requeued, failed, purged)
         if requeued or failed or purged:
             log.info("[Scheduler] Sweep: %d stuck job(s) requeued, %d failed (worker lost), %d purged",
                      requeued, failed, purged)
         return report
 
+    def enqueue_due(self, now: datetime) -> list[Job]:
+        """Enqueue the schedules' due slots (each once across all processes)."""
+        jobs = self.periodic.tick(self.store, now)
+        if jobs and self.worker is not None:
+            self.worker.wake.set()
+        return jobs
+
     def tick(self) -> SweepReport | None:
-        """One step: heartbeat the local job if due; sweep if due."""
+        """One step: heartbeat the local job if due; enqueue due slots; sweep if due."""
         now = self.clock.now()
         self.last_tick_at = now
         if self.worker is not None:
             self.worker.heartbeat_if_due(now)
             self.worker.register_if_due(now)
+        self.enqueue_due(now)
         if self.next_sweep_at is None or now >= self.next_sweep_at:
             report = self.sweep(now)
             self.next_sweep_at = self.clock.now() + timedelta(seconds=self.cleanup_interval)
@@ -101,6 +115,9 @@ class Scheduler:
         until_sweep = (self.next_sweep_at - self.clock.now()).total_seconds()
         # Half the interval: a claim made between two ticks is still renewed in time.
         wait = min(until_sweep, self.heartbeat_interval / 2) if self.worker else until_sweep
+        next_slot = self.periodic.next_due(self.clock.now())
+        if next_slot is not None:
+            wait = min(wait, (next_slot - self.clock.now()).total_seconds())
         return max(0.0, wait)
 
     def run_forever(self) -> None:

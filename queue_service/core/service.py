@@ -1,33 +1,29 @@
 """The queue's operations on a Store: what the Python API, the REST API, the
 CLI and the dashboard all call.
 
-``submit`` is the one submission path: it checks the options against
-``core.limits``, then the payload against the type's schema, and writes
-nothing unless both pass. Errors name the field in Python's words
-(``run_at``, ``max_retries``); the web layer renames them for its callers.
+``submit`` (and ``submit_many``) is the one submission path: ``submission.build_job``
+checks the options against ``core.limits``, then the payload against the type's
+schema, and nothing is written unless both pass. Errors name the field in
+Python's words (``run_at``, ``max_retries``); the web layer renames them.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-import marshmallow
-
 from . import bulk, history
 from .store import TypeCounts
-from .clock import ensure_aware
-from .errors import InvalidTransition, JobNotFound, StoreError, UnknownJobType, ValidationError
-from .jobs import DEFAULT_QUEUE, Job, JobStatus, RetryPolicy, iso, new_job_id
-from .limits import (MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PAGE_LIMIT_RANGE, PRIORITY_RANGE,
-                     QUEUE_NAME)
+from .errors import InvalidTransition, JobNotFound, StoreError, ValidationError
+from .jobs import Job, JobStatus, RetryPolicy, iso
+from .limits import MAX_BULK_JOBS, PAGE_LIMIT_RANGE, QUEUE_NAME
+from .periodic import overview as schedules_overview
 from .registry import Registry
 from .runtime import Runtime
 from .scheduler import recover_stuck
+from .submission import build_job, is_int
 
 log = logging.getLogger("queue_service")
 
@@ -46,10 +42,6 @@ class Submitted:
 
 def _age_seconds(now: datetime, then: datetime | None) -> int | None:
     return None if then is None else max(0, int((now - then).total_seconds()))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class QueueService:
@@ -71,69 +63,54 @@ class QueueService:
                queue: str | None = None) -> Submitted:
         """Validate and enqueue a job. Raises ValidationError (field ->
         messages) or UnknownJobType before anything is written."""
-        spec = self.registry.get(job_type) if isinstance(job_type, str) else None
-        if spec is None:
-            raise UnknownJobType(str(job_type))
-        errors: dict[str, Any] = {}
+        job = build_job(self.registry, self.settings, self.clock.now(), job_type, payload, priority=priority,
+                        delay=delay, run_at=run_at, max_retries=max_retries, idempotency_key=idempotency_key,
+                        queue=queue)
+        return self._submitted(job, *self.store.insert(job))
+
+    def submit_many(self, items: Any, known_errors: dict[int, Any] | None = None) -> list[Submitted]:
+        """Validate every item (a dict of ``type``, ``payload`` and
+        ``submit``'s options), then insert them all in one store call (one
+        transaction on SQLite, one insert_many on MongoDB). Nothing is
+        written unless every item is valid: the ValidationError names each bad
+        item by its index (``{"jobs": {3: {"payload": ...}}}``). Idempotency
+        keys are honoured per item. Answers in the order given.
+        ``known_errors``: problems the caller already found in some items (the
+        REST envelope's), by index; reported with the rest."""
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BULK_JOBS:
+            raise ValidationError({"jobs": [f"Must be a list of 1 to {MAX_BULK_JOBS} jobs."]})
         now = self.clock.now()
-        when = self._run_at(now, delay, run_at, errors)
-        if not _is_int(priority):
-            errors["priority"] = ["Must be an integer."]
-        elif not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
-            errors["priority"] = [f"Must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}."]
-        retries = spec.max_retries if spec.max_retries is not None else self.settings.max_retries
-        if max_retries is not None:
-            if not _is_int(max_retries):
-                errors["max_retries"] = ["Must be an integer."]
-            elif not 0 <= max_retries <= MAX_RETRIES_LIMIT:
-                errors["max_retries"] = [f"Must be between 0 and {MAX_RETRIES_LIMIT}."]
-            else:
-                retries = max_retries
-        if idempotency_key is not None and (not isinstance(idempotency_key, str)
-                                            or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS):
-            errors["idempotency_key"] = [f"Must be a string of 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters."]
-        queue_name = queue if queue is not None else (spec.queue or DEFAULT_QUEUE)
-        if not isinstance(queue_name, str) or not re.fullmatch(QUEUE_NAME, queue_name):
-            errors["queue"] = [f"Must match {QUEUE_NAME}."]
-        try:
-            stored_payload = json.loads(json.dumps(spec.dump(spec.load(payload))))  # the same JSON on every store
-        except marshmallow.ValidationError as exc:
-            errors["payload"] = exc.messages
-        except (TypeError, ValueError) as exc:
-            errors["payload"] = {"_schema": [f"Payload is not JSON-serializable: {exc}"]}
+        jobs: list[Job] = []
+        errors: dict[int, Any] = dict(known_errors or {})
+        for index, item in enumerate(items):
+            if index in errors:
+                continue
+            try:
+                if not isinstance(item, dict):
+                    raise ValidationError({"_schema": ["Must be an object with type and payload."]})
+                options = {k: v for k, v in item.items() if k not in ("type", "payload")}
+                jobs.append(build_job(self.registry, self.settings, now, item.get("type"), item.get("payload"),
+                                      **options))
+            except TypeError as exc:  # an option add_job does not take
+                errors[index] = {"_schema": [f"Unknown option: {exc}"]}
+            except ValidationError as exc:
+                errors[index] = exc.messages
         if errors:
-            raise ValidationError(errors)
-        job = Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,
-                  max_retries=retries, retry_delays=list(spec.retry_delays or self.settings.retry_delays),
-                  created_at=now, run_at=when, idempotency_key=idempotency_key, queue=queue_name)
-        job_id, created = self.store.insert(job)
+            raise ValidationError({"jobs": errors})
+        return [self._submitted(job, job_id, created)
+                for job, (job_id, created) in zip(jobs, self.store.insert_many(jobs))]
+
+    def _submitted(self, job: Job, job_id: str, created: bool) -> Submitted:
         if not created:
-            log.info("[Queue] Job %s already queued for idempotency key %r", job_id, idempotency_key)
+            log.info("[Queue] Job %s already queued for idempotency key %r", job_id, job.idempotency_key)
             existing = self.store.get(job_id)
             return Submitted(job_id, str(existing.status) if existing else "pending", False)
-        log.info("[Queue] Added job %s (type: %s, priority: %d)", job_id, job_type, priority)
-        if when <= now:
-            self.runtime.wake_worker(queue_name)
+        log.info("[Queue] Added job %s (type: %s, priority: %d)", job_id, job.type, job.priority)
+        if job.run_at <= job.created_at:
+            self.runtime.wake_worker(job.queue)
+        if self.settings.eager:
+            return Submitted(job_id, self.run_eagerly(job_id), True)
         return Submitted(job_id, "pending", True)
-
-    @staticmethod
-    def _run_at(now: datetime, delay: Any, run_at: Any, errors: dict[str, Any]) -> datetime:
-        if delay is not None and run_at is not None:
-            errors["delay"] = ["Give delay or run_at, not both."]
-        elif delay is not None:
-            seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-                errors["delay"] = ["Must be a number of seconds."]
-            elif not 0 <= seconds <= MAX_DELAY_SECONDS:
-                errors["delay"] = [f"Must be between 0 and {MAX_DELAY_SECONDS} seconds."]
-            else:
-                return now + timedelta(seconds=seconds)
-        elif run_at is not None:
-            try:
-                return max(now, ensure_aware(run_at, "run_at"))
-            except (ValueError, AttributeError, TypeError):
-                errors["run_at"] = ["Must be a timezone-aware datetime."]
-        return now
 
     # -- reads ----------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -145,7 +122,7 @@ class QueueService:
         errors: dict[str, Any] = {}
         if status is not None and status not in STATUS_VALUES:
             errors["status"] = [f"Must be one of: {', '.join(STATUS_VALUES)}."]
-        if not _is_int(limit) or not PAGE_LIMIT_RANGE[0] <= limit <= PAGE_LIMIT_RANGE[1]:
+        if not is_int(limit) or not PAGE_LIMIT_RANGE[0] <= limit <= PAGE_LIMIT_RANGE[1]:
             errors["limit"] = [f"Must be an integer between {PAGE_LIMIT_RANGE[0]} and {PAGE_LIMIT_RANGE[1]}."]
         cursor = None
         if before is not None:
@@ -177,6 +154,10 @@ class QueueService:
         """The store's counts by status and the oldest times (``Store.counts``)."""
         return self.store.counts(self.clock.now())
 
+    def counts_by_queue(self) -> dict[str, dict[str, Any]]:
+        """``Store.counts_by_queue`` now."""
+        return self.store.counts_by_queue(self.clock.now())
+
     def counts_by_type(self) -> TypeCounts:
         return self.store.counts_by_type()
 
@@ -185,6 +166,10 @@ class QueueService:
 
     def stuck_jobs(self) -> list[Job]:
         return self.store.find_stuck(self.policy.stuck_before(self.clock.now()))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The periodic schedules, their next run, last slot and last job."""
+        return schedules_overview(self.runtime.schedules, self.store, self.clock.now())
 
     # -- changes --------------------------------------------------------------
     def recover_stuck(self) -> int:
@@ -216,6 +201,9 @@ class QueueService:
         job = self._transition(job_id, "retry", self.store.requeue_failed)
         log.info("[Queue] Job %s requeued by hand", job_id)
         self.runtime.wake_worker()
+        if self.settings.eager:
+            self.run_eagerly(job_id)
+            job = self.store.get(job_id) or job
         return job
 
     def run_now(self, job_id: str) -> Job:
@@ -297,3 +285,24 @@ class QueueService:
             },
             "timestamp": iso(now),
         }
+
+    # -- in the calling thread (tests) ----------------------------------------
+    def run_pending(self, *, include_delayed: bool = False, limit: int | None = None) -> int:
+        """Run every runnable job in the calling thread, one at a time, until
+        none is left; ``include_delayed``: delayed jobs and retries too,
+        without waiting (``Worker.drain``). Returns how many ran."""
+        return self.runtime.make_worker().drain(include_delayed=include_delayed, limit=limit)
+
+    def run_eagerly(self, job_id: str) -> str:
+        """QUEUE_EAGER: run ``job_id`` (and what is runnable before it) in the
+        calling thread until it is final, retries at once; returns its status.
+        With QUEUE_EAGER_RAISE, a job that failed re-raises what its handler
+        raised last (the failure is recorded first, as in production)."""
+        worker = self.runtime.make_worker()
+        worker.drain(until=job_id)
+        job = self.store.get(job_id)
+        status = str(job.status) if job is not None else "pending"
+        raised = worker.last_exception
+        if self.settings.eager_raise and status == "failed" and raised is not None and raised[0] == job_id:
+            raise raised[1]
+        return status

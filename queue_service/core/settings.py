@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 from .limits import QUEUE_NAME
@@ -130,6 +131,8 @@ class Settings:
     image_format: str = "webp"
     callback_secret: str | None = None
     metrics_public: bool = False
+    eager: bool = False  # QUEUE_EAGER: add_job runs the job in the caller (tests); no threads
+    eager_raise: bool = False  # QUEUE_EAGER_RAISE: a job that fails eagerly re-raises its exception
     mail: "MailSettings" = None  # type: ignore[assignment]  # set by from_config
     worker_queues: tuple[str, ...] | None = None  # None: every queue ("*")
 
@@ -142,6 +145,12 @@ class Settings:
         autostart = get("QUEUE_AUTOSTART")
         if isinstance(autostart, str) and autostart.strip().lower() in ("", "auto"):
             autostart = None
+        eager = as_bool(get("QUEUE_EAGER", False), "QUEUE_EAGER")
+        if eager:
+            if autostart is not None and as_bool(autostart, "QUEUE_AUTOSTART"):
+                raise ConfigurationError("QUEUE_EAGER runs jobs in the caller, without threads: "
+                                         "unset QUEUE_AUTOSTART or set it to false")
+            autostart = False
         synchronous = str(get("QUEUE_SQLITE_SYNCHRONOUS", "NORMAL")).upper()
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigurationError(f"QUEUE_SQLITE_SYNCHRONOUS must be NORMAL or FULL, got {synchronous!r}")
@@ -170,6 +179,8 @@ class Settings:
             image_format=str(get("QUEUE_IMAGE_FORMAT", "webp")).strip().lower().replace("jpg", "jpeg"),
             callback_secret=get("QUEUE_CALLBACK_SECRET") or None,
             metrics_public=as_bool(get("QUEUE_METRICS_PUBLIC", False), "QUEUE_METRICS_PUBLIC"),
+            eager=eager,
+            eager_raise=as_bool(get("QUEUE_EAGER_RAISE", False), "QUEUE_EAGER_RAISE"),
             mail=MailSettings.from_config(get),
             worker_queues=as_queues(get("QUEUE_WORKER_QUEUES", "*"), "QUEUE_WORKER_QUEUES"),
         )
@@ -183,6 +194,10 @@ class Settings:
             from .extras import require
 
             require("mongo", "MONGO_URI (the MongoDB store)")
+            if not urlsplit(settings.mongo_uri).path.strip("/"):
+                raise ConfigurationError(
+                    "MONGO_URI names no database: put one after the host, e.g. "
+                    "mongodb+srv://USER:PASSWORD@cluster0.example.mongodb.net/myapp?retryWrites=true&w=majority")
         return settings
 
     def as_dict(self) -> dict[str, Any]:

@@ -35,6 +35,17 @@ class StoredFile:
 
 
 @dataclass
+class ScheduleState:
+    """What the store keeps about one schedule (core.periodic)."""
+
+    name: str
+    last_slot: datetime | None = None
+    last_job_id: str | None = None
+    seen_at: datetime | None = None
+    runs: int = 0                     # slots enqueued so far (across all processes)
+
+
+@dataclass
 class TypeCounts:
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)      # (type, status) -> jobs
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, outcome) -> attempts
@@ -68,6 +79,13 @@ class Store(ABC):
         already holds that key, nothing is written and ``(existing_id, False)``
         is returned. Atomic: two concurrent inserts with one key create one job.
         """
+
+    @abstractmethod
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        """``insert`` for each job, in order, as one write: all of them or
+        (on an error) none on SQLite, one ``insert_many`` on MongoDB. A key
+        held by an active job, or by an earlier job of the same call, answers
+        that job's id and False."""
 
     @abstractmethod
     def get(self, job_id: str) -> Job | None:
@@ -212,6 +230,28 @@ class Store(ABC):
     @abstractmethod
     def purge_workers(self, seen_before: datetime) -> int:
         """Delete worker records with ``lastSeenAt < seen_before``; how many went."""
+    # -- schedules (core.periodic) -------------------------------------------
+    @abstractmethod
+    def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
+        """Insert ``job`` (pending, carrying ``scheduled_by``/``slot``) for
+        ``slot`` of the schedule, and record ``slot`` as its last slot (with
+        ``job.id``, ``seen_at = now`` and ``runs + 1``), only if ``slot`` is later than the
+        stored last slot. One atomic step: N processes racing for one slot
+        enqueue one job; a slot at or before the stored one is refused
+        (False, nothing written). ``job.id`` is derived from (name, slot), so
+        a second insert of the same slot is refused by the id too."""
+
+    @abstractmethod
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        """Every stored schedule state, by name."""
+
+    @abstractmethod
+    def touch_schedules(self, names: list[str], now: datetime) -> None:
+        """``seen_at = now`` for these schedules (created when missing)."""
+
+    @abstractmethod
+    def purge_schedules(self, seen_before: datetime) -> int:
+        """Delete schedule states with ``seen_at < seen_before``; how many went."""
 
     # -- media --------------------------------------------------------------
     @abstractmethod

@@ -6,7 +6,11 @@ never dies of an exception.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import gc
+import inspect
 import json
 import logging
 import os
@@ -20,10 +24,10 @@ from typing import Any, Callable
 
 import marshmallow
 
-from .clock import Clock
+from .clock import Clock, ShiftedClock
 from .errors import PermanentJobError
 from .context import JobContext
-from .jobs import Job, RetryPolicy, new_lock_token
+from .jobs import Job, JobStatus, RetryPolicy, attempt_text, new_lock_token
 from .limits import MAX_ERROR_CHARS
 from .registry import Registry
 from .settings import Settings
@@ -35,6 +39,7 @@ MAX_BACKOFF_SECONDS = 30.0
 MAX_TRACEBACK_CHARS = 8192  # an attempt keeps the last 8 KB of its traceback (the frames nearest the raise)
 GC_AFTER_JOB_SECONDS = 0.1  # a job this long pays for its own full collection
 GC_MAX_INTERVAL_SECONDS = 5.0
+FAR_FUTURE = timedelta(days=100 * 366)  # past any run_at (delays are at most a year)
 _frozen_pid: int | None = None  # the process whose long-lived objects gc.freeze() set aside
 _malloc_trim: Any = False  # glibc's malloc_trim once looked up; None where there is none
 
@@ -61,6 +66,23 @@ def trim_heap() -> bool:
 def new_worker_id() -> str:
     """``host:pid:random``: new at every boot, unique across dynos and restarts."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def run_awaitable(awaitable: Any) -> Any:
+    """What an ``async def`` handler returned, run to its end in this thread
+    with ``asyncio.run`` (a fresh event loop per attempt). Where this thread
+    already runs a loop (an eager ``add_job`` called from async code), in a
+    helper thread that carries this thread's context (the app context)."""
+    async def wait() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    context = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="queue-async") as pool:
+        return pool.submit(context.run, asyncio.run, wait()).result()
 
 
 def describe(exc: BaseException) -> str:
@@ -103,6 +125,10 @@ class Worker:
         self._last_registered: datetime | None = None
         self._jobs_since_gc = 0
         self._last_gc = time.monotonic()
+        # drain() only (eager mode re-raises it): (job id, what its handler raised).
+        # The thread's worker keeps none: a traceback holds the handler's frames.
+        self.keep_exceptions = False
+        self.last_exception: tuple[str, BaseException] | None = None
 
     @property
     def store(self) -> Store:
@@ -179,7 +205,7 @@ class Worker:
         self._last_gc = time.monotonic()
 
     def _run(self, job: Job, claim_next: bool = False) -> None:
-        log.info("[Worker] Processing job %s (type: %s, attempt: %d)", job.id, job.type, job.attempt_number)
+        log.info("[Worker] Processing job %s (type: %s, %s)", job.id, job.type, job.attempt_text)
         job_type = self.registry.get(job.type)
         if job_type is None:
             self._failed_attempt(job, f"no handler for job type {job.type} in this process", True)
@@ -193,10 +219,14 @@ class Worker:
         try:
             with self.app.app_context():
                 result = job_type.handler(payload, context)
+                if inspect.isawaitable(result):  # an async def handler
+                    result = run_awaitable(result)
         except PermanentJobError as exc:
+            self._keep(job, exc)
             self._failed_attempt(job, describe(exc), False, bounded_traceback(exc))
             return
         except Exception as exc:  # a handler's failure is the job's, never the worker's
+            self._keep(job, exc)
             self._failed_attempt(job, describe(exc), True, bounded_traceback(exc))
             return
         if result is not None:  # None is JSON already (most handlers return nothing)
@@ -223,6 +253,10 @@ class Worker:
             except Exception:
                 log.exception("[Worker] completion hook for job %s raised", job.id)
 
+    def _keep(self, job: Job, exc: BaseException) -> None:
+        if self.keep_exceptions:
+            self.last_exception = (job.id, exc)
+
     def _failed_attempt(self, job: Job, error: str, retryable: bool, trace: str | None = None) -> None:
         """Record a failed attempt (with the handler's traceback when it raised):
         a retry later, or the failure, as the policy decides."""
@@ -232,14 +266,55 @@ class Worker:
         if delay is not None:
             recorded = self.store.retry_later(job, now, error, now + timedelta(seconds=delay), trace)
             if recorded:
-                log.warning("[Worker] 🔄 Job %s will retry in %dms (attempt %d/%d): %s", job.id,
-                            round(delay * 1000), job.attempt_number + 1, job.max_retries + 1, error)
+                log.warning("[Worker] 🔄 Job %s will retry in %dms (%s): %s", job.id, round(delay * 1000),
+                            attempt_text(job.attempt_number + 1, job.max_retries), error)
         else:
             recorded = self.store.fail(job, now, error, trace)
             if recorded:
                 log.error("[Worker] ❌ Job %s failed after %d attempt(s): %s", job.id, job.attempt_number, error)
         if not recorded:
             log.warning("[Worker] ⚠️ Job %s failed but its claim was taken over; outcome not recorded", job.id)
+
+    # -- in the calling thread (run_pending, eager mode) ------------------------
+    def drain(self, *, include_delayed: bool = False, until: str | None = None,
+              limit: int | None = None) -> int:
+        """Run jobs in the calling thread, one at a time, until none is
+        runnable, whatever named queue it is on; returns how many ran. No heartbeats are due (nothing else
+        runs meanwhile) and nothing is held between steps.
+
+        ``include_delayed``: also delayed jobs and retries, without waiting:
+        when nothing is runnable, this worker's view of the clock jumps to
+        the earliest ``run_at`` of a pending job (the view only moves
+        forward). Every time the store records (attempt start and end,
+        completion) is on that view, so a job's attempts read as they would
+        in production: the 1 s / 5 s / 15 s retry delays show between them.
+        ``until``: run until that job is final (eager mode); the view jumps
+        to its ``run_at`` whenever it waits. ``limit``: at most that many.
+        """
+        clock = self.clock = ShiftedClock(self.clock) if include_delayed or until else self.clock
+        self.keep_exceptions = True
+        ran = 0
+        while limit is None or ran < limit:
+            queues = None  # every named queue: run_pending runs all that is runnable
+            if until is not None:
+                target = self.store.get(until)
+                if target is None or target.status is not JobStatus.PENDING:
+                    break  # final (or processing: an outer call runs it)
+                clock.catch_up(target.run_at)
+                queues = (target.queue,)
+            job = self.store.claim(self.worker_id, new_lock_token(), clock.now(), queues)
+            if job is None:
+                if until is not None or not include_delayed:
+                    break
+                # counts() gives the earliest run_at of pending jobs runnable at
+                # its `now`: with a `now` past any run_at, of every pending job.
+                earliest = self.store.counts(clock.now() + FAR_FUTURE)["oldestPendingAt"]
+                if earliest is None or not clock.catch_up(earliest):
+                    break
+                continue
+            self._run(job)
+            ran += 1
+        return ran
 
     # -- heartbeats (driven by the scheduler thread and by handlers) -----------
     def heartbeat(self, job: Job, progress: dict[str, Any] | None = None) -> bool:

@@ -17,12 +17,12 @@ import pymongo
 from bson.binary import Binary
 from bson.codec_options import CodecOptions
 from pymongo import ReturnDocument
-from pymongo.errors import (AutoReconnect, ConnectionFailure, DuplicateKeyError, OperationFailure,
-                            PyMongoError, ServerSelectionTimeoutError)
+from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, DuplicateKeyError,
+                            OperationFailure, PyMongoError, ServerSelectionTimeoutError)
 
 from ..core.errors import StoreError, StoreUnavailable
 from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
-from ..core.store import Store, StoredFile, TypeCounts
+from ..core.store import ScheduleState, Store, StoredFile, TypeCounts
 from .mongo_operator import OperatorViews
 
 _MOCK_LOCK = threading.RLock()
@@ -54,6 +54,7 @@ def _doc_to_job(doc: dict[str, Any]) -> Job:
         worker_id=doc.get("workerId"), lock_token=doc.get("lockToken"), error=doc.get("error"),
         result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
         idempotency_key=doc.get("idempotencyKey"), queue=doc.get("queue") or DEFAULT_QUEUE,
+        scheduled_by=doc.get("scheduledBy"), slot=_aware(doc.get("slot")),
     )
 
 
@@ -156,15 +157,22 @@ class MongoStore(OperatorViews, Store):
             self.coll.find_one({}, projection={"_id": 1})
 
     # -- jobs -----------------------------------------------------------------
-    def insert(self, job: Job) -> tuple[str, bool]:
+    @staticmethod
+    def _insert_doc(job: Job) -> dict[str, Any]:
         doc = {
             "_id": job.id, "type": job.type, "payload": job.payload, "status": str(job.status),
             "priority": job.priority, "retryCount": job.retry_count, "maxRetries": job.max_retries,
             "retryDelays": list(job.retry_delays), "createdAt": job.created_at, "runAt": job.run_at,
             "attempts": [], "queue": job.queue,
         }
+        if job.scheduled_by is not None:
+            doc["scheduledBy"], doc["slot"] = job.scheduled_by, job.slot
         if job.idempotency_key is not None:
             doc["idempotencyKey"] = doc["activeKey"] = job.idempotency_key
+        return doc
+
+    def insert(self, job: Job) -> tuple[str, bool]:
+        doc = self._insert_doc(job)
         for _ in range(5):
             try:
                 with self._errors():
@@ -173,12 +181,40 @@ class MongoStore(OperatorViews, Store):
             except StoreError as exc:
                 if not isinstance(exc.__cause__, DuplicateKeyError) or job.idempotency_key is None:
                     raise
-            with self._errors():
-                existing = self.coll.find_one({"activeKey": job.idempotency_key}, projection={"_id": 1})
+            existing = self._holder_of(job.idempotency_key)
             if existing is not None:
-                return existing["_id"], False
+                return existing, False
             # The holder finished between our insert and our read: try again.
         raise StoreError(f"could not settle idempotency key {job.idempotency_key!r}")
+
+    def _holder_of(self, key: str) -> str | None:
+        with self._errors():
+            existing = self.coll.find_one({"activeKey": key}, projection={"_id": 1})
+        return None if existing is None else existing["_id"]
+
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        """One ``insert_many`` (unordered: every document is tried); the
+        documents refused for a held idempotency key answer its holder."""
+        refused: set[int] = set()
+        try:
+            with self._errors():
+                self.coll.insert_many([self._insert_doc(job) for job in jobs], ordered=False)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, BulkWriteError):
+                raise
+            errors = cause.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 or jobs[e["index"]].idempotency_key is None for e in errors):
+                raise
+            refused = {e["index"] for e in errors}
+        out: list[tuple[str, bool]] = []
+        for index, job in enumerate(jobs):
+            if index not in refused:
+                out.append((job.id, True))
+                continue
+            holder = self._holder_of(job.idempotency_key)
+            out.append((holder, False) if holder is not None else self.insert(job))
+        return out
 
     def get(self, job_id: str) -> Job | None:
         with self._errors():
@@ -366,6 +402,53 @@ class MongoStore(OperatorViews, Store):
                 {"status": "completed", "completedAt": {"$lt": completed_before}},
                 {"status": {"$in": ["failed", "cancelled"]}, "completedAt": {"$lt": finished_before}},
             ]}).deleted_count
+
+    # -- schedules --------------------------------------------------------------
+    # No transactions (mongomock and standalone servers have none): the job's _id comes from
+    # (name, slot), so the server refuses a slot's second insert; then the schedule document
+    # advances by a conditional upsert (an equal or later stored slot: DuplicateKeyError),
+    # and an older slot's just-inserted job is deleted while still pending. docs/periodic.md.
+    @property
+    def schedules(self):
+        return self.db.get_collection(f"{self.collection_name}_schedules",
+                                      codec_options=CodecOptions(tz_aware=True))
+
+    def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
+        try:
+            with self._errors():
+                self.coll.insert_one(self._insert_doc(job))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, DuplicateKeyError):
+                return False  # this slot's job exists: another process enqueued it
+            raise
+        try:
+            with self._errors():
+                self.schedules.update_one(
+                    {"_id": schedule_name, "$or": [{"lastSlot": None}, {"lastSlot": {"$lt": slot}}]},
+                    {"$set": {"lastSlot": slot, "lastJobId": job.id, "seenAt": now}, "$inc": {"runs": 1}},
+                    upsert=True)
+            return True
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, DuplicateKeyError):
+                raise
+        with self._errors():  # a later slot is stored: take back the older one
+            self.coll.delete_one({"_id": job.id, "status": "pending"})
+        return False
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        with self._errors():
+            docs = list(self.schedules.find({}))
+        return {d["_id"]: ScheduleState(d["_id"], _aware(d.get("lastSlot")), d.get("lastJobId"),
+                                        _aware(d.get("seenAt")), d.get("runs", 0)) for d in docs}
+
+    def touch_schedules(self, names: list[str], now: datetime) -> None:
+        with self._errors():
+            for name in names:
+                self.schedules.update_one({"_id": name}, {"$set": {"seenAt": now}}, upsert=True)
+
+    def purge_schedules(self, seen_before: datetime) -> int:
+        with self._errors():
+            return self.schedules.delete_many({"seenAt": {"$lt": seen_before}}).deleted_count
 
     # -- media ----------------------------------------------------------------
     # One document per file in ``<collection>_media``. The files are transcoded

@@ -94,8 +94,7 @@ def operation(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except UnknownJobType as exc:
-            known = ", ".join(queue_state().service.registry.names()) or "none"
-            _fail(f"unknown job type {exc.job_type!r} (registered: {known})")
+            _fail(f"unknown job type {exc.job_type!r} (registered: {', '.join(exc.registered) or 'none'})")
         except ValidationError as exc:
             _fail("invalid input: " + "; ".join(_flatten(exc.messages)))
         except JobNotFound as exc:
@@ -198,7 +197,7 @@ def list_command(status: str | None, job_type: str | None, queue_name: str | Non
     """Jobs, newest first."""
     state = queue_state()
     if job_type is not None and job_type not in state.service.registry:
-        raise UnknownJobType(job_type)
+        raise UnknownJobType(job_type, state.service.registry.names())
     jobs = state.service.list(status=status, job_type=job_type, limit=limit, before=before, queue=queue_name)
     if as_json:
         _echo_json({"jobs": [job.to_dict() for job in jobs],
@@ -208,11 +207,11 @@ def list_command(status: str | None, job_type: str | None, queue_name: str | Non
         click.echo("no jobs" + (" matching the filters" if status or job_type or queue_name or before else ""))
         return
     width = max(len(job.type) for job in jobs)
-    click.echo(f"{'ID':<36}  {'TYPE':<{width}}  {'STATUS':<10}  {'PRI':>4}  TRIES  {'CREATED':<24}  ERROR")
+    click.echo(f"{'ID':<36}  {'TYPE':<{width}}  {'STATUS':<10}  {'PRI':>4}  {'ATTEMPT':<8}  {'CREATED':<24}  ERROR")
     for job in jobs:
-        tries = f"{job.attempt_number}/{job.max_retries + 1}"
+        tries = f"{job.attempt_number} of {job.max_retries + 1}"  # "attempt 3 of 4", as everywhere
         click.echo(f"{job.id:<36}  {_clean(job.type):<{width}}  {job.status.value:<10}  {job.priority:>4}  "
-                   f"{tries:<5}  {iso(job.created_at) or '-':<24}  {_short(job.error, ERROR_COLUMN_CHARS)}")
+                   f"{tries:<8}  {iso(job.created_at) or '-':<24}  {_short(job.error, ERROR_COLUMN_CHARS)}")
     if len(jobs) == limit:
         click.echo(f"more: flask queue list --before {jobs[-1].id}"
                    + (f" --status {status}" if status else "") + (f" --type {job_type}" if job_type else ""))
@@ -227,7 +226,7 @@ def _show_text(job: Job, stuck: bool) -> None:
     line("status", job.status.value + ("  (STUCK: no heartbeat; `flask queue cleanup` requeues it)"
                                        if stuck else ""))
     line("priority", job.priority)
-    line("retries", f"{job.retry_count} of {job.max_retries}")
+    line("tries", f"{job.attempt_text} ({job.retry_count} of {job.max_retries} retries used)")
     for label, value in (("created", job.created_at), ("run at", job.run_at), ("processed", job.processed_at),
                          ("heartbeat", job.heartbeat_at), ("completed", job.completed_at)):
         line(label, iso(value))
@@ -239,7 +238,8 @@ def _show_text(job: Job, stuck: bool) -> None:
     for number, attempt in enumerate(job.attempts, 1):
         started, ended = attempt.get("startedAt"), attempt.get("endedAt")
         outcome = attempt.get("outcome") or "running"
-        text = f"  {number}. {started or '-'} -> {ended or '…'}  {outcome}  on {attempt.get('worker') or '-'}"
+        text = (f"  {number}. {iso(started) or '-'} -> {iso(ended) or '…'}  {outcome}"
+                f"  on {attempt.get('worker') or '-'}")
         if attempt.get("nextDelaySeconds") is not None:
             text += f"  (next try after {attempt['nextDelaySeconds']:g}s)"
         click.echo(_clean(text))
@@ -274,6 +274,24 @@ def cleanup_command(as_json: bool) -> None:
         _echo_json({"requeuedCount": count})
     else:
         click.echo(f"recovered {count} stuck job(s)" if count else "no stuck jobs")
+
+
+@queue_cli.command("schedules")
+@json_option
+@operation
+def schedules_command(as_json: bool) -> None:
+    """Periodic schedules: timing, next run, last slot and its job."""
+    rows = queue_state().service.schedules()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no schedules registered")
+    for row in rows:
+        timing = f"cron {row['cron']} ({row['tz']})" if row["cron"] else f"every {row['every']:g}s"
+        last = f"{row['lastSlot']} job {row['lastJobId']} {row['lastJobStatus'] or '-'}" if row["lastSlot"] else "never"
+        click.echo(f"{_clean(row['name'])}  {row['type']}  {timing}  catchup={row['catchup']}")
+        click.echo(f"    next run {row['nextRun']}   last slot {last}")
 
 
 @queue_cli.command("enqueue")

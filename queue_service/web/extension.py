@@ -8,17 +8,21 @@ this class finds the right app's service and hands the call on.
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
+import marshmallow
 from flask import Flask, current_app
 
 from .. import hosting
 from ..core.clock import Clock
-from ..core.errors import ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType
+from ..core.errors import (ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType,
+                           ValidationError)
 from ..core.jobs import Job
-from ..core.limits import QUEUE_NAME
+from ..core.limits import PRIORITY_RANGE, QUEUE_NAME
+from ..core.periodic import Schedule, Schedules
 from ..core.registry import JobType, Registry
 from ..core.runtime import Runtime
 from ..core.service import QueueService
@@ -87,6 +91,7 @@ class JobQueue:
     def __init__(self, app: Flask | None = None, *, clock: Clock | None = None,
                  builtins: bool = True, **init_kwargs: Any):
         self.registry = Registry()
+        self.schedules = Schedules()
         self.clock = clock or Clock()
         self._app = app
         self._states: list[QueueState] = []
@@ -112,7 +117,8 @@ class JobQueue:
             raise RuntimeError("queue_service is already initialised on this app")
         settings = Settings.from_config(app.config)
         get_db = _database_getter(mongo) if mongo is not None else None  # a wrong type fails here
-        runtime = Runtime(self.registry, settings, clock or self.clock, _store_factory(settings, store, get_db), app)
+        runtime = Runtime(self.registry, settings, clock or self.clock, _store_factory(settings, store, get_db), app,
+                          self.schedules)
         state = QueueState(app, self, settings, QueueService(self.registry, runtime), runtime)
         app.extensions[EXTENSION_KEY] = state
         self._states.append(state)
@@ -170,12 +176,49 @@ class JobQueue:
             return handler
         return decorator
 
+    def periodic(self, job_type: str, payload: dict[str, Any] | None = None, *, cron: str | None = None,
+                 every: float | timedelta | None = None, name: str | None = None, tz: str = "UTC",
+                 priority: int = 0, catchup: str = "once") -> Callable:
+        """Enqueue ``job_type`` with ``payload`` on a schedule: ``cron`` (five
+        fields, in time zone ``tz``) or ``every`` (seconds or a timedelta).
+        Each slot is enqueued once across all processes (see core.periodic).
+
+        Registers at once when the type is known; with no payload it also
+        works as a decorator above ``@queue.job_type(...)`` (payload ``{}``).
+        Raises ValueError for a bad schedule or a taken name, and
+        ValidationError for a payload the type's schema refuses."""
+        def register() -> Schedule:
+            spec = self.registry.get(job_type)
+            if spec is None:
+                raise UnknownJobType(job_type)
+            body = {} if payload is None else payload
+            try:
+                stored = spec.dump(spec.load(body))
+            except marshmallow.ValidationError as exc:
+                raise ValidationError({"payload": exc.messages}) from exc
+            if not isinstance(priority, int) or isinstance(priority, bool) \
+                    or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+                raise ValueError(f"priority must be an integer between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
+            schedule = Schedule(name or Schedule.default_name(job_type, cron, every), spec,
+                                json.loads(json.dumps(stored)), cron=cron, every=every, tz=tz, priority=priority,
+                                catchup=catchup)
+            return self.schedules.add(schedule)
+
+        if payload is not None or job_type in self.registry:
+            register()
+            return lambda handler: handler
+
+        def decorator(handler: Callable) -> Callable:
+            register()
+            return handler
+        return decorator
+
     def on_complete(self, name: str) -> Callable:
         """Register ``hook(job)`` to run after a job of type ``name`` completes."""
         def decorator(hook: Callable) -> Callable:
             job_type = self.registry.get(name)
             if job_type is None:
-                raise UnknownJobType(name)
+                raise UnknownJobType(name, self.registry.names())
             job_type.on_complete.append(hook)
             return hook
         return decorator
@@ -196,6 +239,15 @@ class JobQueue:
         return self.state(app).service.submit(job_type, payload, priority=priority, delay=delay, run_at=run_at,
                                               max_retries=max_retries, idempotency_key=idempotency_key,
                                               queue=queue).id
+
+    def add_jobs(self, jobs: list[dict[str, Any]], app: Flask | None = None) -> list[str]:
+        """Enqueue many jobs at once: each item a dict of ``type``, ``payload``
+        and ``add_job``'s options. All are validated before anything is
+        written (the ValidationError names the index and field), then stored
+        in one transaction (SQLite) or one ``insert_many`` (MongoDB). Returns
+        the ids in order; an item whose idempotency key is held answers the
+        holder's id."""
+        return [submitted.id for submitted in self.state(app).service.submit_many(jobs)]
 
     def get_job(self, job_id: str, app: Flask | None = None) -> Job | None:
         return self.state(app).service.get(job_id)
@@ -242,6 +294,12 @@ class JobQueue:
 
     def health_check(self, app: Flask | None = None) -> dict[str, Any]:
         return self.state(app).service.health()
+
+    def run_pending(self, app: Flask | None = None, *, include_delayed: bool = False) -> int:
+        """Run every runnable job in the calling thread, one at a time, until
+        none is left (tests, scripts); ``include_delayed=True``: also delayed
+        jobs and retries, without waiting. Returns how many ran."""
+        return self.state(app).service.run_pending(include_delayed=include_delayed)
 
     def start(self, app: Flask | None = None, daemon: bool = True) -> bool:
         return self.state(app).runtime.start(daemon=daemon)

@@ -70,6 +70,7 @@ class QueueCollector:
             counts = state.service.counts()
             stuck = len(state.service.stuck_jobs())
             summary = state.service.counts_by_type()
+            by_queue = state.service.counts_by_queue()
         except StoreError as exc:
             log.warning("[Queue] metrics: the store did not answer: %s", exc)
             up.add_metric([], 0)
@@ -102,6 +103,18 @@ class QueueCollector:
         processing_age.add_metric([], _age(now, counts.get("oldestProcessingAt")))
         yield processing_age
 
+        queue_jobs = GaugeMetricFamily("queue_jobs_by_queue", "Jobs in the store by named queue and status.",
+                                       labels=["queue", "status"])
+        queue_age = GaugeMetricFamily(
+            "queue_queue_oldest_pending_age_seconds",
+            "Per named queue: seconds the oldest runnable pending job has waited (0 when none).", labels=["queue"])
+        for name, row in sorted(by_queue.items()):
+            for status in JobStatus:
+                queue_jobs.add_metric([name, status.value], row.get(status.value, 0))
+            queue_age.add_metric([name], _age(now, row.get("oldestPendingAt")))
+        yield queue_jobs
+        yield queue_age
+
         stuck_gauge = GaugeMetricFamily(
             "queue_stuck_jobs", "Processing jobs whose heartbeat is older than QUEUE_STUCK_AFTER.")
         stuck_gauge.add_metric([], stuck)
@@ -123,6 +136,28 @@ class QueueCollector:
             errors.add_metric([job_type], sum(summary.attempts.get((job_type, o), 0) for o in ERROR_OUTCOMES))
         yield attempts
         yield errors
+        yield from self._schedule_metrics()
+
+    def _schedule_metrics(self) -> Iterator[Any]:
+        """Per registered schedule, from the store: the last slot enqueued and
+        the count of slots enqueued (by every process)."""
+        try:
+            rows = self.state.service.schedules()
+        except StoreError as exc:
+            log.warning("[Queue] metrics: schedules unreadable: %s", exc)
+            return
+        last = GaugeMetricFamily("queue_schedule_last_run_timestamp_seconds",
+                                 "Unix time of the schedule's last enqueued slot (0 before the first).",
+                                 labels=["schedule", "type"])
+        runs = CounterMetricFamily("queue_schedule_runs", "Slots of the schedule enqueued so far.",
+                                   labels=["schedule", "type"])
+        for row in rows:
+            labels = [row["name"], row["type"]]
+            slot = row["lastSlot"]
+            last.add_metric(labels, datetime.fromisoformat(slot).timestamp() if slot else 0.0)
+            runs.add_metric(labels, row["runs"])
+        yield last
+        yield runs
 
     def _worker_metrics(self) -> Iterator[Any]:
         runtime = self.state.runtime

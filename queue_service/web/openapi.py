@@ -16,7 +16,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import make_schema_key, resolve_schema_instance
 
 from ..core.bulk import MAX_BULK_IDS
-from ..core.limits import MAX_JSON_DEPTH, MAX_TYPE_NAME_CHARS, QUEUE_NAME
+from ..core.limits import MAX_BULK_JOBS, MAX_JSON_DEPTH, MAX_TYPE_NAME_CHARS, QUEUE_NAME
 from . import schemas as s
 
 TITLE = "queue_service REST API"
@@ -36,6 +36,7 @@ RESPONSE_COMPONENTS = {
     "StatsResponse": s.StatsResponseSchema, "CleanupResponse": s.CleanupResponseSchema, "Health": s.HealthSchema,
     "BulkResult": s.BulkResultSchema, "Workers": s.WorkersResponseSchema,
     "History": s.HistorySchema,
+    "SchedulesResponse": s.SchedulesResponseSchema,
 }
 ERRORS = {
     400: "Invalid request: malformed JSON, a body that is not an object, or invalid fields (details name them).",
@@ -179,7 +180,17 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
     spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     for name, schema in RESPONSE_COMPONENTS.items():
         spec.components.schema(name, schema=schema)
-    body = _job_create_variants(spec, plugin, _payload_components(spec, job_types))
+    single = _job_create_variants(spec, plugin, _payload_components(spec, job_types))
+    spec.components.schema("JobCreateOne", component=single)
+    spec.components.schema("JobCreateMany", component={
+        "type": "object", "required": ["jobs"], "additionalProperties": False,
+        "description": "Bulk enqueue: every job is validated before any is stored; errors name the index.",
+        "properties": {"jobs": {"type": "array", "minItems": 1, "maxItems": MAX_BULK_JOBS,
+                                "items": {"$ref": "#/components/schemas/JobCreateOne"}}}})
+    spec.components.schema("JobsCreated", component={
+        "type": "object", "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobCreated"}}}})
+    body = {"oneOf": [{"$ref": "#/components/schemas/JobCreateOne"}, {"$ref": "#/components/schemas/JobCreateMany"}]}
     job_id = {"in": "path", "name": "id", "required": True,
               "schema": {"type": "string", "format": "uuid"}, "description": "A job id (UUID)."}
     public: list[dict[str, Any]] = []
@@ -187,8 +198,11 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
     spec.path("/jobs", operations={
         "post": {"summary": "Enqueue a job (admin)", "operationId": "createJob",
                  "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-                 "responses": _responses((201, "Created, or the job already holding this idempotency key.",
-                                          "JobCreated"), 400, 413, 503)},
+                 "responses": _responses((201, "Created (or the job already holding this idempotency key); "
+                                          "for a bulk request, one answer per job in order.",
+                                          {"oneOf": [{"$ref": "#/components/schemas/JobCreated"},
+                                                     {"$ref": "#/components/schemas/JobsCreated"}]}),
+                                         400, 413, 503)},
         "get": {"summary": "List jobs, newest first (admin)", "operationId": "listJobs",
                 "parameters": [{"in": "query", "schema": s.JobListQuerySchema}],
                 "responses": _responses((200, "One page of jobs.", "JobPage"), 400, 404, 503)},
@@ -207,6 +221,9 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
     spec.path("/stats", operations={"get": {
         "summary": "Job counts by status (admin)", "operationId": "getStats",
         "responses": _responses((200, "Counts and oldest ages in seconds.", "StatsResponse"), 503)}})
+    spec.path("/schedules", operations={"get": {
+        "summary": "Periodic schedules: next run, last slot and its job (admin)", "operationId": "listSchedules",
+        "responses": _responses((200, "Every registered schedule.", "SchedulesResponse"), 503)}})
     spec.path("/cleanup", operations={"post": {
         "summary": "Requeue jobs whose worker stopped heartbeating (admin)", "operationId": "cleanup",
         "requestBody": NO_INPUT,

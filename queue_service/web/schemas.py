@@ -160,6 +160,8 @@ class JobSchema(marshmallow.Schema):
     idempotencyKey = fields.String(allow_none=True, metadata={"description": "Only shown to admin callers."})
     attempts = fields.List(fields.Nested(AttemptSchema), required=True)
     queue = fields.String(required=True)
+    scheduledBy = fields.String(allow_none=True, metadata={"description": "The schedule that enqueued it."})
+    slot = _timestamp(description="The schedule's slot it was enqueued for.")
 
 
 class JobCreatedSchema(marshmallow.Schema):
@@ -175,7 +177,28 @@ class JobPageSchema(marshmallow.Schema):
             "description": "Pass as `before` for the next page; null when this page was not full."})
 
 
+class ScheduleSchema(marshmallow.Schema):
+    name = fields.String(required=True)
+    type = fields.String(required=True)
+    cron = fields.String(required=True, allow_none=True, metadata={"description": "Five fields, in tz."})
+    every = fields.Float(required=True, allow_none=True, metadata={"description": "Interval in seconds."})
+    tz = fields.String(required=True)
+    priority = fields.Integer(required=True)
+    catchup = fields.String(required=True, validate=validate.OneOf(("once", "skip")))
+    nextRun = _timestamp()
+    lastSlot = _timestamp()
+    lastJobId = fields.String(allow_none=True)
+    lastJobStatus = fields.String(allow_none=True, validate=validate.OneOf(STATUSES))
+    runs = fields.Integer(required=True, metadata={"description": "Slots enqueued so far, by every process."})
+
+
+class SchedulesResponseSchema(marshmallow.Schema):
+    schedules = fields.List(fields.Nested(ScheduleSchema), required=True)
+
+
 class QueueStatsSchema(marshmallow.Schema):
+    """One named queue's counts (and the base of the whole store's)."""
+
     pending = fields.Integer(required=True)
     processing = fields.Integer(required=True)
     completed = fields.Integer(required=True)
@@ -184,16 +207,10 @@ class QueueStatsSchema(marshmallow.Schema):
     oldestPendingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
 
 
-class StatsSchema(marshmallow.Schema):
-    pending = fields.Integer(required=True)
+class StatsSchema(QueueStatsSchema):
     scheduled = fields.Integer(required=True, metadata={
         "description": "Of the pending jobs, those not due yet (delayed, or waiting for a retry)."})
-    processing = fields.Integer(required=True)
-    completed = fields.Integer(required=True)
-    failed = fields.Integer(required=True)
-    cancelled = fields.Integer(required=True)
     total = fields.Integer(required=True)
-    oldestPendingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
     oldestProcessingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
     queues = fields.Dict(keys=fields.String(), values=fields.Nested(QueueStatsSchema), required=True,
                          metadata={"description": "Per named queue: counts by status and oldestPendingAge."})

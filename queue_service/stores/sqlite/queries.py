@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS queue_jobs (
     progress TEXT,
     attempts TEXT NOT NULL DEFAULT '[]',
     idempotency_key TEXT,
-    queue TEXT NOT NULL DEFAULT 'default'
+    queue TEXT NOT NULL DEFAULT 'default',
+    scheduled_by TEXT,
+    slot REAL
 );
 CREATE TABLE IF NOT EXISTS queue_workers (
     id TEXT PRIMARY KEY,
@@ -45,12 +47,21 @@ CREATE TABLE IF NOT EXISTS queue_files (
     content_type TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS queue_schedules (
+    name TEXT PRIMARY KEY,
+    last_slot REAL,
+    last_job_id TEXT,
+    seen_at REAL NOT NULL,
+    runs INTEGER NOT NULL DEFAULT 0
+);
 """
 
 TABLE_COLUMNS = "SELECT name FROM pragma_table_info('queue_jobs')"
 
 ADDED_COLUMNS = {
     "queue": "ALTER TABLE queue_jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
+    "scheduled_by": "ALTER TABLE queue_jobs ADD COLUMN scheduled_by TEXT",
+    "slot": "ALTER TABLE queue_jobs ADD COLUMN slot REAL",
 }
 
 INDEXES = """
@@ -79,15 +90,15 @@ CREATE INDEX IF NOT EXISTS queue_files_created ON queue_files (created_at);
 # ``*``, so a file whose table gained columns later still reads right).
 COLUMNS = ("id, type, payload, status, priority, retry_count, max_retries, retry_delays,"
            " created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id,"
-           " lock_token, error, result, progress, attempts, idempotency_key, queue")
+           " lock_token, error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot")
 
 PING = "SELECT 1 FROM queue_jobs LIMIT 1"
 
 # -- enqueue ------------------------------------------------------------------
 INSERT = """
 INSERT INTO queue_jobs (id, type, payload, status, priority, retry_count, max_retries,
-                        retry_delays, created_at, run_at, idempotency_key, queue)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        retry_delays, created_at, run_at, idempotency_key, queue, scheduled_by, slot)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_UNLESS_KEY_HELD = INSERT + " ON CONFLICT DO NOTHING RETURNING id"
@@ -308,6 +319,27 @@ ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, record = ex
 LIST_WORKERS = "SELECT record FROM queue_workers ORDER BY last_seen_at DESC, id"
 
 PURGE_WORKERS = "DELETE FROM queue_workers WHERE last_seen_at < ?"
+# -- schedules (core.periodic) ------------------------------------------------------
+# Run inside one BEGIN IMMEDIATE with INSERT: advance the schedule's last slot
+# only if the new slot is later; no row returned means refused (and the
+# transaction inserts no job).
+ADVANCE_SCHEDULE = """
+INSERT INTO queue_schedules (name, last_slot, last_job_id, seen_at, runs)
+VALUES (:name, :slot, :job_id, :now, 1)
+ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot, last_job_id = excluded.last_job_id,
+                                 seen_at = excluded.seen_at, runs = queue_schedules.runs + 1
+ WHERE queue_schedules.last_slot IS NULL OR queue_schedules.last_slot < excluded.last_slot
+RETURNING name
+"""
+
+SCHEDULE_STATES = "SELECT name, last_slot, last_job_id, seen_at, runs FROM queue_schedules"
+
+TOUCH_SCHEDULE = """
+INSERT INTO queue_schedules (name, seen_at) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at
+"""
+
+PURGE_SCHEDULES = "DELETE FROM queue_schedules WHERE seen_at < ?"
 
 # -- media ------------------------------------------------------------------------------
 PUT_FILE = """

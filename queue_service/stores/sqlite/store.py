@@ -18,7 +18,7 @@ from typing import Any
 
 from ...core.errors import StoreError
 from ...core.jobs import Job, JobStatus, iso
-from ...core.store import Store, StoredFile, TypeCounts
+from ...core.store import ScheduleState, Store, StoredFile, TypeCounts
 from . import queries as q
 from .connections import Connections, Immediate, Pooled
 
@@ -64,7 +64,7 @@ def _row_to_job(row: tuple) -> Job:
     scans the column names case-insensitively, ~20 times per job)."""
     (job_id, job_type, payload, status, priority, retry_count, max_retries, retry_delays,
      created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id, lock_token,
-     error, result, progress, attempts, idempotency_key, queue) = row
+     error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot) = row
     return Job(
         id=job_id,
         type=job_type,
@@ -87,6 +87,8 @@ def _row_to_job(row: tuple) -> Job:
         attempts=_decode_attempts(attempts),
         idempotency_key=idempotency_key,
         queue=queue,
+        scheduled_by=scheduled_by,
+        slot=_dt(slot),
     )
 
 
@@ -95,6 +97,12 @@ def path_from_url(url: str) -> str:
     if not url.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite:/// URL: {url!r}")
     return url[len("sqlite:///"):] or ":memory:"
+
+
+def _insert_params(job: Job) -> tuple:
+    return (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
+            job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
+            _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue, job.scheduled_by, _ts(job.slot))
 
 
 def _fence(job: Job, now: datetime, **params: Any) -> dict[str, Any]:
@@ -120,6 +128,10 @@ def _complete_params(job: Job, now: datetime, result: Any) -> dict[str, Any]:
     # None is written as JSON null without json.dumps (most handlers return nothing).
     encoded = "null" if result is None else json.dumps(result, separators=(",", ":"))
     return _fence(job, now, result=encoded)
+
+
+class _Refused(Exception):
+    """enqueue_slot: roll the transaction back."""
 
 
 class SQLiteStore(Store):
@@ -162,9 +174,7 @@ class SQLiteStore(Store):
 
     # -- jobs -----------------------------------------------------------------
     def insert(self, job: Job) -> tuple[str, bool]:
-        params = (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
-                  job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
-                  _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue)
+        params = _insert_params(job)
         if job.idempotency_key is None:
             self._db.write(q.INSERT, params)
             return job.id, True
@@ -175,6 +185,30 @@ class SQLiteStore(Store):
         if row is None:  # the key's holder is gone and the id itself collided: impossible with uuid4
             raise StoreError("insert conflicted on something other than the idempotency key")
         return row[0], False
+
+    def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
+        out: list[tuple[str, bool]] = []
+        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            plain: list[tuple] = []  # a run of jobs without a key, inserted by one executemany
+            for job in jobs:
+                if job.idempotency_key is None:
+                    plain.append(_insert_params(job))
+                    out.append((job.id, True))
+                    continue
+                if plain:  # before this keyed job, so rows keep the order given
+                    conn.executemany(q.INSERT, plain)
+                    plain = []
+                params = _insert_params(job)
+                if conn.execute(q.INSERT_UNLESS_KEY_HELD, params).fetchone() is not None:
+                    out.append((job.id, True))
+                else:
+                    row = conn.execute(q.ACTIVE_JOB_WITH_KEY, (job.idempotency_key,)).fetchone()
+                    if row is None:
+                        raise StoreError("insert conflicted on something other than the idempotency key")
+                    out.append((row[0], False))
+            if plain:
+                conn.executemany(q.INSERT, plain)
+        return out
 
     def get(self, job_id: str) -> Job | None:
         rows = self._db.read(q.GET, (job_id,))
@@ -321,6 +355,29 @@ class SQLiteStore(Store):
 
     def purge_workers(self, seen_before: datetime) -> int:
         return self._db.write(q.PURGE_WORKERS, (_ts(seen_before),))
+    # -- schedules --------------------------------------------------------------
+    def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
+        advance = {"name": schedule_name, "slot": _ts(slot), "job_id": job.id, "now": _ts(now)}
+        try:
+            with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+                if conn.execute(q.ADVANCE_SCHEDULE, advance).fetchone() is None:
+                    raise _Refused  # an equal or later slot is stored
+                if conn.execute(q.INSERT_UNLESS_KEY_HELD, _insert_params(job)).fetchone() is None:
+                    raise _Refused  # the slot's job id exists (its state was purged since)
+        except _Refused:  # rolled back: nothing written
+            return False
+        return True
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        return {name: ScheduleState(name, _dt(last_slot), last_job_id, _dt(seen_at), runs)
+                for name, last_slot, last_job_id, seen_at, runs in self._db.read(q.SCHEDULE_STATES)}
+
+    def touch_schedules(self, names: list[str], now: datetime) -> None:
+        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            conn.executemany(q.TOUCH_SCHEDULE, [(name, _ts(now)) for name in names])
+
+    def purge_schedules(self, seen_before: datetime) -> int:
+        return self._db.write(q.PURGE_SCHEDULES, (_ts(seen_before),))
 
     # -- media ----------------------------------------------------------------
     def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:

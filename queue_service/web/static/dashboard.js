@@ -22,7 +22,7 @@
     connect: $('connect'), authError: $('auth-error'), banner: $('banner'), overview: $('overview'),
     stuckBanner: $('stuck-banner'), stuckText: $('stuck-text'), stuckCleanup: $('stuck-cleanup'),
     jobsSection: $('jobs-section'), status: $('f-status'), type: $('f-type'), types: $('known-types'),
-    limit: $('f-limit'), clearFilters: $('clear-filters'), cleanup: $('cleanup'), rows: $('jobs-body'),
+    queue: $('f-queue'), queues: $('queues'), limit: $('f-limit'), clearFilters: $('clear-filters'), cleanup: $('cleanup'), rows: $('jobs-body'),
     empty: $('empty'), emptyTitle: $('empty-title'), emptyHint: $('empty-hint'), newer: $('newer'),
     older: $('older'), pageInfo: $('page-info'), detail: $('detail'), scrim: $('scrim'),
     detailTitle: $('detail-title'), detailBadges: $('detail-badges'), detailActions: $('detail-actions'),
@@ -30,6 +30,7 @@
     selectPage: $('select-page'), bulkBar: $('bulk-bar'), bulkCount: $('bulk-count'),
     selectMatching: $('select-matching'), bulkRetry: $('bulk-retry'), bulkCancel: $('bulk-cancel'),
     bulkClear: $('bulk-clear'),
+    schedulesSection: $('schedules-section'), schedulesBody: $('schedules-body'),
   };
 
   const state = {
@@ -154,6 +155,7 @@
     const type = ui.type.value.trim();
     if (status) params.set('status', status);
     if (type) params.set('type', type);
+    if (ui.queue.value) params.set('queue', ui.queue.value);
     params.set('limit', ui.limit.value);
     if (state.before) params.set('before', state.before);
     for (const [k, v] of Object.entries(extra || {})) params.set(k, v);
@@ -354,6 +356,17 @@
   }
 
   // -- rendering -------------------------------------------------------------
+  // The one wording of tries (as the CLI and the logs): "attempt 3 of 4".
+  function attemptText(job) {
+    const n = (job.attempts || []).length;
+    const most = (job.maxRetries ?? 0) + 1;
+    return n ? `attempt ${n} of ${most}` : `not run yet, at most ${most} attempts`;
+  }
+
+  function retriesUsed(job) {
+    return `${job.retryCount ?? 0} of ${job.maxRetries ?? 0} retries used`;
+  }
+
   const shortId = (id) => String(id).slice(0, 8);
 
   function renderStats(stats) {
@@ -373,10 +386,32 @@
       : (Number(stats.pending) > 0 ? 'all scheduled for later' : 'nothing waiting');
     $('age-processing').textContent = known(stats.oldestProcessingAge)
       ? `oldest runs ${duration(stats.oldestProcessingAge * 1000)}` : 'idle';
+    renderQueues(stats.queues || {});
     for (const card of document.querySelectorAll('.stat')) {
       card.classList.toggle('active', card.dataset.status === ui.status.value);
       card.classList.toggle('nonzero', Number(stats[card.dataset.status] ?? 0) > 0);
     }
+  }
+
+  // One line per named queue (GET /stats "queues"), and the queue filter's options.
+  function renderQueues(queues) {
+    const names = Object.keys(queues).sort();
+    const parts = names.map((name) => {
+      const q = queues[name];
+      const waits = q.oldestPendingAge !== null && q.oldestPendingAge !== undefined
+        ? `, oldest waits ${duration(q.oldestPendingAge * 1000)}` : '';
+      return `${name}: ${Number(q.pending || 0).toLocaleString()} pending, `
+        + `${Number(q.processing || 0).toLocaleString()} processing${waits}`;
+    });
+    ui.queues.textContent = parts.length ? `Queues · ${parts.join(' · ')}` : '';
+    show(ui.queues, names.length > 1 || (names.length === 1 && names[0] !== 'default'));
+    const chosen = ui.queue.value;
+    const options = [el('option', { value: '', text: 'all' })];
+    for (const name of new Set([...names, ...(chosen ? [chosen] : [])])) {
+      options.push(el('option', { value: name, text: name }));
+    }
+    ui.queue.replaceChildren(...options);
+    ui.queue.value = chosen;
   }
 
   function renderStuck() {
@@ -413,8 +448,8 @@
       el('td', { 'data-label': 'Prio', class: 'num cell-prio', text: job.priority ?? 0 }),
       el('td', {
         'data-label': 'Tries', class: 'num cell-tries',
-        title: `${job.retryCount ?? 0} retries of ${job.maxRetries ?? 0}`,
-        text: `${(job.attempts || []).length}/${(job.maxRetries ?? 0) + 1}`,
+        title: `${attemptText(job)} (${retriesUsed(job)})`,
+        text: `${(job.attempts || []).length} of ${(job.maxRetries ?? 0) + 1}`,
       }),
       el('td', { 'data-label': 'Created', class: 'cell-time' }, timeNode(job.createdAt)),
       el('td', { 'data-label': 'Details', class: 'cell-summary' }, summary(job)),
@@ -423,7 +458,7 @@
     });
     ui.rows.replaceChildren(...rows);
     renderBulk();
-    const filtered = Boolean(ui.status.value || ui.type.value.trim());
+    const filtered = Boolean(ui.status.value || ui.type.value.trim() || ui.queue.value);
     show(ui.empty, rows.length === 0);
     show(ui.rows.parentElement.tHead, rows.length > 0);
     show(ui.clearFilters, filtered);
@@ -518,21 +553,23 @@
     const facts = el('dl', { class: 'facts' },
       ...field('ID', el('span', { class: 'mono', text: job.id }), copy),
       ...field('Priority', String(job.priority ?? 0)),
-      ...field('Retries', `${job.retryCount ?? 0} of ${job.maxRetries ?? 0}`),
+      ...field('Tries', `${attemptText(job)} (${retriesUsed(job)})`),
       ...timeField('Created', job.createdAt),
       ...timeField('Run at', job.runAt),
       ...timeField('Started', job.processedAt),
       ...timeField('Heartbeat', job.heartbeatAt),
       ...timeField('Finished', job.completedAt),
       ...field('Worker', job.worker ? el('span', { class: 'mono', text: job.worker }) : '–'),
-      ...(job.idempotencyKey ? field('Idempotency key', el('span', { class: 'mono', text: job.idempotencyKey })) : []));
+      ...(job.idempotencyKey ? field('Idempotency key', el('span', { class: 'mono', text: job.idempotencyKey })) : []),
+      ...(job.scheduledBy ? field('Schedule', el('span', { text: job.scheduledBy })) : []),
+      ...(job.scheduledBy ? timeField('Slot', job.slot) : []));
     const parts = [facts];
     if (isStuck(job)) {
       parts.push(el('p', { class: 'callout warn-callout', text: `No heartbeat for ${duration(serverNow() - parseTime(job.heartbeatAt))}. The scheduler or "Run stuck-job cleanup" requeues it (that counts as a retry).` }));
     }
     if (job.error) parts.push(section('Error', el('pre', { class: 'error-block', text: job.error })));
     if (job.status === 'processing' || job.progress) parts.push(section('Progress', progressBlock(job.progress)));
-    parts.push(section(`Attempts (${(job.attempts || []).length} of at most ${(job.maxRetries ?? 0) + 1})`, attemptsTable(job)));
+    parts.push(section(`Attempts (${attemptText(job)})`, attemptsTable(job)));
     parts.push(section('Payload', jsonBlock(job.payload, 'No payload shown.')));
     const noResult = { completed: 'The handler returned nothing.', failed: 'None: the job failed (see the error).',
                        cancelled: 'None: the job was cancelled before it ran.' }[job.status] || 'No result yet.';
@@ -628,6 +665,31 @@
     toastTimer = setTimeout(() => show(ui.toast, false), isError ? 8000 : 4000);
   }
 
+  // -- schedules (GET /schedules): hidden when the app has none ------------------
+  function renderSchedules(rows) {
+    ui.schedulesBody.replaceChildren(...rows.map((s) => el('tr', null,
+      el('td', { class: 'cell-type', text: s.name }),
+      el('td', { text: s.type }),
+      el('td', { class: 'cell-time', text: s.cron ? `cron ${s.cron} (${s.tz})` : `every ${duration(s.every * 1000)}` }),
+      el('td', { class: 'cell-time' }, timeNode(s.nextRun)),
+      el('td', { class: 'cell-time' }, timeNode(s.lastSlot)),
+      el('td', null, s.lastJobId
+        ? el('button', { type: 'button', class: 'ghost', title: s.lastJobId, onclick: () => openDetail(s.lastJobId) },
+          s.lastJobStatus ? statusBadge(s.lastJobStatus) : el('span', { class: 'muted', text: 'purged' }))
+        : el('span', { class: 'muted', text: 'not run yet' })),
+      el('td', { class: 'num', text: s.runs }))));
+    show(ui.schedulesSection, rows.length > 0);
+  }
+
+  async function refreshSchedules() {
+    try {
+      const data = await api('/schedules');
+      renderSchedules((data && data.schedules) || []);
+    } catch (err) {
+      show(ui.schedulesSection, false);  // the banner already speaks for the API
+    }
+  }
+
   // -- refresh ---------------------------------------------------------------
   async function refreshHealth() {
     try {
@@ -687,6 +749,7 @@
       state.busy = false;
     }
     refreshHealth();
+    if (state.connected) refreshSchedules();
     if (state.again) await refresh();
   }
 
@@ -738,6 +801,7 @@
   ui.autorefresh.addEventListener('change', schedule);
   ui.status.addEventListener('change', () => { clearSelection(); resetPaging(); refresh(); });
   ui.limit.addEventListener('change', () => { resetPaging(); refresh(); });
+  ui.queue.addEventListener('change', () => { resetPaging(); refresh(); });
   let typeTimer = null;
   ui.type.addEventListener('input', () => {
     clearTimeout(typeTimer);
@@ -746,6 +810,7 @@
   ui.clearFilters.addEventListener('click', () => {
     ui.status.value = '';
     ui.type.value = '';
+    ui.queue.value = '';
     resetPaging();
     refresh();
   });

@@ -1,0 +1,99 @@
+"""Turning ``add_job``'s arguments into a Job, or a ValidationError.
+
+The options are checked against ``core.limits`` first, then the payload
+against the type's schema; every problem is reported at once, by field.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+import marshmallow
+
+from .clock import ensure_aware
+from .errors import UnknownJobType, ValidationError
+from .jobs import DEFAULT_QUEUE, Job, new_job_id
+from .limits import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PRIORITY_RANGE, QUEUE_NAME
+from .registry import Registry
+from .settings import Settings
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def build_job(registry: Registry, settings: Settings, now: datetime, job_type: Any, payload: Any, *,
+              priority: int = 0, delay: float | timedelta | None = None, run_at: datetime | None = None,
+              max_retries: int | None = None, idempotency_key: str | None = None,
+              queue: str | None = None) -> Job:
+    """A new pending Job, not yet stored. Raises UnknownJobType or ValidationError."""
+    spec = registry.get(job_type) if isinstance(job_type, str) else None
+    if spec is None:
+        raise UnknownJobType(str(job_type), registry.names())
+    errors: dict[str, Any] = {}
+    when = _run_at(now, delay, run_at, errors)
+    if not is_int(priority):
+        errors["priority"] = ["Must be an integer."]
+    elif not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        errors["priority"] = [f"Must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}."]
+    retries = spec.max_retries if spec.max_retries is not None else settings.max_retries
+    if max_retries is not None:
+        if not is_int(max_retries):
+            errors["max_retries"] = ["Must be an integer."]
+        elif not 0 <= max_retries <= MAX_RETRIES_LIMIT:
+            errors["max_retries"] = [f"Must be between 0 and {MAX_RETRIES_LIMIT}."]
+        else:
+            retries = max_retries
+    if idempotency_key is not None and (not isinstance(idempotency_key, str)
+                                        or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS):
+        errors["idempotency_key"] = [f"Must be a string of 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters."]
+    queue_name = queue if queue is not None else (spec.queue or DEFAULT_QUEUE)
+    if not isinstance(queue_name, str) or not re.fullmatch(QUEUE_NAME, queue_name):
+        errors["queue"] = [f"Must match {QUEUE_NAME}."]
+    try:
+        stored_payload = as_json(spec.dump(spec.load(payload)))
+    except marshmallow.ValidationError as exc:
+        errors["payload"] = exc.messages
+    except (TypeError, ValueError) as exc:
+        errors["payload"] = {"_schema": [f"Payload is not JSON-serializable: {exc}"]}
+    if errors:
+        raise ValidationError(errors)
+    return Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,
+               max_retries=retries, retry_delays=list(spec.retry_delays or settings.retry_delays),
+               created_at=now, run_at=when, idempotency_key=idempotency_key, queue=queue_name)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as the JSON both stores will hold (tuples become lists, keys
+    strings...): a round trip through ``json``, skipped for the common case of a
+    flat object of strings, numbers, booleans and nulls, which is JSON already
+    (the round trip was ~8 us of a ~60 us enqueue). Raises TypeError or
+    ValueError for what JSON cannot hold."""
+    if type(value) is dict and all(type(k) is str and type(v) in _SCALARS for k, v in value.items()):
+        return value
+    return json.loads(json.dumps(value))
+
+
+def _run_at(now: datetime, delay: Any, run_at: Any, errors: dict[str, Any]) -> datetime:
+    if delay is not None and run_at is not None:
+        errors["delay"] = ["Give delay or run_at, not both."]
+    elif delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            errors["delay"] = ["Must be a number of seconds."]
+        elif not 0 <= seconds <= MAX_DELAY_SECONDS:
+            errors["delay"] = [f"Must be between 0 and {MAX_DELAY_SECONDS} seconds."]
+        else:
+            return now + timedelta(seconds=seconds)
+    elif run_at is not None:
+        try:
+            return max(now, ensure_aware(run_at, "run_at"))
+        except (ValueError, AttributeError, TypeError):
+            errors["run_at"] = ["Must be a timezone-aware datetime."]
+    return now
