@@ -236,6 +236,20 @@ def test_retry_a_failed_job(env):
     assert_one_line_error(run("retry", "missing"), 1, "no job with id missing")
 
 
+def test_retry_every_failed_job_of_a_type(env):
+    app, queue, run = env
+    ids = [failed_job(app, queue) for _ in range(3)]
+    result = run("retry", "--status", "failed", "--type", "REPORT")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "3 of 3 matching failed job(s) sent back to pending"
+    assert {queue.get_job_status(i)["status"] for i in ids} == {"pending"}
+    assert json.loads(run("retry", "--status", "failed", "--json").stdout) == {"matched": 0, "changed": 0}
+    assert_one_line_error(run("retry"), 2, "give a JOB_ID or --status failed")
+    assert_one_line_error(run("retry", ids[0], "--status", "failed"), 2, "not both")
+    assert_one_line_error(run("retry", ids[0], "--type", "REPORT"), 2, "--type and --queue go with --status")
+    assert run("retry", "--status", "completed").exit_code == 2
+
+
 def test_cancel_a_pending_job(env):
     app, queue, run = env
     job_id = queue.add_job("REPORT", {"name": "x"})

@@ -490,3 +490,84 @@ def test_schedules_panel(browser, serve, tmp_path):
         assert not problems, problems
     finally:
         context.close()
+
+
+# -- operator essentials (issue 17) --------------------------------------------------
+def seed_failures(app, queue, count: int) -> list[str]:
+    """``count`` NOTE jobs that failed their first (only allowed) attempt."""
+    worker = app.extensions["queue_service"].runtime.make_worker()
+    ids = []
+    with app.app_context():
+        for n in range(count):
+            ids.append(queue.add_job("NOTE", {"note": f"broken {n}", "failFirst": True}, max_retries=0))
+            worker.run_once()
+    assert {queue.get_job(i).status for i in ids} == {JobStatus.FAILED}
+    return ids
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("viewport, mobile", [((1280, 800), False), ((390, 844), True)])
+def test_a_failed_jobs_traceback_expands(browser, live, viewport, mobile):
+    server, app, queue = live
+    job_id = seed_failures(app, queue, 1)[0]
+    context, page, problems = open_page(browser, server, viewport=viewport, mobile=mobile)
+    try:
+        sign_in(page)
+        row(page, job_id).wait_for(timeout=WAIT_MS)
+        row(page, job_id).locator("td.cell-type").click()
+        summary = page.locator("#detail-body details.traceback summary")
+        summary.wait_for(timeout=WAIT_MS)
+        trace = page.locator("#detail-body pre.traceback-text")
+        assert not trace.is_visible()  # collapsed until asked for
+        summary.click()
+        trace.wait_for(state="visible", timeout=WAIT_MS)
+        text = trace.text_content()
+        assert text.startswith("Traceback (most recent call last):") and "RuntimeError" in text
+        assert "in note" in text
+        assert page.locator("#detail img, #detail script").count() == 0  # the hostile error stayed text
+        shot(page, f"dashboard-traceback-{viewport[0]}x{viewport[1]}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport[0]
+        assert problems == []
+        assert page.evaluate("window.__pwned") is None
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("viewport, mobile", [((1280, 800), False), ((390, 844), True)])
+def test_select_all_failed_jobs_retry_them_and_see_them_complete(browser, live, viewport, mobile):
+    server, app, queue = live
+    ids = seed_failures(app, queue, 6)
+    state = app.extensions["queue_service"]
+    state.runtime.start()  # the real worker runs the retried jobs (and registers itself)
+    context, page, problems = open_page(browser, server, viewport=viewport, mobile=mobile)
+    try:
+        sign_in(page)
+        row(page, ids[0]).wait_for(timeout=WAIT_MS)
+        page.select_option("#f-status", "failed")
+        wait_count(page, "#jobs-body tr", 6)
+        page.click("#select-matching")
+        assert page.text_content("#bulk-count") == "All 6 failed jobs selected"
+        assert page.locator("#jobs-body input.select-job:checked").count() == 6
+        retry = page.locator("#bulk-retry")
+        assert retry.text_content() == "Retry 6"
+        retry.click()
+        assert retry.text_content() == "Confirm: retry 6"  # the confirm step
+        shot(page, f"dashboard-bulk-confirm-{viewport[0]}x{viewport[1]}")
+        retry.click()
+        page.wait_for_selector("#toast >> text=Retried 6 of 6", timeout=WAIT_MS)
+        page.select_option("#f-status", "completed")
+        wait_count(page, "#jobs-body tr", 6)  # the worker finished them (the page refreshes every 5 s)
+        assert {queue.get_job(i, app=app).status for i in ids} == {JobStatus.COMPLETED}
+        # The chart drew the failures and the completions; the worker is listed, alive.
+        # The chart is read again at most every 10 s while jobs finish: a longer wait.
+        page.locator("#history-chart svg rect.bar-completed").first.wait_for(timeout=3 * WAIT_MS)
+        assert page.locator("#history-chart svg rect.bar-failed").count() >= 1
+        page.locator("#workers-body tr.worker-row").first.wait_for(timeout=WAIT_MS)
+        assert "alive" in page.text_content("#workers-body") and "web" in page.text_content("#workers-body")
+        page.locator("#ops-section").scroll_into_view_if_needed()
+        shot(page, f"dashboard-history-workers-{viewport[0]}x{viewport[1]}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport[0]
+        assert problems == []
+    finally:
+        context.close()

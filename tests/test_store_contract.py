@@ -614,3 +614,104 @@ def test_touch_and_purge_schedules(store, clock):
     assert store.purge_schedules(clock.now() - timedelta(seconds=50)) == 1
     assert set(store.schedule_states()) == {"b"}
     assert store.schedule_states()["b"].last_slot is None
+
+
+# -- operator essentials (issue 17) ---------------------------------------------------
+def test_failed_attempts_keep_their_traceback_and_others_have_no_key(store, clock):
+    add(store, clock)
+    job = claim(store, clock)
+    assert store.retry_later(job, clock.now(), "boom", clock.now(), traceback="Traceback...\nRuntimeError: boom\n")
+    again = claim(store, clock)
+    assert store.fail(again, clock.now(), "bad", traceback="Traceback...\nValueError: bad\n")
+    attempts = store.get(job.id).attempts
+    assert attempts[0]["traceback"].endswith("RuntimeError: boom\n")
+    assert attempts[1]["traceback"].endswith("ValueError: bad\n") and attempts[1]["outcome"] == "failed"
+    add(store, clock)
+    plain = claim(store, clock)
+    assert store.fail(plain, clock.now(), "no trace")
+    assert "traceback" not in store.get(plain.id).attempts[0]
+
+
+def test_run_now_makes_a_delayed_or_retrying_job_due_without_a_retry(store, clock):
+    delayed = add(store, clock, delay=3600)
+    due = add(store, clock)
+    assert not store.run_now(due.id, clock.now())  # already due: nothing to do
+    assert store.run_now(delayed.id, clock.now())
+    got = store.get(delayed.id)
+    assert got.run_at == clock.now() and got.retry_count == 0 and got.status is JobStatus.PENDING
+    assert not store.run_now(delayed.id, clock.now())
+    assert not store.run_now(new_job_id(), clock.now())
+    job = claim(store, clock)
+    assert store.retry_later(job, clock.now(), "boom", clock.now() + timedelta(seconds=60))
+    assert store.run_now(job.id, clock.now())
+    assert store.get(job.id).retry_count == 1  # the failed attempt counted once, the manual run not at all
+    processing = claim(store, clock)
+    assert not store.run_now(processing.id, clock.now())
+
+
+def test_counts_tell_scheduled_apart_from_pending(store, clock):
+    add(store, clock)
+    add(store, clock, delay=60)
+    add(store, clock, delay=120)
+    counts = store.counts(clock.now())
+    assert counts["pending"] == 3 and counts["scheduled"] == 2
+    clock.advance(60)
+    assert store.counts(clock.now())["scheduled"] == 1
+
+
+def test_history_groups_finished_jobs_by_bucket_and_type(store, clock):
+    start = clock.now()  # 2030-01-01T00:00Z: a bucket boundary
+
+    def finish(job_type, ok):
+        add(store, clock, job_type=job_type, max_retries=0)
+        job = claim(store, clock)
+        assert store.complete(job, clock.now(), None) if ok else store.fail(job, clock.now(), "x")
+
+    finish("A", True)
+    clock.advance(10)
+    finish("A", False)
+    finish("B", True)
+    clock.advance(300)  # the next 5-minute bucket
+    finish("A", True)
+    add(store, clock, delay=86400)  # pending: not counted
+    clock.advance(3600)
+    finish("A", True)  # after `until`
+    rows = store.history(start, start + timedelta(seconds=600), 300)
+    epoch = int(start.timestamp())
+    assert rows == [
+        {"bucket": epoch, "type": "A", "completed": 1, "failed": 1},
+        {"bucket": epoch, "type": "B", "completed": 1, "failed": 0},
+        {"bucket": epoch + 300, "type": "A", "completed": 1, "failed": 0},
+    ]
+    hourly = store.history(start, start + timedelta(hours=2), 3600)
+    assert [(r["bucket"] - epoch, r["type"], r["completed"], r["failed"]) for r in hourly] == [
+        (0, "A", 2, 1), (0, "B", 1, 0), (3600, "A", 1, 0)]
+    # A failure stays counted once the job is retried (by the policy, or by hand) and completes.
+    later = clock.advance(60)
+    add(store, clock, job_type="C")
+    job = claim(store, clock)
+    assert store.retry_later(job, clock.now(), "boom", clock.now())
+    clock.advance(0.5)
+    assert store.complete(claim(store, clock), clock.now(), None)
+    rows = store.history(later - timedelta(seconds=1), later + timedelta(seconds=10), 300)
+    assert [(r["type"], r["completed"], r["failed"]) for r in rows] == [("C", 1, 1)]
+
+
+def test_worker_records_are_replaced_listed_and_purged(store, clock):
+    def record(worker_id, **extra):
+        return {"id": worker_id, "host": "h", "pid": 7, "kind": "web", "queues": ["*"],
+                "startedAt": start, "lastSeenAt": clock.now(), "currentJobId": None,
+                "jobsDone": 0, "jobsFailed": 0, **extra}
+
+    start = clock.now()
+    store.register_worker(record("a"))
+    store.register_worker(record("b", kind="standalone", queues=["images"]))
+    clock.advance(30)
+    store.register_worker(record("a", jobsDone=5, currentJobId="j1"))
+    workers = store.list_workers()
+    assert [w["id"] for w in workers] == ["a", "b"]  # most recently seen first
+    assert workers[0]["jobsDone"] == 5 and workers[0]["currentJobId"] == "j1"
+    assert workers[0]["lastSeenAt"] == clock.now() and workers[0]["startedAt"] == start
+    assert workers[1]["kind"] == "standalone" and workers[1]["queues"] == ["images"]
+    assert store.purge_workers(clock.now() - timedelta(seconds=10)) == 1
+    assert [w["id"] for w in store.list_workers()] == ["a"]

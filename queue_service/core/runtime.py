@@ -47,6 +47,8 @@ class Runtime:
         #: The queues this process's worker consumes (None: every queue); set
         #: before start() to override QUEUE_WORKER_QUEUES (``flask queue worker --queues``).
         self.worker_queues: tuple[str, ...] | None = settings.worker_queues
+        #: What this process's worker record calls it: "web", or "standalone" (set by ``flask queue worker``).
+        self.worker_kind = "web"
 
     # -- store ----------------------------------------------------------------
     @property
@@ -75,7 +77,7 @@ class Runtime:
 
     def make_worker(self) -> Worker:
         return Worker(lambda: self.store, self.registry, self.clock, self.app, self.settings,
-                      queues=self.worker_queues)
+                      queues=self.worker_queues, kind=self.worker_kind)
 
     def make_scheduler(self, worker: Worker | None) -> Scheduler:
         return Scheduler(lambda: self.store, self.clock, worker, self.settings, self.schedules)

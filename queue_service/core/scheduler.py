@@ -28,6 +28,7 @@ from .worker import Worker
 log = logging.getLogger("queue_service.scheduler")
 
 MAX_BACKOFF_SECONDS = 30.0
+WORKER_RECORD_KEPT_SECONDS = 3600.0  # a worker record not renewed for this long is purged
 
 
 def recover_stuck(store: Store, policy: RetryPolicy, now: datetime) -> tuple[int, int]:
@@ -80,6 +81,7 @@ class Scheduler:
         store = self.store
         requeued, failed = recover_stuck(store, self.policy, now)
         purged = store.purge(now - timedelta(seconds=self.completed_ttl), now - timedelta(seconds=self.failed_ttl))
+        store.purge_workers(now - timedelta(seconds=max(WORKER_RECORD_KEPT_SECONDS, 3 * self.heartbeat_interval)))
         self.periodic.forget_removed(store, now)
         report = SweepReport(requeued, failed, purged)
         if requeued or failed or purged:
@@ -100,6 +102,7 @@ class Scheduler:
         self.last_tick_at = now
         if self.worker is not None:
             self.worker.heartbeat_if_due(now)
+            self.worker.register_if_due(now)
         self.enqueue_due(now)
         if self.next_sweep_at is None or now >= self.next_sweep_at:
             report = self.sweep(now)

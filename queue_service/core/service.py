@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
+from . import bulk, history
 from .store import TypeCounts
 from .errors import InvalidTransition, JobNotFound, StoreError, ValidationError
 from .jobs import Job, JobStatus, RetryPolicy, iso
@@ -140,7 +141,8 @@ class QueueService:
     def stats(self) -> dict[str, Any]:
         now = self.clock.now()
         counts = self.store.counts(now)
-        stats = {key: counts[key] for key in ("pending", "processing", "completed", "failed", "cancelled", "total")}
+        stats = {key: counts[key] for key in ("pending", "scheduled", "processing", "completed", "failed",
+                                              "cancelled", "total")}
         stats["oldestPendingAge"] = _age_seconds(now, counts["oldestPendingAt"])
         stats["oldestProcessingAge"] = _age_seconds(now, counts["oldestProcessingAt"])
         by_queue = self.store.counts_by_queue(now)
@@ -204,6 +206,48 @@ class QueueService:
             self.run_eagerly(job_id)
             job = self.store.get(job_id) or job
         return job
+
+    def run_now(self, job_id: str) -> Job:
+        """A pending job not yet due becomes runnable now (no retry counted).
+        Raises JobNotFound or InvalidTransition (not pending, or already due)."""
+        job = self._transition(job_id, "run now", self.store.run_now)
+        log.info("[Queue] Job %s made due now by hand", job_id)
+        self.runtime.wake_worker(job.queue)
+        return job
+
+    # -- bulk operator actions (core.bulk) ------------------------------------
+    def bulk_retry(self, selection: dict[str, Any]) -> bulk.BulkResult:
+        """Retry the failed jobs named by ``{"ids": [...]}`` or a filter
+        ``{"status": "failed", "type", "queue"}``; each one as ``retry`` does."""
+        result = bulk.apply(self.store, bulk.parse_selection(selection, "failed"), "failed",
+                            self.store.requeue_failed, self.clock.now)
+        log.info("[Queue] Bulk retry: %d matched, %d requeued", result.matched, result.changed)
+        if result.changed:
+            self.runtime.wake_worker()
+        return result
+
+    def bulk_cancel(self, selection: dict[str, Any]) -> bulk.BulkResult:
+        """Cancel the pending jobs named by ids or a filter (``status`` pending)."""
+        result = bulk.apply(self.store, bulk.parse_selection(selection, "pending"), "pending",
+                            self.store.cancel, self.clock.now)
+        log.info("[Queue] Bulk cancel: %d matched, %d cancelled", result.matched, result.changed)
+        return result
+
+    # -- operator views -------------------------------------------------------
+    def history(self, hours: int = 24) -> dict[str, Any]:
+        return history.history(self.store, self.clock.now(), hours)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every worker record, with ``alive``: seen within 3 heartbeat intervals."""
+        now = self.clock.now()
+        gone_after = 3 * max(self.settings.heartbeat_interval, 1.0)
+        out = []
+        for record in self.store.list_workers():
+            seen = record.get("lastSeenAt")
+            alive = seen is not None and (now - seen).total_seconds() <= gone_after
+            out.append({**record, "startedAt": iso(record.get("startedAt")), "lastSeenAt": iso(seen),
+                        "alive": alive})
+        return out
 
     # -- health ---------------------------------------------------------------
     def health(self) -> dict[str, Any]:

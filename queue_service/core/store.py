@@ -124,14 +124,16 @@ class Store(ABC):
         return self.complete(job, now, result), self.claim(worker_id, lock_token, now, queues)
 
     @abstractmethod
-    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
+    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime,
+                    traceback: str | None = None) -> bool:
         """processing -> pending, ``retry_count + 1``, runnable at ``run_at``;
         the current attempt ends with outcome "retry", the error and
-        ``nextDelaySeconds``. Fenced."""
+        ``nextDelaySeconds`` (and ``traceback`` when given; no key when not). Fenced."""
 
     @abstractmethod
-    def fail(self, job: Job, now: datetime, error: str) -> bool:
-        """processing -> failed with ``error``; ``completed_at = now``. Fenced."""
+    def fail(self, job: Job, now: datetime, error: str, traceback: str | None = None) -> bool:
+        """processing -> failed with ``error``; ``completed_at = now``; the
+        attempt keeps ``traceback`` when given. Fenced."""
 
     @abstractmethod
     def release(self, job: Job, now: datetime, reason: str) -> bool:
@@ -167,9 +169,16 @@ class Store(ABC):
         another active job."""
 
     @abstractmethod
+    def run_now(self, job_id: str, now: datetime) -> bool:
+        """A pending job not yet due (delayed, or waiting for a retry) becomes
+        runnable at once: ``run_at = now``; no retry is counted. False if
+        missing, not pending, or already due."""
+
+    @abstractmethod
     def counts(self, now: datetime) -> dict[str, Any]:
-        """``{pending, processing, completed, failed, cancelled, total,
-        oldestPendingAt, oldestProcessingAt}``: the times are the earliest
+        """``{pending, scheduled, processing, completed, failed, cancelled, total,
+        oldestPendingAt, oldestProcessingAt}``: ``scheduled`` counts the pending
+        jobs with ``run_at > now`` (also counted in ``pending``); the times are the earliest
         ``run_at`` among runnable pending jobs and the earliest
         ``processed_at`` among processing jobs, or None."""
 
@@ -198,6 +207,29 @@ class Store(ABC):
         failed or cancelled jobs with ``completed_at < finished_before``.
         Returns how many went."""
 
+    # -- operator views -------------------------------------------------------
+    @abstractmethod
+    def history(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
+        """Attempts that ended with ``since <= endedAt < until``, grouped in the
+        store by bucket (``floor(endedAt epoch / bucket_seconds)``) and type:
+        ``[{"bucket": epoch seconds of its start, "type", "completed": attempts
+        that completed, "failed": attempts that failed (outcome failed, retry or
+        lost)}]`` sorted by bucket then type; empty buckets are missing. A
+        failure stays counted after the job is retried and completes."""
+
+    @abstractmethod
+    def register_worker(self, record: dict[str, Any]) -> None:
+        """Insert or replace the worker record ``record["id"]`` (keys: id,
+        host, pid, kind, queues, startedAt, lastSeenAt, currentJobId,
+        jobsDone, jobsFailed; times are aware datetimes)."""
+
+    @abstractmethod
+    def list_workers(self) -> list[dict[str, Any]]:
+        """Every worker record, most recently seen first."""
+
+    @abstractmethod
+    def purge_workers(self, seen_before: datetime) -> int:
+        """Delete worker records with ``lastSeenAt < seen_before``; how many went."""
     # -- schedules (core.periodic) -------------------------------------------
     @abstractmethod
     def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:

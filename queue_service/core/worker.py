@@ -38,6 +38,7 @@ from .store import Store
 log = logging.getLogger("queue_service.worker")
 
 MAX_BACKOFF_SECONDS = 30.0
+MAX_TRACEBACK_CHARS = 8192  # an attempt keeps the last 8 KB of its traceback (the frames nearest the raise)
 GC_AFTER_JOB_SECONDS = 0.1  # a job this long pays for its own full collection
 GC_MAX_INTERVAL_SECONDS = 5.0
 FAR_FUTURE = timedelta(days=100 * 366)  # past any run_at (delays are at most a year)
@@ -91,10 +92,19 @@ def describe(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+def bounded_traceback(exc: BaseException) -> str:
+    """The formatted traceback of ``exc``, its last MAX_TRACEBACK_CHARS characters.
+    It holds code lines and the exception's text, never the frames' locals."""
+    text = "".join(traceback.format_exception(exc))
+    return text if len(text) <= MAX_TRACEBACK_CHARS else "…" + text[-(MAX_TRACEBACK_CHARS - 1):]
+
+
 class Worker:
     def __init__(self, store_getter: Callable[[], Store], registry: Registry, clock: Clock,
-                 app: Any, settings: Settings, queues: tuple[str, ...] | None = None):
-        """``queues``: the named queues this worker claims from (None: every queue)."""
+                 app: Any, settings: Settings, queues: tuple[str, ...] | None = None, kind: str = "web"):
+        """``queues``: the named queues this worker claims from (None: every queue);
+        ``kind``: "web" (a thread of a web process) or "standalone" (``flask queue worker``),
+        as its worker record says."""
         self._store_getter = store_getter
         self.registry = registry
         self.clock = clock
@@ -111,6 +121,10 @@ class Worker:
         self._last_heartbeat: datetime | None = None
         self._lock = threading.Lock()
         self.jobs_done = 0
+        self.jobs_failed = 0  # of jobs_done: those whose attempt failed (retried later, or failed)
+        self.kind = kind
+        self.started_at = clock.now()
+        self._last_registered: datetime | None = None
         self._jobs_since_gc = 0
         self._last_gc = time.monotonic()
         # drain() only (eager mode re-raises it): (job id, what its handler raised).
@@ -211,12 +225,11 @@ class Worker:
                     result = run_awaitable(result)
         except PermanentJobError as exc:
             self._keep(job, exc)
-            self._failed_attempt(job, describe(exc), False)
+            self._failed_attempt(job, describe(exc), False, bounded_traceback(exc))
             return
         except Exception as exc:  # a handler's failure is the job's, never the worker's
             self._keep(job, exc)
-            log.debug("handler traceback for job %s:\n%s", job.id, traceback.format_exc())
-            self._failed_attempt(job, describe(exc), True)
+            self._failed_attempt(job, describe(exc), True, bounded_traceback(exc))
             return
         if result is not None:  # None is JSON already (most handlers return nothing)
             try:
@@ -254,17 +267,19 @@ class Worker:
         if self.keep_exceptions:
             self.last_exception = (job.id, exc)
 
-    def _failed_attempt(self, job: Job, error: str, retryable: bool) -> None:
-        """Record a failed attempt: a retry later, or the failure, as the policy decides."""
+    def _failed_attempt(self, job: Job, error: str, retryable: bool, trace: str | None = None) -> None:
+        """Record a failed attempt (with the handler's traceback when it raised):
+        a retry later, or the failure, as the policy decides."""
+        self.jobs_failed += 1
         now = self.clock.now()
         delay = self.policy.next_delay_seconds(job, retryable)
         if delay is not None:
-            recorded = self.store.retry_later(job, now, error, now + timedelta(seconds=delay))
+            recorded = self.store.retry_later(job, now, error, now + timedelta(seconds=delay), trace)
             if recorded:
                 log.warning("[Worker] 🔄 Job %s will retry in %dms (%s): %s", job.id, round(delay * 1000),
                             attempt_text(job.attempt_number + 1, job.max_retries), error)
         else:
-            recorded = self.store.fail(job, now, error)
+            recorded = self.store.fail(job, now, error, trace)
             if recorded:
                 log.error("[Worker] ❌ Job %s failed after %d attempt(s): %s", job.id, job.attempt_number, error)
         if not recorded:
@@ -328,6 +343,26 @@ class Worker:
         if not self.heartbeat(job):
             log.warning("[Worker] ⚠️ Lost the claim on job %s (taken over by another worker)", job.id)
             return False
+        return True
+
+    # -- the worker's record (renewed by the scheduler's tick) -------------------
+    def record(self, now: datetime) -> dict[str, Any]:
+        """What ``GET /workers`` shows of this worker."""
+        with self._lock:
+            current = self.current
+        host, pid, _ = self.worker_id.rsplit(":", 2)
+        return {"id": self.worker_id, "host": host, "pid": int(pid), "kind": self.kind,
+                "queues": list(self.queues) if self.queues else ["*"], "startedAt": self.started_at,
+                "lastSeenAt": now, "currentJobId": current.id if current else None,
+                "jobsDone": self.jobs_done, "jobsFailed": self.jobs_failed}
+
+    def register_if_due(self, now: datetime) -> bool:
+        """Write this worker's record when a heartbeat interval has passed since the last."""
+        last = self._last_registered
+        if last is not None and (now - last).total_seconds() < self.heartbeat_interval:
+            return False
+        self.store.register_worker(self.record(now))
+        self._last_registered = now
         return True
 
     def release_current(self, reason: str) -> Job | None:

@@ -27,6 +27,7 @@ from . import mongo_indexes
 from ..core.errors import StoreError, StoreUnavailable, UnstorableValue
 from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
 from ..core.store import ScheduleState, Store, StoredFile, TypeCounts
+from .mongo_operator import OperatorViews
 
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
@@ -76,7 +77,7 @@ def _in_queues(queues: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return {"$in": names}
 
 
-class MongoStore(Store):
+class MongoStore(OperatorViews, Store):
     kind = "mongodb"
 
     def __init__(self, get_db: Callable[[], Any], collection: str = "queue_jobs",
@@ -238,13 +239,15 @@ class MongoStore(Store):
 
     @staticmethod
     def _end_attempt(index: int, now: datetime, outcome: str, error: str | None = None,
-                     next_delay: float | None = None) -> dict[str, Any]:
+                     next_delay: float | None = None, traceback: str | None = None) -> dict[str, Any]:
         prefix = f"attempts.{index}."
         fields: dict[str, Any] = {prefix + "endedAt": now, prefix + "outcome": outcome}
         if error is not None:
             fields[prefix + "error"] = error
         if next_delay is not None:
             fields[prefix + "nextDelaySeconds"] = next_delay
+        if traceback is not None:
+            fields[prefix + "traceback"] = traceback
         return fields
 
     def _update_claimed(self, job: Job, update: dict[str, Any]) -> bool:
@@ -263,17 +266,18 @@ class MongoStore(Store):
                      **self._end_attempt(len(job.attempts) - 1, now, "completed")},
             "$unset": {"lockToken": "", "activeKey": ""}})
 
-    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
+    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime,
+                    traceback: str | None = None) -> bool:
         delay = round((run_at - now).total_seconds(), 3)
         return self._update_claimed(job, {
             "$set": {"status": "pending", "runAt": run_at, "error": error,
-                     **self._end_attempt(len(job.attempts) - 1, now, "retry", error, delay)},
+                     **self._end_attempt(len(job.attempts) - 1, now, "retry", error, delay, traceback)},
             "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}})
 
-    def fail(self, job: Job, now: datetime, error: str) -> bool:
+    def fail(self, job: Job, now: datetime, error: str, traceback: str | None = None) -> bool:
         return self._update_claimed(job, {
             "$set": {"status": "failed", "completedAt": now, "error": error,
-                     **self._end_attempt(len(job.attempts) - 1, now, "failed", error)},
+                     **self._end_attempt(len(job.attempts) - 1, now, "failed", error, traceback=traceback)},
             "$unset": {"lockToken": "", "activeKey": ""}})
 
     def release(self, job: Job, now: datetime, reason: str) -> bool:
@@ -327,6 +331,11 @@ class MongoStore(Store):
                 return False
             raise
 
+    def run_now(self, job_id: str, now: datetime) -> bool:
+        with self._errors():
+            return self.coll.update_one({"_id": job_id, "status": "pending", "runAt": {"$gt": now}},
+                                        {"$set": {"runAt": now}}).modified_count == 1
+
     def counts(self, now: datetime) -> dict[str, Any]:
         out: dict[str, Any] = {s.value: 0 for s in JobStatus}
         with self._errors():
@@ -336,6 +345,7 @@ class MongoStore(Store):
                                          projection={"runAt": 1}, sort=[("runAt", 1)])
             processing = self.coll.find_one({"status": "processing"}, projection={"processedAt": 1},
                                             sort=[("processedAt", 1)])
+            out["scheduled"] = self.coll.count_documents({"status": "pending", "runAt": {"$gt": now}})
         out["total"] = sum(out[s.value] for s in JobStatus)
         out["oldestPendingAt"] = _aware(pending["runAt"]) if pending else None
         out["oldestProcessingAt"] = _aware(processing["processedAt"]) if processing else None

@@ -17,7 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..core.errors import JobNotFound, ValidationError
 from ..core.limits import MAX_BULK_JOBS
-from . import dashboard, http_errors, metrics, openapi
+from . import dashboard, http_errors, metrics, openapi, operator_api
 from .auth import admin_denied, admin_required
 from .body import ApiError, body_limit, checked_job_id, read_json_object, read_query, refuse_body
 from .media import media_response
@@ -49,6 +49,7 @@ def _dump_job(job: Any, admin: bool = True) -> dict[str, Any]:
     if not admin:  # the payload may hold addresses and secrets; the status page needs none of it
         data.pop("payload", None)
         data.pop("idempotencyKey", None)
+        data.pop("attempts", None)  # errors and tracebacks: the anonymous view shows the job's status only
     return _JOB.dump(data)
 
 
@@ -243,3 +244,4 @@ def openapi_document() -> Response:
 http_errors.install(blueprint)
 dashboard.register(blueprint)
 metrics.register(blueprint)
+operator_api.register(blueprint)

@@ -151,6 +151,7 @@ def worker_command(queues: str | None) -> None:
         raise _UsageError(str(exc)) from None
     if queues is not None:  # --queues beats QUEUE_WORKER_QUEUES ("*": every queue)
         runtime.worker_queues = chosen
+    runtime.worker_kind = "standalone"
     runtime.start(daemon=True)
     consumed = ",".join(runtime.worker_queues) if runtime.worker_queues else "*"
     click.echo(f"queue worker {runtime.worker.worker_id} running (store: {runtime.store.kind}, queues: {consumed});"
@@ -326,12 +327,31 @@ def _transition(operation_name: str, job_id: str, as_json: bool) -> None:
 
 
 @queue_cli.command("retry")
-@click.argument("job_id")
+@click.argument("job_id", required=False)
+@click.option("--status", type=click.Choice(["failed"]), default=None,
+              help="Retry every failed job (with --type/--queue: those of them) instead of one job.")
+@click.option("--type", "job_type", default=None, help="With --status: only jobs of this type.")
+@click.option("--queue", "queue_name", default=None, help="With --status: only jobs of this queue.")
 @json_option
 @operation
-def retry_command(job_id: str, as_json: bool) -> None:
-    """Send a failed job back to pending with a fresh retry budget."""
-    _transition("retry", job_id, as_json)
+def retry_command(job_id: str | None, status: str | None, job_type: str | None, queue_name: str | None,
+                  as_json: bool) -> None:
+    """Send a failed job (or, with --status failed, every matching one) back
+    to pending with a fresh retry budget."""
+    if (job_id is None) == (status is None):
+        raise _UsageError("give a JOB_ID or --status failed, not both")
+    if job_id is not None:
+        if job_type is not None or queue_name is not None:
+            raise _UsageError("--type and --queue go with --status")
+        _transition("retry", job_id, as_json)
+        return
+    selection = {"status": status, **({"type": job_type} if job_type else {}),
+                 **({"queue": queue_name} if queue_name else {})}
+    result = queue_state().service.bulk_retry(selection)
+    if as_json:
+        _echo_json({"matched": result.matched, "changed": result.changed})
+    else:
+        click.echo(f"{result.changed} of {result.matched} matching failed job(s) sent back to pending")
 
 
 @queue_cli.command("cancel")

@@ -23,6 +23,7 @@ STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATE = PACKAGE_DIR / "templates" / "queue_dashboard.html"
 ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard-ops.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }

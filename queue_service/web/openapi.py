@@ -15,7 +15,8 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import make_schema_key, resolve_schema_instance
 
-from ..core.limits import MAX_BULK_JOBS, MAX_JSON_DEPTH
+from ..core.bulk import MAX_BULK_IDS
+from ..core.limits import MAX_BULK_JOBS, MAX_JSON_DEPTH, MAX_TYPE_NAME_CHARS, QUEUE_NAME
 from . import schemas as s
 
 TITLE = "queue_service REST API"
@@ -33,6 +34,8 @@ MAX_CACHED = 16
 RESPONSE_COMPONENTS = {
     "Error": s.ErrorSchema, "Job": s.JobSchema, "JobCreated": s.JobCreatedSchema, "JobPage": s.JobPageSchema,
     "StatsResponse": s.StatsResponseSchema, "CleanupResponse": s.CleanupResponseSchema, "Health": s.HealthSchema,
+    "BulkResult": s.BulkResultSchema, "Workers": s.WorkersResponseSchema,
+    "History": s.HistorySchema,
     "SchedulesResponse": s.SchedulesResponseSchema,
 }
 ERRORS = {
@@ -141,6 +144,34 @@ def _job_create_variants(spec: APISpec, plugin: MarshmallowPlugin, payloads: dic
             "discriminator": {"propertyName": "type", "mapping": refs}}
 
 
+def _operator_paths(spec: APISpec, job_id: dict[str, Any]) -> None:
+    """Bulk retry/cancel, run now, workers and history (issue 17)."""
+    for action, status, what in (("retry", "failed", "failed jobs -> pending"),
+                                 ("cancel", "pending", "pending jobs -> cancelled")):
+        by_ids = {"type": "object", "required": ["ids"], "additionalProperties": False, "properties": {
+            "ids": {"type": "array", "minItems": 1, "maxItems": MAX_BULK_IDS, "items": {"type": "string"}}}}
+        by_filter = {"type": "object", "minProperties": 1, "additionalProperties": False, "properties": {
+            "status": {"type": "string", "enum": [status]},
+            "type": {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_NAME_CHARS},
+            "queue": {"type": "string", "pattern": f"^{QUEUE_NAME}$"}}}
+        body = {"required": True, "content": {"application/json": {"schema": {"oneOf": [by_ids, by_filter]}}}}
+        spec.path(f"/jobs/{action}", operations={"post": {
+            "summary": f"Bulk {action}: {what}, by ids (at most 1,000) or a filter (admin)",
+            "operationId": f"bulk{action.capitalize()}", "requestBody": body,
+            "responses": _responses((200, "How many matched and how many changed.", "BulkResult"), 400, 413, 503)}})
+    spec.path("/job/{id}/run-now", parameters=[job_id], operations={"post": {
+        "summary": "Make a delayed or retry-scheduled job runnable now, counting no retry (admin)",
+        "operationId": "runJobNow", "requestBody": NO_INPUT,
+        "responses": _responses((200, "The job after the change.", "Job"), 400, 404, 409, 413, 503)}})
+    spec.path("/workers", operations={"get": {
+        "summary": "The workers that registered, alive or gone (admin)", "operationId": "listWorkers",
+        "responses": _responses((200, "Worker records, most recently seen first.", "Workers"), 503)}})
+    spec.path("/stats/history", operations={"get": {
+        "summary": "Finished jobs per time bucket (admin)", "operationId": "getHistory",
+        "parameters": [{"in": "query", "schema": s.HistoryQuerySchema}],
+        "responses": _responses((200, "Buckets, oldest first.", "History"), 400, 503)}})
+
+
 def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
     plugin = MarshmallowPlugin(schema_name_resolver=_name_resolver())
     spec = APISpec(title=TITLE, version=VERSION, openapi_version=OPENAPI_VERSION, plugins=[plugin],
@@ -186,6 +217,7 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
                      "requestBody": NO_INPUT,
                      "responses": _responses((200, "The job after the change.", "Job"), 400, 404, 409, 413, 503)},
         })
+    _operator_paths(spec, job_id)
     spec.path("/stats", operations={"get": {
         "summary": "Job counts by status (admin)", "operationId": "getStats",
         "responses": _responses((200, "Counts and oldest ages in seconds.", "StatsResponse"), 503)}})

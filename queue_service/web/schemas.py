@@ -136,6 +136,8 @@ class AttemptSchema(marshmallow.Schema):
     outcome = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
     nextDelaySeconds = fields.Float(allow_none=True)
+    traceback = fields.String(allow_none=True, metadata={
+        "description": "The handler's formatted traceback (its last 8 KB) when the attempt raised. Admin only."})
 
 
 class JobSchema(marshmallow.Schema):
@@ -207,6 +209,8 @@ class QueueStatsSchema(marshmallow.Schema):
 
 
 class StatsSchema(QueueStatsSchema):
+    scheduled = fields.Integer(required=True, metadata={
+        "description": "Of the pending jobs, those not due yet (delayed, or waiting for a retry)."})
     total = fields.Integer(required=True)
     oldestProcessingAge = fields.Integer(required=True, allow_none=True, metadata={"description": "Seconds."})
     queues = fields.Dict(keys=fields.String(), values=fields.Nested(QueueStatsSchema), required=True,
@@ -242,3 +246,52 @@ class HealthSchema(marshmallow.Schema):
     worker = fields.Nested(HealthWorkerSchema, required=True)
     timestamp = fields.String(required=True, metadata={"format": "date-time"})
 
+
+
+# -- operator routes ------------------------------------------------------------
+class BulkResultSchema(marshmallow.Schema):
+    matched = fields.Integer(required=True, metadata={"description": "Jobs found in the status the action needs."})
+    changed = fields.Integer(required=True, metadata={
+        "description": "Jobs changed; a job whose state moved meanwhile is skipped."})
+
+
+class WorkerSchema(marshmallow.Schema):
+    id = fields.String(required=True)
+    host = fields.String(required=True)
+    pid = fields.Integer(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["web", "standalone"]))
+    queues = fields.List(fields.String(), required=True)
+    startedAt = _timestamp()
+    lastSeenAt = _timestamp()
+    currentJobId = fields.String(allow_none=True)
+    jobsDone = fields.Integer(required=True)
+    jobsFailed = fields.Integer(required=True)
+    alive = fields.Boolean(required=True, metadata={"description": "Seen within the last 3 heartbeat intervals."})
+
+
+class WorkersResponseSchema(marshmallow.Schema):
+    workers = fields.List(fields.Nested(WorkerSchema), required=True)
+
+
+class HistoryQuerySchema(marshmallow.Schema):
+    hours = QueryInteger(load_default=24, validate=validate.Range(1, 168), metadata={"default": 24})
+
+
+class HistoryCountsSchema(marshmallow.Schema):
+    completed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+
+
+class HistoryBucketSchema(marshmallow.Schema):
+    start = _timestamp()
+    completed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    types = fields.Dict(keys=fields.String(), values=fields.Nested(HistoryCountsSchema), required=True)
+
+
+class HistorySchema(marshmallow.Schema):
+    hours = fields.Integer(required=True)
+    bucketSeconds = fields.Integer(required=True, metadata={"description": "300 up to 6 hours, 3600 beyond."})
+    since = _timestamp()
+    until = _timestamp()
+    buckets = fields.List(fields.Nested(HistoryBucketSchema), required=True)

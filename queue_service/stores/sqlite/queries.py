@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS queue_jobs (
     scheduled_by TEXT,
     slot REAL
 );
+CREATE TABLE IF NOT EXISTS queue_workers (
+    id TEXT PRIMARY KEY,
+    last_seen_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS queue_files (
     name TEXT PRIMARY KEY,
     data BLOB NOT NULL,
@@ -174,6 +179,25 @@ UPDATE queue_jobs
  WHERE id = :id AND status = 'processing' AND lock_token = :token
 """
 
+# The same two, for an attempt that ended with an exception: its traceback too.
+RETRY_LATER_WITH_TRACEBACK = """
+UPDATE queue_jobs
+   SET status = 'pending', retry_count = retry_count + 1, run_at = :run_at, lock_token = NULL,
+       error = :error,
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'retry',
+                           '$[#-1].error', :error, '$[#-1].nextDelaySeconds', :next_delay,
+                           '$[#-1].traceback', :traceback)
+ WHERE id = :id AND status = 'processing' AND lock_token = :token
+"""
+
+FAIL_WITH_TRACEBACK = """
+UPDATE queue_jobs
+   SET status = 'failed', completed_at = :now, lock_token = NULL, error = :error,
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'failed',
+                           '$[#-1].error', :error, '$[#-1].traceback', :traceback)
+ WHERE id = :id AND status = 'processing' AND lock_token = :token
+"""
+
 RELEASE = """
 UPDATE queue_jobs
    SET status = 'pending', run_at = :now, lock_token = NULL,
@@ -219,10 +243,18 @@ UPDATE queue_jobs
  WHERE id = :id AND status = 'failed'
 """
 
+# A delayed or retry-scheduled job made due at once; no retry counted.
+RUN_NOW = """
+UPDATE queue_jobs SET run_at = :now
+ WHERE id = :id AND status = 'pending' AND run_at > :now
+"""
+
 # -- reads for stats, metrics and lists ---------------------------------------------
 COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM queue_jobs GROUP BY status"
 
 OLDEST_RUNNABLE_PENDING = "SELECT MIN(run_at) FROM queue_jobs WHERE status = 'pending' AND run_at <= ?"
+
+COUNT_SCHEDULED = "SELECT COUNT(*) FROM queue_jobs WHERE status = 'pending' AND run_at > ?"
 
 OLDEST_PROCESSING = "SELECT MIN(processed_at) FROM queue_jobs WHERE status = 'processing'"
 
@@ -261,6 +293,32 @@ DELETE FROM queue_jobs
         OR (status IN ('failed', 'cancelled') AND completed_at < :finished))
 """
 
+# -- operator views ---------------------------------------------------------------
+# Attempts that ended in [since, until), per endedAt bucket and type: outcome
+# "completed", or a failure ("failed", "retry", "lost"). A job with such an
+# attempt is still active or finished after it ended, so only those rows are
+# read (the pending and processing partial indexes, and completed_at). endedAt
+# is ISO text: strftime('%s') gives its whole epoch seconds exactly.
+HISTORY = """
+SELECT CAST(e.ended / :bucket AS INTEGER) * :bucket AS bucket, e.type,
+       SUM(e.outcome = 'completed'), SUM(e.outcome IN ('failed', 'retry', 'lost'))
+  FROM (SELECT q.type AS type, json_extract(a.value, '$.outcome') AS outcome,
+               CAST(strftime('%s', json_extract(a.value, '$.endedAt')) AS INTEGER) AS ended
+          FROM queue_jobs AS q, json_each(q.attempts) AS a
+         WHERE (q.status IN ('pending', 'processing') OR q.completed_at >= :since)
+           AND json_extract(a.value, '$.endedAt') IS NOT NULL) AS e
+ WHERE e.ended >= :since AND e.ended < :until AND e.outcome IN ('completed', 'failed', 'retry', 'lost')
+ GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+REGISTER_WORKER = """
+INSERT INTO queue_workers (id, last_seen_at, record) VALUES (:id, :seen, :record)
+ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, record = excluded.record
+"""
+
+LIST_WORKERS = "SELECT record FROM queue_workers ORDER BY last_seen_at DESC, id"
+
+PURGE_WORKERS = "DELETE FROM queue_workers WHERE last_seen_at < ?"
 # -- schedules (core.periodic) ------------------------------------------------------
 # Run inside one BEGIN IMMEDIATE with INSERT: advance the schedule's last slot
 # only if the new slot is later; no row returned means refused (and the

@@ -259,13 +259,18 @@ class SQLiteStore(Store):
     def complete(self, job: Job, now: datetime, result: Any) -> bool:
         return self._db.write(q.COMPLETE, _complete_params(job, now, result)) == 1
 
-    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime) -> bool:
+    def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime,
+                    traceback: str | None = None) -> bool:
         delay = round(run_at.timestamp() - now.timestamp(), 3)
-        return self._db.write(q.RETRY_LATER, _fence(job, now, error=error, next_delay=delay,
-                                                    run_at=_ts(run_at))) == 1
+        params = _fence(job, now, error=error, next_delay=delay, run_at=_ts(run_at))
+        if traceback is None:
+            return self._db.write(q.RETRY_LATER, params) == 1
+        return self._db.write(q.RETRY_LATER_WITH_TRACEBACK, {**params, "traceback": traceback}) == 1
 
-    def fail(self, job: Job, now: datetime, error: str) -> bool:
-        return self._db.write(q.FAIL, _fence(job, now, error=error)) == 1
+    def fail(self, job: Job, now: datetime, error: str, traceback: str | None = None) -> bool:
+        if traceback is None:
+            return self._db.write(q.FAIL, _fence(job, now, error=error)) == 1
+        return self._db.write(q.FAIL_WITH_TRACEBACK, _fence(job, now, error=error, traceback=traceback)) == 1
 
     def release(self, job: Job, now: datetime, reason: str) -> bool:
         return self._db.write(q.RELEASE, _fence(job, now, error=reason)) == 1
@@ -290,11 +295,15 @@ class SQLiteStore(Store):
                 return False  # another active job holds its idempotency key
             raise
 
+    def run_now(self, job_id: str, now: datetime) -> bool:
+        return self._db.write(q.RUN_NOW, {"id": job_id, "now": _ts(now)}) == 1
+
     def counts(self, now: datetime) -> dict[str, Any]:
         out: dict[str, Any] = {s.value: 0 for s in JobStatus}
         for status, n in self._db.read(q.COUNT_BY_STATUS):
             out[status] = n
         out["total"] = sum(out[s.value] for s in JobStatus)
+        out["scheduled"] = self._db.read(q.COUNT_SCHEDULED, (_ts(now),))[0][0]
         out["oldestPendingAt"] = _dt(self._db.read(q.OLDEST_RUNNABLE_PENDING, (_ts(now),))[0][0])
         out["oldestProcessingAt"] = _dt(self._db.read(q.OLDEST_PROCESSING)[0][0])
         return out
@@ -324,6 +333,28 @@ class SQLiteStore(Store):
         return self._db.write(q.PURGE, {"latest": max(_ts(completed_before), _ts(finished_before)),
                                         "completed": _ts(completed_before), "finished": _ts(finished_before)})
 
+    # -- operator views -------------------------------------------------------
+    def history(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
+        rows = self._db.read(q.HISTORY, {"bucket": int(bucket_seconds), "since": int(since.timestamp()),
+                                         "until": int(until.timestamp())})
+        return [{"bucket": int(b), "type": t, "completed": int(c), "failed": int(f)} for b, t, c, f in rows]
+
+    def register_worker(self, record: dict[str, Any]) -> None:
+        self._db.write(q.REGISTER_WORKER, {"id": record["id"], "seen": _ts(record["lastSeenAt"]),
+                                           "record": json.dumps(record, default=iso)})
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        out = []
+        for (text,) in self._db.read(q.LIST_WORKERS):
+            record = json.loads(text)
+            for key in ("startedAt", "lastSeenAt"):
+                if record.get(key):
+                    record[key] = datetime.fromisoformat(record[key])
+            out.append(record)
+        return out
+
+    def purge_workers(self, seen_before: datetime) -> int:
+        return self._db.write(q.PURGE_WORKERS, (_ts(seen_before),))
     # -- schedules --------------------------------------------------------------
     def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
         advance = {"name": schedule_name, "slot": _ts(slot), "job_id": job.id, "now": _ts(now)}

@@ -27,6 +27,9 @@
     older: $('older'), pageInfo: $('page-info'), detail: $('detail'), scrim: $('scrim'),
     detailTitle: $('detail-title'), detailBadges: $('detail-badges'), detailActions: $('detail-actions'),
     detailBody: $('detail-body'), detailClose: $('detail-close'), toast: $('toast'),
+    selectPage: $('select-page'), bulkBar: $('bulk-bar'), bulkCount: $('bulk-count'),
+    selectMatching: $('select-matching'), bulkRetry: $('bulk-retry'), bulkCancel: $('bulk-cancel'),
+    bulkClear: $('bulk-clear'),
     schedulesSection: $('schedules-section'), schedulesBody: $('schedules-body'),
   };
 
@@ -46,6 +49,9 @@
     again: false,          // a refresh was asked for while one was running
     timer: null,
     armed: new Map(),      // button -> timeout, for two-step confirmations
+    selected: new Set(),   // ids ticked for a bulk action
+    allMatching: false,    // "select all matching": the bulk action goes by the filter, not ids
+    stats: {},
   };
 
   // -- DOM helpers: text only ------------------------------------------------
@@ -116,9 +122,12 @@
     if (state.token) headers.Authorization = `Bearer ${state.token}`;
     let response;
     try {
-      response = await fetch(API + path, {
-        method: options.method || 'GET', headers, credentials: 'same-origin', cache: 'no-store',
-      });
+      const init = { method: options.method || 'GET', headers, credentials: 'same-origin', cache: 'no-store' };
+      if (options.json !== undefined) {
+        headers['Content-Type'] = 'application/json';
+        init.body = JSON.stringify(options.json);
+      }
+      response = await fetch(API + path, init);
     } catch (err) {
       throw new ApiError(0, 'The server cannot be reached.');
     }
@@ -223,6 +232,13 @@
         onclick: (ev) => { ev.stopPropagation(); act('retry', job, ev.currentTarget); },
       }));
     }
+    if (job.status === 'pending' && parseTime(job.runAt) > serverNow()) {
+      out.push(el('button', {
+        type: 'button', class: 'small secondary action-run-now', 'data-action': 'run-now', 'data-id': job.id,
+        title: 'Make it runnable now (no retry is counted)', text: 'Run now',
+        onclick: (ev) => { ev.stopPropagation(); act('run-now', job, ev.currentTarget); },
+      }));
+    }
     if (job.status === 'pending') {
       out.push(el('button', {
         type: 'button', class: 'small danger action-cancel', 'data-action': 'cancel', 'data-id': job.id,
@@ -235,7 +251,7 @@
   }
 
   // Cancelling cannot be undone: the first click arms the button, the second acts.
-  function confirmThen(button, run) {
+  function confirmThen(button, run, confirmLabel) {
     if (state.armed.has(button)) {
       clearTimeout(state.armed.get(button));
       state.armed.delete(button);
@@ -243,7 +259,7 @@
       return;
     }
     const label = button.textContent;
-    button.textContent = 'Confirm cancel';
+    button.textContent = confirmLabel || 'Confirm cancel';
     button.classList.add('armed');
     state.armed.set(button, setTimeout(() => {
       state.armed.delete(button);
@@ -257,9 +273,10 @@
     try {
       const updated = await api(`${jobPath(job.id)}/${action}`, { method: 'POST' });
       const status = (updated && (updated.status || (updated.job && updated.job.status))) || '';
-      toast(`Job ${shortId(job.id)} ${action === 'retry' ? 'sent back to pending' : 'cancelled'}${status ? ` (${status})` : ''}.`);
+      const done = { retry: 'sent back to pending', cancel: 'cancelled', 'run-now': 'made due now' }[action];
+      toast(`Job ${shortId(job.id)} ${done}${status ? ` (${status})` : ''}.`);
     } catch (err) {
-      toast(describeError(err, action === 'retry' ? 'Retry failed' : 'Cancel failed'), true);
+      toast(describeError(err, { retry: 'Retry failed', cancel: 'Cancel failed', 'run-now': 'Run now failed' }[action]), true);
       if (!handleAuthError(err) && button) button.disabled = false;
     }
     await refresh();
@@ -280,6 +297,64 @@
     await refresh();
   }
 
+  // -- bulk actions: ids ticked, or every job matching the filter ----------------
+  function bulkTarget(action) {
+    const status = action === 'retry' ? 'failed' : 'pending';
+    if (state.allMatching) {
+      if (ui.status.value !== status) return null;
+      const filter = { status };
+      if (ui.type.value.trim()) filter.type = ui.type.value.trim();
+      return { body: filter, count: ui.type.value.trim() ? null : Number(state.stats[status] ?? 0) };
+    }
+    const ids = state.jobs.filter((j) => state.selected.has(j.id) && j.status === status).map((j) => j.id);
+    return ids.length ? { body: { ids }, count: ids.length } : null;
+  }
+
+  function renderBulk() {
+    const status = ui.status.value;
+    const matchable = status === 'failed' || status === 'pending';
+    if (!matchable) state.allMatching = false;
+    const n = state.selected.size;
+    show(ui.bulkBar, n > 0 || state.allMatching || (matchable && state.jobs.length > 0));
+    const total = Number(state.stats[status] ?? 0);
+    ui.bulkCount.textContent = state.allMatching
+      ? `All ${ui.type.value.trim() ? `${status} ${ui.type.value.trim()}` : `${total.toLocaleString()} ${status}`} jobs selected`
+      : (n ? `${n} selected` : 'None selected');
+    show(ui.selectMatching, matchable && !state.allMatching);
+    ui.selectMatching.textContent = ui.type.value.trim() ? `Select all matching ${status} jobs`
+      : `Select all ${total.toLocaleString()} ${status} jobs`;
+    for (const [button, action] of [[ui.bulkRetry, 'retry'], [ui.bulkCancel, 'cancel']]) {
+      const target = bulkTarget(action);
+      button.disabled = !target;
+      if (!state.armed.has(button)) {
+        button.textContent = `${action === 'retry' ? 'Retry' : 'Cancel'}${target && target.count !== null ? ` ${target.count.toLocaleString()}` : ''}`;
+      }
+    }
+    const pageIds = state.jobs.map((j) => j.id);
+    ui.selectPage.checked = state.allMatching || (pageIds.length > 0 && pageIds.every((id) => state.selected.has(id)));
+  }
+
+  function clearSelection() {
+    state.selected.clear();
+    state.allMatching = false;
+  }
+
+  async function runBulk(action, button) {
+    const target = bulkTarget(action);
+    if (!target) return;
+    button.disabled = true;
+    try {
+      const data = await api(`/jobs/${action}`, { method: 'POST', json: target.body });
+      toast(`${action === 'retry' ? 'Retried' : 'Cancelled'} ${data.changed} of ${data.matched} matching job${data.matched === 1 ? '' : 's'}`
+        + (data.changed < data.matched ? ' (the others changed state meanwhile).' : '.'));
+      clearSelection();
+    } catch (err) {
+      toast(describeError(err, `Bulk ${action} failed`), true);
+      handleAuthError(err);
+    }
+    await refresh();
+  }
+
   // -- rendering -------------------------------------------------------------
   // The one wording of tries (as the CLI and the logs): "attempt 3 of 4".
   function attemptText(job) {
@@ -295,12 +370,15 @@
   const shortId = (id) => String(id).slice(0, 8);
 
   function renderStats(stats) {
+    state.stats = stats;
     let total = 0;
     for (const status of STATUSES) {
       const value = Number(stats[status] ?? 0);
       total += value;
       $(`stat-${status}`).textContent = value.toLocaleString();
     }
+    const scheduled = Number(stats.scheduled ?? 0);
+    $('stat-scheduled').textContent = scheduled ? ` · ${scheduled.toLocaleString()} scheduled` : '';
     $('stat-total').textContent = `${Number(stats.total ?? total).toLocaleString()} jobs stored`;
     const known = (seconds) => seconds !== null && seconds !== undefined;
     $('age-pending').textContent = known(stats.oldestPendingAge)
@@ -355,6 +433,15 @@
         'data-id': job.id, 'data-status': job.status, tabindex: '0',
         onclick: open, onkeydown: (ev) => { if (ev.key === 'Enter') open(); },
       },
+      el('td', { class: 'cell-select', onclick: (ev) => ev.stopPropagation() }, el('input', {
+        type: 'checkbox', class: 'select-job', 'data-id': job.id, 'aria-label': `Select job ${shortId(job.id)}`,
+        checked: state.allMatching || state.selected.has(job.id),
+        onchange: (ev) => {
+          if (state.allMatching) { state.allMatching = false; for (const j of state.jobs) state.selected.add(j.id); }
+          if (ev.currentTarget.checked) state.selected.add(job.id); else state.selected.delete(job.id);
+          renderJobs();
+        },
+      })),
       el('td', { 'data-label': 'Status', class: 'cell-status' }, ...badgesFor(job)),
       el('td', { 'data-label': 'Type', class: 'cell-type', text: job.type }),
       el('td', { 'data-label': 'Job', class: 'cell-id mono', title: job.id, text: shortId(job.id) }),
@@ -370,6 +457,7 @@
       return row;
     });
     ui.rows.replaceChildren(...rows);
+    renderBulk();
     const filtered = Boolean(ui.status.value || ui.type.value.trim() || ui.queue.value);
     show(ui.empty, rows.length === 0);
     show(ui.rows.parentElement.tHead, rows.length > 0);
@@ -434,7 +522,9 @@
       el('td', { class: 'err-cell' },
         a.error ? el('span', { class: 'err-text', text: a.error }) : el('span', { class: 'muted', text: '–' }),
         a.nextDelaySeconds !== null && a.nextDelaySeconds !== undefined
-          ? el('div', { class: 'muted small', text: `next try after ${duration(a.nextDelaySeconds * 1000)}` }) : null),
+          ? el('div', { class: 'muted small', text: `next try after ${duration(a.nextDelaySeconds * 1000)}` }) : null,
+        a.traceback ? el('details', { class: 'traceback' }, el('summary', { text: 'Traceback' }),
+          el('pre', { class: 'traceback-text', text: a.traceback })) : null),
       el('td', { class: 'mono small', title: a.worker || '', text: a.worker || '–' })));
     return el('div', { class: 'table-wrap' }, el('table', { class: 'attempts' },
       el('thead', {}, el('tr', {}, ...['#', 'Started', 'Took', 'Outcome', 'Error / next delay', 'Worker'].map((h) => el('th', { text: h })))),
@@ -648,6 +738,7 @@
       renderJobs();
       if (state.detailId) await loadDetail();
       ui.updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+      document.dispatchEvent(new CustomEvent('queue:refreshed', { detail: { stats: state.stats } }));
     } catch (err) {
       if (!handleAuthError(err)) {
         showBanner(err instanceof ApiError && err.status === 503
@@ -708,13 +799,13 @@
 
   ui.refresh.addEventListener('click', () => refresh());
   ui.autorefresh.addEventListener('change', schedule);
-  ui.status.addEventListener('change', () => { resetPaging(); refresh(); });
+  ui.status.addEventListener('change', () => { clearSelection(); resetPaging(); refresh(); });
   ui.limit.addEventListener('change', () => { resetPaging(); refresh(); });
   ui.queue.addEventListener('change', () => { resetPaging(); refresh(); });
   let typeTimer = null;
   ui.type.addEventListener('input', () => {
     clearTimeout(typeTimer);
-    typeTimer = setTimeout(() => { resetPaging(); refresh(); }, 400);
+    typeTimer = setTimeout(() => { clearSelection(); resetPaging(); refresh(); }, 400);
   });
   ui.clearFilters.addEventListener('click', () => {
     ui.status.value = '';
@@ -725,6 +816,7 @@
   });
   for (const card of document.querySelectorAll('.stat')) {
     card.addEventListener('click', () => {
+      clearSelection();
       ui.status.value = ui.status.value === card.dataset.status ? '' : card.dataset.status;
       resetPaging();
       refresh();
@@ -742,6 +834,21 @@
     refresh();
   });
   ui.cleanup.addEventListener('click', () => runCleanup(ui.cleanup));
+  ui.selectPage.addEventListener('change', () => {
+    const ids = state.jobs.map((j) => j.id);
+    state.allMatching = false;
+    if (ui.selectPage.checked) ids.forEach((id) => state.selected.add(id));
+    else ids.forEach((id) => state.selected.delete(id));
+    renderJobs();
+  });
+  ui.selectMatching.addEventListener('click', () => { state.allMatching = true; renderJobs(); });
+  ui.bulkClear.addEventListener('click', () => { clearSelection(); renderJobs(); });
+  ui.bulkRetry.addEventListener('click', () => confirmThen(ui.bulkRetry, () => runBulk('retry', ui.bulkRetry),
+    `Confirm: retry ${ui.bulkRetry.textContent.replace(/^Retry\s*/, '') || 'them'}`));
+  ui.bulkCancel.addEventListener('click', () => confirmThen(ui.bulkCancel, () => runBulk('cancel', ui.bulkCancel),
+    `Confirm: cancel ${ui.bulkCancel.textContent.replace(/^Cancel\s*/, '') || 'them'}`));
+  // For dashboard-ops.js (workers, history): the API helper and text-only DOM builder.
+  window.QueueDashboard = { api, el, duration, relative, absolute, show, toast, describeError, serverNow };
   ui.stuckCleanup.addEventListener('click', () => runCleanup(ui.stuckCleanup));
   ui.detailClose.addEventListener('click', closeDetail);
   ui.scrim.addEventListener('click', closeDetail);

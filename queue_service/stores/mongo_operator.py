@@ -1,0 +1,67 @@
+"""The MongoDB store's operator views: attempt history per bucket, and the
+worker records in ``<collection>_workers``. A mixin of ``MongoStore``: it uses
+the store's ``coll``, ``db``, ``collection_name`` and ``_errors``.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from bson.codec_options import CodecOptions
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class OperatorViews:
+    @property
+    def workers(self):
+        return self.db.get_collection(f"{self.collection_name}_workers",
+                                      codec_options=CodecOptions(tz_aware=True))
+
+    def history(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
+        """Attempts ended in the window, per bucket and type. Only jobs still
+        active or finished since ``since`` can hold one (status_heartbeat and
+        status_finished indexes). The bucket comes from the epoch milliseconds
+        (a date minus the epoch): the same arithmetic as the SQLite store's."""
+        ms = int(bucket_seconds) * 1000
+        epoch_ms = {"$subtract": ["$attempts.endedAt", datetime(1970, 1, 1, tzinfo=timezone.utc)]}
+        failure = {"$in": ["$attempts.outcome", ["failed", "retry", "lost"]]}
+        with self._errors():
+            rows = list(self.coll.aggregate([
+                {"$match": {"$or": [{"status": {"$in": ["pending", "processing"]}},
+                                    {"completedAt": {"$gte": since}}]}},
+                {"$project": {"type": 1, "attempts.endedAt": 1, "attempts.outcome": 1}},
+                {"$unwind": "$attempts"},
+                {"$match": {"attempts.endedAt": {"$gte": since, "$lt": until},
+                            "attempts.outcome": {"$in": ["completed", "failed", "retry", "lost"]}}},
+                {"$group": {"_id": {"bucket": {"$subtract": [epoch_ms, {"$mod": [epoch_ms, ms]}]},
+                                    "type": "$type"},
+                            "completed": {"$sum": {"$cond": [{"$eq": ["$attempts.outcome", "completed"]}, 1, 0]}},
+                            "failed": {"$sum": {"$cond": [failure, 1, 0]}}}}]))
+        out = [{"bucket": int(r["_id"]["bucket"]) // 1000, "type": r["_id"]["type"],
+                "completed": r["completed"], "failed": r["failed"]} for r in rows]
+        return sorted(out, key=lambda r: (r["bucket"], r["type"]))
+
+    def register_worker(self, record: dict[str, Any]) -> None:
+        doc = {k: v for k, v in record.items() if k != "id"}
+        with self._errors():
+            self.workers.replace_one({"_id": record["id"]}, doc, upsert=True)
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        with self._errors():
+            docs = list(self.workers.find({}, sort=[("lastSeenAt", -1), ("_id", 1)]))
+        out = []
+        for doc in docs:
+            record = {"id": doc.pop("_id"), **doc}
+            for key in ("startedAt", "lastSeenAt"):
+                record[key] = _aware(record.get(key))
+            out.append(record)
+        return out
+
+    def purge_workers(self, seen_before: datetime) -> int:
+        with self._errors():
+            return self.workers.delete_many({"lastSeenAt": {"$lt": seen_before}}).deleted_count
