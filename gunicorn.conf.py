@@ -23,7 +23,12 @@ from queue_service import hosting  # noqa: E402
 _port = os.environ.get("PORT")
 bind = f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000"  # Heroku/Render hand out PORT
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+# gthread, not sync: a sync worker blocks on one client's request, so two
+# clients trickling headers for longer than `timeout` got the worker aborted
+# (WORKER TIMEOUT) with its job in flight. A gthread worker's main loop keeps
+# notifying the master while its threads wait on slow clients. See README.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG")  # off unless asked for
@@ -44,6 +49,13 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     hosting.yield_logs_to_host()  # the app is loaded: if it configured logging, that wins
+
+
+def worker_abort(worker):
+    # SIGABRT (the master's WORKER TIMEOUT): no grace follows, hand the job back now.
+    handed_back = hosting.on_worker_abort()
+    if handed_back:
+        worker.log.warning("queue_service: handed %d in-flight job(s) back before the abort", handed_back)
 
 
 def worker_exit(server, worker):

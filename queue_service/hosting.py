@@ -84,6 +84,25 @@ def on_worker_exit(timeout: float | None = None, graceful_timeout: float | None 
         runtime.shutdown(timeout if timeout is not None else shutdown_timeout(runtime, graceful_timeout))
 
 
+def on_worker_abort(reason: str = "worker aborted (gunicorn worker timeout)") -> int:
+    """gunicorn's ``worker_abort`` (SIGABRT, the master's timeout): no grace
+    is given, the process exits at once, so hand every in-flight job back to
+    pending now instead of leaving it ``processing`` until QUEUE_STUCK_AFTER.
+    The handler's thread may still be running; its result is fenced off (the
+    claim is gone). Returns how many jobs were handed back."""
+    handed_back = 0
+    for runtime in list(_runtimes):
+        worker = runtime.worker if runtime.started_here else None
+        if worker is None:
+            continue
+        try:
+            if worker.release_current(reason) is not None:
+                handed_back += 1
+        except Exception:  # the process is dying: log, never raise from the hook
+            log.exception("[Queue] Could not hand back the in-flight job on abort")
+    return handed_back
+
+
 # -- logs -----------------------------------------------------------------------
 # Nothing in a gunicorn worker shows INFO records of a logger nobody configured,
 # so the queue's logs ("[Worker] Processing job ...") would vanish. Until the

@@ -532,7 +532,8 @@ class RefusingJSON(DefaultJSONProvider):
 def test_answers_do_not_use_the_host_json_provider(api):
     api.app.json = RefusingJSON(api.app)
     # The test client's json= goes through app.json too: send bytes.
-    job_id = json.loads(api.post("/jobs", data=b'{"type": "NOOP", "payload": {}}').data)["id"]
+    job_id = json.loads(api.post("/jobs", data=b'{"type": "NOOP", "payload": {}}',
+                                 content_type="application/json").data)["id"]
     for response in (api.get(f"/job/{job_id}"), api.get("/jobs"), api.get("/stats"),
                      api.client.get(f"{PREFIX}/health"), api.get("/openapi.json")):
         assert response.status_code == 200 and json.loads(response.data)

@@ -129,9 +129,13 @@ class QueueService:
                 return now + timedelta(seconds=seconds)
         elif run_at is not None:
             try:
-                return max(now, ensure_aware(run_at, "run_at"))
+                when = max(now, ensure_aware(run_at, "run_at"))
             except (ValueError, AttributeError, TypeError):
                 errors["run_at"] = ["Must be a timezone-aware datetime."]
+            else:
+                if when <= now + timedelta(seconds=MAX_DELAY_SECONDS):
+                    return when
+                errors["run_at"] = [f"Must be at most {MAX_DELAY_SECONDS} seconds from now."]
         return now
 
     # -- reads ----------------------------------------------------------------

@@ -27,7 +27,17 @@ from .state import queue_state
 
 log = logging.getLogger("queue_service.api")
 
-blueprint = Blueprint("queue_service", __name__)
+class _Blueprint(Blueprint):
+    """Every rule with ``merge_slashes=False``: ``{prefix}//stats`` is then a
+    JSON 404, not Werkzeug's 308 HTML page with a Location built from the
+    client's Host header."""
+
+    def add_url_rule(self, *args: Any, **options: Any) -> None:
+        options.setdefault("merge_slashes", False)
+        super().add_url_rule(*args, **options)
+
+
+blueprint = _Blueprint("queue_service", __name__)
 
 ECHO_CHARS = http_errors.ECHO_CHARS
 
