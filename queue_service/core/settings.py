@@ -145,7 +145,7 @@ class Settings:
     image_format: str = "webp"
     callback_secret: str | None = None
     media_secret: str | None = None
-    image_max_pixels: int = 20_000_000
+    image_max_pixels: int = 35_000_000  # handlers.image.DEFAULT_MAX_PIXELS
     image_job_timeout: float = 180.0
     metrics_public: bool = False
     mail: "MailSettings" = None  # type: ignore[assignment]  # set by from_config

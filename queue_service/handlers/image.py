@@ -134,16 +134,31 @@ def _to_output_mode(image: "PILImage.Image", keep_alpha: bool) -> "PILImage.Imag
 
 #: Bytes per pixel of Pillow's decoded bands: RGB is stored in 4 bytes too.
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
-DEFAULT_MAX_PIXELS = 20_000_000
+#: 35 M pixels of 4 bytes: a 140 MB estimated peak (decode_cost), so one
+#: image job stays under ~150 MB above the idle worker. That lets through
+#: ~26 MP of RGB PNG, ~14 MP of RGBA, ~140 MP of grayscale (Pillow's bomb
+#: limit refuses it first), and baseline JPEGs up to the bomb limit (they
+#: draft-decode at 1/2..1/8 scale).
+DEFAULT_MAX_PIXELS = 35_000_000
 
 
-def decode_cost(image: "PILImage.Image", full_size: tuple[int, int]) -> int:
-    """Estimated bytes of decoding ``image`` (after any JPEG draft): its
-    decoded bands, plus, for a progressive JPEG, libjpeg's buffer of every
-    DCT coefficient of the full-size image (2 bytes per sample per band,
-    whatever the draft scale): that buffer, not the pixels, is what a large
-    progressive JPEG costs."""
-    cost = image.width * image.height * _MODE_BYTES.get(image.mode, 4)
+def decode_cost(image: "PILImage.Image", full_size: tuple[int, int], max_side: int) -> int:
+    """Estimated peak bytes of transcoding ``image`` (after any JPEG draft),
+    the sum of what Pillow and libjpeg hold at once (it matched ru_maxrss
+    within a few MB, tests/test_image_budget.py):
+
+    - the decoded bands (RGB is stored in 4 bytes a pixel, like RGBA);
+    - resizing with alpha: Pillow premultiplies into a full-size copy first;
+    - the resize's intermediate pass: the new width by the old height;
+    - a progressive JPEG: libjpeg buffers every DCT coefficient of the
+      full-size image (2 bytes a sample, whatever the draft scale)."""
+    width, height = image.size
+    band_bytes = _MODE_BYTES.get(image.mode, 4)
+    cost = width * height * band_bytes
+    if width > max_side or height > max_side:
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            cost += width * height * 4
+        cost += fitted_box(width, height, max_side)[0] * height * max(band_bytes, 1)
     if image.format == "JPEG" and (image.info.get("progressive") or image.info.get("progression")):
         cost += full_size[0] * full_size[1] * 2 * max(1, len(image.getbands()))
     return cost
@@ -181,7 +196,7 @@ def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: 
                 image.draft("RGB", fitted_box(image.width, image.height, max_side))
             else:
                 full_size = image.size
-            cost = decode_cost(image, full_size)
+            cost = decode_cost(image, full_size, max_side)
             if cost > max_pixels * 4:
                 raise ImageError(f"image too large for the memory budget: {full_size[0]}x{full_size[1]} "
                                  f"{image.format} {image.mode} would take ~{cost // 2**20} MB to decode "
