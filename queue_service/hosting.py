@@ -40,14 +40,27 @@ def under_gunicorn() -> bool:
     return "gunicorn.arbiter" in sys.modules or armed()
 
 
-def on_post_fork() -> int:
-    """Arm this worker process and start every queue already loaded in it.
-    Returns how many queues were started."""
+def on_post_fork(start: bool = True) -> int:
+    """Arm this worker process and (unless ``start`` is False) start every
+    queue already loaded in it. Returns how many queues were started.
+
+    gunicorn drops privileges (``--user``/``--group``) after ``post_fork``,
+    in the worker's ``init_process``: gunicorn.conf.py therefore passes
+    ``start=False`` and calls ``start_preloaded()`` from ``post_worker_init``,
+    so a preloaded queue neither opens its database nor runs a job as the
+    master's user."""
     global _armed_pid
     _armed_pid = os.getpid()
+    return start_preloaded() if start else 0
+
+
+def start_preloaded() -> int:
+    """Start every queue loaded in this armed process that is not running yet."""
+    if not armed():
+        return 0
     started = 0
     for runtime in list(_runtimes):
-        if runtime.wants_threads_in_gunicorn() and runtime.start():
+        if runtime.wants_threads_in_gunicorn() and not runtime.started_here and runtime.start():
             started += 1
     return started
 

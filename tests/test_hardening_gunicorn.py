@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 from processes import Gunicorn, http, wait_for
 
@@ -85,3 +88,54 @@ def test_aborted_worker_hands_its_job_back(tmp_path):
         assert "handed 1 in-flight job(s) back" in server.log()
     finally:
         server.stop()
+
+
+def test_preloaded_queue_starts_after_gunicorn_drops_privileges(tmp_path):
+    """--preload --user nobody: the database is created, and jobs run, as
+    nobody, never as the master's root (post_fork runs before the drop)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    import pytest
+
+    from processes import BIN, ROOT, Process, base_env, free_port
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    nobody = pwd.getpwnam("nobody")
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import sqlite3, flask"], user=nobody.pw_uid,
+                               group=nobody.pw_gid, capture_output=True, cwd="/").returncode
+    except OSError:
+        probe = -1
+    if probe != 0:  # e.g. Python installed under /root (0700)
+        pytest.skip("user nobody cannot run this Python's sqlite3/flask here")
+    shared = Path(tempfile.mkdtemp(prefix="q13-"))
+    try:
+        shared.chmod(0o777)
+        port = free_port()
+        env = base_env(shared, QUEUE_DATABASE_URL=f"sqlite:///{shared / 'queue.db'}")
+        server = Process([str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "-w", "1", "--preload",
+                          "--user", "nobody", "--group", str(nobody.pw_gid), "-b", f"127.0.0.1:{port}",
+                          "--no-control-socket", "tests.gunicorn_app:app"], env, tmp_path / "gunicorn.log")
+        try:
+            wait_for("gunicorn to answer", lambda: _answers(port), 30)
+            status, created = http(port, "POST", f"{PREFIX}/jobs", {"type": "NOOP", "payload": {"n": 1}})
+            assert status == 201, created
+            wait_for("the job to run",
+                     lambda: http(port, "GET", f"{PREFIX}/job/{created['id']}")[1]["status"] == "completed")
+            assert (shared / "queue.db").stat().st_uid == nobody.pw_uid
+            (worker_pid,) = server.workers()
+            assert os.stat(f"/proc/{worker_pid}").st_uid == nobody.pw_uid
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return http(port, "GET", f"{PREFIX}/health", timeout=2)[0] == 200
+    except OSError:
+        return False
