@@ -120,7 +120,8 @@ def test_oversized_images_refused_from_the_header_within_budget(tmp_path, inputs
     assert job["result"]["failed"] == 4
     for image in images:
         assert "too large" in image["error"] and image["url"] == image["source"]  # the original URL kept
-    assert above_idle_mb(report) < 20, report  # refused before decoding: next to nothing
+    # Refused before decoding: a few fetches and sessions (measured 0-26 MB), not the 300-740 MB a decode takes.
+    assert above_idle_mb(report) < 40, report
 
 
 @pytest.mark.parametrize("name", ["rgba_under", "rgb_under", "baseline"])
