@@ -40,14 +40,27 @@ def under_gunicorn() -> bool:
     return "gunicorn.arbiter" in sys.modules or armed()
 
 
-def on_post_fork() -> int:
-    """Arm this worker process and start every queue already loaded in it.
-    Returns how many queues were started."""
+def on_post_fork(start: bool = True) -> int:
+    """Arm this worker process and (unless ``start`` is False) start every
+    queue already loaded in it. Returns how many queues were started.
+
+    gunicorn drops privileges (``--user``/``--group``) after ``post_fork``,
+    in the worker's ``init_process``: gunicorn.conf.py therefore passes
+    ``start=False`` and calls ``start_preloaded()`` from ``post_worker_init``,
+    so a preloaded queue neither opens its database nor runs a job as the
+    master's user."""
     global _armed_pid
     _armed_pid = os.getpid()
+    return start_preloaded() if start else 0
+
+
+def start_preloaded() -> int:
+    """Start every queue loaded in this armed process that is not running yet."""
+    if not armed():
+        return 0
     started = 0
     for runtime in list(_runtimes):
-        if runtime.wants_threads_in_gunicorn() and runtime.start():
+        if runtime.wants_threads_in_gunicorn() and not runtime.started_here and runtime.start():
             started += 1
     return started
 
@@ -82,6 +95,25 @@ def on_worker_exit(timeout: float | None = None, graceful_timeout: float | None 
         if not runtime.started_here:
             continue  # not running here (the master, or a queue never started)
         runtime.shutdown(timeout if timeout is not None else shutdown_timeout(runtime, graceful_timeout))
+
+
+def on_worker_abort(reason: str = "worker aborted (gunicorn worker timeout)") -> int:
+    """gunicorn's ``worker_abort`` (SIGABRT, the master's timeout): no grace
+    is given, the process exits at once, so hand every in-flight job back to
+    pending now instead of leaving it ``processing`` until QUEUE_STUCK_AFTER.
+    The handler's thread may still be running; its result is fenced off (the
+    claim is gone). Returns how many jobs were handed back."""
+    handed_back = 0
+    for runtime in list(_runtimes):
+        worker = runtime.worker if runtime.started_here else None
+        if worker is None:
+            continue
+        try:
+            if worker.release_current(reason) is not None:
+                handed_back += 1
+        except Exception:  # the process is dying: log, never raise from the hook
+            log.exception("[Queue] Could not hand back the in-flight job on abort")
+    return handed_back
 
 
 # -- logs -----------------------------------------------------------------------

@@ -113,8 +113,8 @@ def test_create_job_options(api, clock):
     job = api.get(f"/job/{delayed['id']}").get_json()
     assert job["runAt"] == (clock.now() + timedelta(seconds=90)).strftime(ISO_Z)
     assert job["maxRetries"] == 7
-    later = api.post("/jobs", json={"type": "NOOP", "payload": {}, "runAt": "2031-06-01T12:00:00+02:00"})
-    assert api.get(f"/job/{later.get_json()['id']}").get_json()["runAt"] == "2031-06-01T10:00:00Z"
+    later = api.post("/jobs", json={"type": "NOOP", "payload": {}, "runAt": "2030-06-01T12:00:00+02:00"})
+    assert api.get(f"/job/{later.get_json()['id']}").get_json()["runAt"] == "2030-06-01T10:00:00Z"
 
 
 def test_create_job_idempotency_key(api):
@@ -224,10 +224,8 @@ def test_get_job_public_without_payload(api):
     job = response.get_json()
     assert job["id"] == job_id and job["status"] == "pending"
     assert "payload" not in job and "idempotencyKey" not in job
-    assert "attempts" not in job  # their errors and tracebacks are for admins
-    for key in ("type", "priority", "retryCount", "maxRetries", "createdAt", "runAt", "processedAt",
-                "completedAt", "error", "result"):
-        assert key in job
+    assert set(job) == {"id", "type", "status", "retryCount", "maxRetries", "createdAt", "runAt", "processedAt",
+                        "completedAt", "progress", "error"}  # status only (web.public)
     assert api.get(f"/job/{job_id}").get_json()["payload"]["to"] == "a@example.com"
 
 
@@ -534,7 +532,8 @@ class RefusingJSON(DefaultJSONProvider):
 def test_answers_do_not_use_the_host_json_provider(api):
     api.app.json = RefusingJSON(api.app)
     # The test client's json= goes through app.json too: send bytes.
-    job_id = json.loads(api.post("/jobs", data=b'{"type": "NOOP", "payload": {}}').data)["id"]
+    job_id = json.loads(api.post("/jobs", data=b'{"type": "NOOP", "payload": {}}',
+                                 content_type="application/json").data)["id"]
     for response in (api.get(f"/job/{job_id}"), api.get("/jobs"), api.get("/stats"),
                      api.client.get(f"{PREFIX}/health"), api.get("/openapi.json")):
         assert response.status_code == 200 and json.loads(response.data)

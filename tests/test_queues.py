@@ -86,7 +86,7 @@ def test_rest_takes_a_queue_lists_by_queue_and_shows_the_backlog_per_queue(make_
     created = client.post("/api/queue/jobs", json={"type": "EMAIL", "payload": {}, "queue": "bulk"}, headers=ADMIN)
     assert created.status_code == 201, created.get_json()
     job_id = created.get_json()["id"]
-    assert client.get(f"/api/queue/job/{job_id}").get_json()["queue"] == "bulk"
+    assert client.get(f"/api/queue/job/{job_id}", headers=ADMIN).get_json()["queue"] == "bulk"
     bad = client.post("/api/queue/jobs", json={"type": "EMAIL", "payload": {}, "queue": "NO"}, headers=ADMIN)
     assert bad.status_code == 400 and set(bad.get_json()["details"]) == {"queue"}
     client.post("/api/queue/jobs", json={"type": "RESIZE", "payload": {}}, headers=ADMIN)

@@ -24,7 +24,7 @@ class JobContext:
     """
 
     def __init__(self, job: Job, *, store: Store, clock: Clock, settings: Settings, app: Any,
-                 heartbeat: Callable[..., bool]):
+                 heartbeat: Callable[..., bool], deadline: datetime | None = None):
         """Made by the worker for each attempt; ``heartbeat(job, progress=...)``
         is the worker's, so progress also renews the worker's claim."""
         self.job = job
@@ -38,9 +38,19 @@ class JobContext:
         self.clock = clock
         self._store = store
         self._heartbeat = heartbeat
+        #: When this attempt's time budget (the job type's ``timeout``) runs
+        #: out, or None. Nothing enforces it: a thread cannot be killed, so
+        #: long work checks ``remaining_seconds()`` and stops by itself.
+        self.deadline = deadline
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    def remaining_seconds(self) -> float | None:
+        """Seconds left before ``deadline`` (0.0 once passed), or None without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, (self.deadline - self.now()).total_seconds())
 
     @property
     def store_kind(self) -> str:

@@ -24,6 +24,11 @@ class JobType:
     retry_delays: tuple[float, ...] | None = None
     on_complete: list[Hook] = field(default_factory=list)
     queue: str | None = None  # None: the default queue
+    # Seconds one attempt may take (JobContext.deadline), or settings -> seconds; None: no deadline.
+    timeout: float | Callable[[Any], float | None] | None = None
+
+    def timeout_seconds(self, settings: Any) -> float | None:
+        return self.timeout(settings) if callable(self.timeout) else self.timeout
 
     def load(self, payload: Any) -> Any:
         """Validate and deserialize a payload; raises marshmallow.ValidationError."""

@@ -97,6 +97,21 @@ def as_queues(value: Any, name: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(names))
 
 
+def check_admin_token(token: Any) -> None:
+    """Refuse at start a token no client can send: surrounding whitespace
+    (HTTP strips it from header values) or non-ASCII characters (clients
+    send headers as latin-1 or refuse them, so the bytes never match)."""
+    if token is None:
+        return
+    if not isinstance(token, str):
+        raise ConfigurationError("QUEUE_ADMIN_TOKEN must be a string")
+    if token != token.strip():
+        raise ConfigurationError("QUEUE_ADMIN_TOKEN has leading or trailing whitespace; remove it")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigurationError("QUEUE_ADMIN_TOKEN must be printable ASCII without spaces "
+                                 "(HTTP clients cannot send other characters reliably)")
+
+
 def as_delays(value: Any, name: str) -> list[float]:
     items = value.split(",") if isinstance(value, str) else list(value)
     delays = [as_seconds(item, name) for item in items if str(item).strip() != ""]
@@ -130,6 +145,9 @@ class Settings:
     image_quality: int = 80
     image_format: str = "webp"
     callback_secret: str | None = None
+    media_secret: str | None = None
+    image_max_pixels: int = 35_000_000  # handlers.image.DEFAULT_MAX_PIXELS
+    image_job_timeout: float = 180.0
     metrics_public: bool = False
     eager: bool = False  # QUEUE_EAGER: add_job runs the job in the caller (tests); no threads
     eager_raise: bool = False  # QUEUE_EAGER_RAISE: a job that fails eagerly re-raises its exception
@@ -178,12 +196,17 @@ class Settings:
             image_quality=as_int(get("QUEUE_IMAGE_QUALITY", 80), "QUEUE_IMAGE_QUALITY", 1),
             image_format=str(get("QUEUE_IMAGE_FORMAT", "webp")).strip().lower().replace("jpg", "jpeg"),
             callback_secret=get("QUEUE_CALLBACK_SECRET") or None,
+            media_secret=get("QUEUE_MEDIA_SECRET") or None,
+            image_max_pixels=as_int(get("QUEUE_IMAGE_MAX_PIXELS", cls.image_max_pixels), "QUEUE_IMAGE_MAX_PIXELS", 1),
+            image_job_timeout=as_seconds(get("QUEUE_IMAGE_JOB_TIMEOUT", cls.image_job_timeout),
+                                         "QUEUE_IMAGE_JOB_TIMEOUT", 0.001),
             metrics_public=as_bool(get("QUEUE_METRICS_PUBLIC", False), "QUEUE_METRICS_PUBLIC"),
             eager=eager,
             eager_raise=as_bool(get("QUEUE_EAGER_RAISE", False), "QUEUE_EAGER_RAISE"),
             mail=MailSettings.from_config(get),
             worker_queues=as_queues(get("QUEUE_WORKER_QUEUES", "*"), "QUEUE_WORKER_QUEUES"),
         )
+        check_admin_token(settings.admin_token)
         if settings.image_quality > 100:
             raise ConfigurationError(f"QUEUE_IMAGE_QUALITY must be 1..100, got {settings.image_quality}")
         if settings.image_format not in ("webp", "jpeg"):
@@ -201,7 +224,7 @@ class Settings:
         return settings
 
     def as_dict(self) -> dict[str, Any]:
-        secret = ("admin_token", "callback_secret", "mail")
+        secret = ("admin_token", "callback_secret", "media_secret", "mail")
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in secret}
         out["mail"] = {k: v for k, v in vars(self.mail).items() if k != "password"} if self.mail else None
         return out

@@ -98,7 +98,11 @@ def _run_at(now: datetime, delay: Any, run_at: Any, errors: dict[str, Any]) -> d
             return now + timedelta(seconds=seconds)
     elif run_at is not None:
         try:
-            return max(now, ensure_aware(run_at, "run_at"))
+            when = max(now, ensure_aware(run_at, "run_at"))
         except (ValueError, AttributeError, TypeError):
             errors["run_at"] = ["Must be a timezone-aware datetime."]
+        else:
+            if when <= now + timedelta(seconds=MAX_DELAY_SECONDS):
+                return when
+            errors["run_at"] = [f"Must be at most {MAX_DELAY_SECONDS} seconds from now."]
     return now

@@ -175,8 +175,11 @@ class Worker:
 
     def context(self, job: Job) -> JobContext:
         """The handler's view of a claimed job."""
+        job_type = self.registry.get(job.type)
+        timeout = job_type.timeout_seconds(self.settings) if job_type is not None else None
+        deadline = self.clock.now() + timedelta(seconds=timeout) if timeout is not None else None
         return JobContext(job, store=self.store, clock=self.clock, settings=self.settings, app=self.app,
-                          heartbeat=self.heartbeat)
+                          heartbeat=self.heartbeat, deadline=deadline)
 
     def _hold(self, job: Job) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ def register_builtins(queue: Any) -> None:
     from .email import EmailSchema, send_email
     from .image import ImageProcessSchema, process_images
 
-    queue.job_type("IMAGE_PROCESS", schema=ImageProcessSchema)(process_images)
+    queue.job_type("IMAGE_PROCESS", schema=ImageProcessSchema,
+                   timeout=lambda settings: settings.image_job_timeout)(process_images)
     queue.job_type("EMAIL_SEND", schema=EmailSchema)(send_email)
     queue.job_type("CLEANUP", schema=CleanupSchema)(run_cleanup)

@@ -7,11 +7,13 @@ that never runs an image job should not pay.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import io
 import json
 import logging
+import secrets
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -23,6 +25,7 @@ from ..core.context import JobContext
 from ..core.errors import StoreError
 from ..core.extras import require
 from ..core.jobs import Job
+from . import fetch as fetch_module
 from .fetch import FetchError, Fetcher, check_url
 
 if TYPE_CHECKING:
@@ -129,11 +132,47 @@ def _to_output_mode(image: "PILImage.Image", keep_alpha: bool) -> "PILImage.Imag
     return image.convert("RGB")
 
 
-def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: int = 80) -> Transcoded:
+#: Bytes per pixel of Pillow's decoded bands: RGB is stored in 4 bytes too.
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
+#: 35 M pixels of 4 bytes: a 140 MB estimated peak (decode_cost), so one
+#: image job stays under ~150 MB above the idle worker. That lets through
+#: ~26 MP of RGB PNG, ~14 MP of RGBA, ~140 MP of grayscale (Pillow's bomb
+#: limit refuses it first), and baseline JPEGs up to the bomb limit (they
+#: draft-decode at 1/2..1/8 scale).
+DEFAULT_MAX_PIXELS = 35_000_000
+
+
+def decode_cost(image: "PILImage.Image", full_size: tuple[int, int], max_side: int) -> int:
+    """Estimated peak bytes of transcoding ``image`` (after any JPEG draft),
+    the sum of what Pillow and libjpeg hold at once (it matched ru_maxrss
+    within a few MB, tests/test_image_budget.py):
+
+    - the decoded bands (RGB is stored in 4 bytes a pixel, like RGBA);
+    - resizing with alpha: Pillow premultiplies into a full-size copy first;
+    - the resize's intermediate pass: the new width by the old height;
+    - a progressive JPEG: libjpeg buffers every DCT coefficient of the
+      full-size image (2 bytes a sample, whatever the draft scale)."""
+    width, height = image.size
+    band_bytes = _MODE_BYTES.get(image.mode, 4)
+    cost = width * height * band_bytes
+    if width > max_side or height > max_side:
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            cost += width * height * 4
+        cost += fitted_box(width, height, max_side)[0] * height * max(band_bytes, 1)
+    if image.format == "JPEG" and (image.info.get("progressive") or image.info.get("progression")):
+        cost += full_size[0] * full_size[1] * 2 * max(1, len(image.getbands()))
+    return cost
+
+
+def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: int = 80,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Transcoded:
     """Decode ``data`` (JPEG, PNG, WebP, GIF's first frame or HEIC), apply the EXIF
     orientation, fit it within ``max_side`` and encode it as ``fmt`` ("webp"
     or "jpeg") at ``quality`` with EXIF, GPS and XMP dropped (the ICC colour
-    profile is kept: it is colour, not metadata). Raises ImageError."""
+    profile is kept: it is colour, not metadata). ``max_pixels`` is the
+    memory budget in RGBA pixels (4 bytes each): an image whose decoding
+    would take more (``decode_cost``) is refused from its header. Raises
+    ImageError."""
     from PIL import Image
 
     if fmt not in OUTPUT_FORMATS:
@@ -153,7 +192,15 @@ def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: 
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale. draft() keeps both
                 # sides >= the box, so the box must be the fitted size, not a
                 # square: (1600, 1200) for 4000x3000, which halves time and memory.
+                full_size = image.size
                 image.draft("RGB", fitted_box(image.width, image.height, max_side))
+            else:
+                full_size = image.size
+            cost = decode_cost(image, full_size, max_side)
+            if cost > max_pixels * 4:
+                raise ImageError(f"image too large for the memory budget: {full_size[0]}x{full_size[1]} "
+                                 f"{image.format} {image.mode} would take ~{cost // 2**20} MB to decode "
+                                 f"(QUEUE_IMAGE_MAX_PIXELS={max_pixels} allows {max_pixels * 4 // 2**20} MB)")
             if image.format == "GIF":
                 image.seek(0)
             icc_profile = image.info.get("icc_profile")
@@ -172,6 +219,8 @@ def transcode(data: bytes, *, max_side: int = 1600, fmt: str = "webp", quality: 
             if orientation in _TRANSPOSE:
                 result = image.transpose(Image.Transpose[_TRANSPOSE[orientation]])
             result = _to_output_mode(result, keep_alpha=pil_format == "WEBP")
+        except ImageError:
+            raise
         except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
             raise ImageError(f"unreadable image: {exc}") from None
         except Image.DecompressionBombError as exc:  # a frame larger than its header said
@@ -229,6 +278,27 @@ def _saving(before: int, after: int) -> str:
     return f"{change:.1f}% smaller" if change >= 0 else f"{-change:.1f}% larger"
 
 
+_PROCESS_SECRET = secrets.token_bytes(32)
+
+
+def _media_key(job: JobContext) -> bytes:
+    """The HMAC key for media names: QUEUE_MEDIA_SECRET, else the host's
+    SECRET_KEY, else a random key for this process (then a re-run in another
+    process stores new files; the old ones go with the file purge)."""
+    secret = getattr(job.settings, "media_secret", None) or getattr(job.app, "secret_key", None)
+    if not secret:
+        return _PROCESS_SECRET
+    return secret.encode() if isinstance(secret, str) else bytes(secret)
+
+
+def media_name(job: JobContext, index: int) -> str:
+    """A name that reveals nothing (not the job id: job ids are not public)
+    but is the same for the same job and position, so a re-run overwrites
+    its files instead of piling up new ones."""
+    digest = hmac.new(_media_key(job), f"media:{job.id}:{index}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
 def _process_one(fetcher: Any, job: JobContext, settings: Any, index: int, url: str) -> tuple[dict[str, Any], bool]:
     """One image: fetch, transcode, store. Returns (result entry, transient failure?)."""
     entry: dict[str, Any] = {"source": url, "url": url, "bytesBefore": None, "bytesAfter": None,
@@ -237,10 +307,9 @@ def _process_one(fetcher: Any, job: JobContext, settings: Any, index: int, url: 
         fetched = fetcher.get(url)
         entry["bytesBefore"] = len(fetched.content)
         out = transcode(fetched.content, max_side=settings.image_max_side, fmt=settings.image_format,
-                        quality=settings.image_quality)
+                        quality=settings.image_quality, max_pixels=settings.image_max_pixels)
         del fetched  # the source bytes can go before the store write
-        # Named by job and position, so a re-run overwrites instead of piling up.
-        name = f"{job.id}-{index}.{out.extension}"
+        name = f"{media_name(job, index)}.{out.extension}"
         job.put_file(name, out.data, out.content_type)
     except (FetchError, ImageError) as exc:
         entry["error"] = str(exc)
@@ -305,7 +374,6 @@ def process_images(payload: dict[str, Any], job: JobContext) -> dict[str, Any]:
     """The IMAGE_PROCESS handler."""
     require("images", "IMAGE_PROCESS")  # a ConfigurationError here is retried, not a loop error
     settings = job.settings
-    fetcher = Fetcher(allow_private=settings.allow_private_urls)
     urls: list[str] = payload["imageUrls"]
     total = len(urls)
     images: list[dict[str, Any]] = []
@@ -314,6 +382,17 @@ def process_images(payload: dict[str, Any], job: JobContext) -> dict[str, Any]:
         if not job.progress(done=index - 1, total=total):
             raise RuntimeError("lost the claim on this job; another worker has it")
         log.info("[Worker] Processing image %d/%d", index, total)
+        remaining = job.remaining_seconds()
+        if remaining is not None and remaining <= 0:
+            entry = {"source": url, "url": url, "bytesBefore": None, "bytesAfter": None, "width": None,
+                     "height": None, "error": f"not fetched: the job's time budget "
+                                              f"(QUEUE_IMAGE_JOB_TIMEOUT) ran out"}
+            log.warning("[Worker] ❌ Image %d not fetched: the job's time budget ran out", index)
+            images.append(entry)
+            continue
+        # Each fetch's own deadline (and so its read timeouts) ends with the job's.
+        fetcher = Fetcher(allow_private=settings.allow_private_urls,
+                          deadline=None if remaining is None else min(remaining, fetch_module.DEADLINE_SECONDS))
         entry, transient = _process_one(fetcher, job, settings, index, url)
         images.append(entry)
         transient_failures += transient

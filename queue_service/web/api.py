@@ -2,8 +2,8 @@
 
 Each route reads its input (``body``), calls the core's service and dumps the
 answer through its response schema; errors become HTTP answers in
-``http_errors``. Public routes: ``GET /job/<id>`` (without the payload unless
-the caller is an admin), ``GET /health`` and ``GET /media/<name>``.
+``http_errors``. Public routes: ``GET /job/<id>`` (status only unless the
+caller is an admin: ``public``), ``GET /health`` and ``GET /media/<name>``.
 Everything else needs admin auth (``auth``).
 """
 from __future__ import annotations
@@ -21,13 +21,24 @@ from . import dashboard, http_errors, metrics, openapi, operator_api
 from .auth import admin_denied, admin_required
 from .body import ApiError, body_limit, checked_job_id, read_json_object, read_query, refuse_body
 from .media import media_response
+from .public import public_job
 from .schemas import (CleanupResponseSchema, HealthSchema, JobListQuerySchema, JobPageSchema, JobSchema,
                       SchedulesResponseSchema, StatsResponseSchema, UTCDateTime, error_response, json_response)
 from .state import queue_state
 
 log = logging.getLogger("queue_service.api")
 
-blueprint = Blueprint("queue_service", __name__)
+class _Blueprint(Blueprint):
+    """Every rule with ``merge_slashes=False``: ``{prefix}//stats`` is then a
+    JSON 404, not Werkzeug's 308 HTML page with a Location built from the
+    client's Host header."""
+
+    def add_url_rule(self, *args: Any, **options: Any) -> None:
+        options.setdefault("merge_slashes", False)
+        super().add_url_rule(*args, **options)
+
+
+blueprint = _Blueprint("queue_service", __name__)
 
 ECHO_CHARS = http_errors.ECHO_CHARS
 
@@ -44,13 +55,8 @@ _SCHEDULES = SchedulesResponseSchema()
 _RUN_AT = UTCDateTime()
 
 
-def _dump_job(job: Any, admin: bool = True) -> dict[str, Any]:
-    data = job.to_dict()
-    if not admin:  # the payload may hold addresses and secrets; the status page needs none of it
-        data.pop("payload", None)
-        data.pop("idempotencyKey", None)
-        data.pop("attempts", None)  # errors and tracebacks: the anonymous view shows the job's status only
-    return _JOB.dump(data)
+def _dump_job(job: Any) -> dict[str, Any]:
+    return _JOB.dump(job.to_dict())
 
 
 @blueprint.before_request
@@ -157,7 +163,9 @@ def get_job(job_id: str) -> Response:
     job = queue_state().service.get(checked_job_id(job_id))
     if job is None:
         raise JobNotFound(job_id)
-    return json_response(_dump_job(job, admin=admin_denied() is None))
+    if admin_denied() is not None:  # anonymous: status only (web.public)
+        return json_response(public_job(job, queue_state().queue))
+    return json_response(_dump_job(job))
 
 
 @blueprint.get("/jobs")
@@ -224,6 +232,8 @@ def health() -> Response:
         response.headers["Cache-Control"] = "no-store"
         return response
     status = 200 if report["healthy"] else 503
+    if admin_denied() is not None:  # job ids are for admins only
+        report["worker"]["processingJobId"] = None
     return json_response(_HEALTH.dump(report), status, {"Cache-Control": "no-store"})
 
 

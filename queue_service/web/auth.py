@@ -8,13 +8,19 @@ login, say) with the ``JobQueue.admin_check`` hook::
     def is_admin(request) -> bool:
         return current_user.is_authenticated and current_user.is_admin
 
-With a hook registered the token is not consulted at all. Without a hook and
+With a hook registered the token is not consulted at all, and since such
+a hook usually trusts a session cookie that a browser sends on any site's
+behalf, a state-changing request (POST...) from a browser on another origin
+(``Origin`` not this ``Host``, or ``Sec-Fetch-Site: cross-site``) is refused
+with 403 before the hook is asked. Bearer-token requests carry no ambient
+credential and are not checked. Without a hook and
 without a token the admin routes answer 403, unless QUEUE_DEVELOPMENT is on.
 """
 from __future__ import annotations
 
 import functools
 import hmac
+from urllib.parse import urlsplit
 from typing import Any, Callable, TypeVar
 
 from flask import Response, request
@@ -23,6 +29,35 @@ from .schemas import error_response
 from .state import queue_state
 
 View = TypeVar("View", bound=Callable[..., Any])
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cross_origin() -> bool:
+    """True for a browser request from another site: ``Sec-Fetch-Site:
+    cross-site`` (or ``same-site``: a sibling subdomain is another origin),
+    or an ``Origin`` whose host is not this request's ``Host``. Clients that
+    are not browsers send neither header and are never refused."""
+    fetch_site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    if origin.strip().lower() == "null":  # sandboxed iframes, file: pages, some redirects
+        return True
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return True
+    default_port = {"http": "80", "https": "443"}
+
+    def normal(netloc: str, scheme: str) -> str:
+        netloc = netloc.lower()
+        return netloc if ":" in netloc.rsplit("]", 1)[-1] else f"{netloc}:{default_port[scheme]}"
+    # The Origin's scheme gives both default ports: behind a TLS-terminating
+    # proxy the request itself looks like plain http.
+    return normal(parts.netloc, parts.scheme) != normal(request.host, parts.scheme)
+
 
 def _unauthorized(message: str) -> Response:
     response = error_response(401, message, {"authorization": [message]})
@@ -37,6 +72,9 @@ def admin_denied() -> Response | None:
     state = queue_state()
     hook = state.queue.admin_check_func
     if hook is not None:
+        if request.method not in SAFE_METHODS and cross_origin():
+            return error_response(403, "Cross-origin request refused.",
+                                  {"origin": ["A state-changing request must come from this site."]})
         if hook(request):
             return None
         return _unauthorized("Admin authorization required.")

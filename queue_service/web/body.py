@@ -2,8 +2,9 @@
 
 A body is read up to ``QUEUE_MAX_BODY_BYTES`` (or the host's smaller
 MAX_CONTENT_LENGTH) and must be one JSON object that both stores can hold:
-bounded nesting, 64-bit integers, finite numbers, valid Unicode. Anything
-else is an ``ApiError`` with the 4xx to answer.
+bounded nesting, 64-bit integers, finite numbers, valid Unicode, sent as
+``Content-Type: application/json`` (415 otherwise). Anything else is an
+``ApiError`` with the 4xx to answer.
 """
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def read_json_object(optional: bool = False) -> dict[str, Any]:
         if optional:
             return {}
         raise ApiError(400, "Request body is empty; send a JSON object.", {"body": ["Missing data."]})
+    if request.mimetype != "application/json":
+        # A browser form (text/plain, urlencoded, multipart) or a no-cors fetch can
+        # send those cross-origin without a preflight; application/json cannot.
+        raise ApiError(415, "Content-Type must be application/json.",
+                       {"contentType": [f"Got {request.mimetype or 'none'!r}; send application/json."]})
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

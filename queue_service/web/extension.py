@@ -130,6 +130,8 @@ class JobQueue:
         self._states: list[QueueState] = []
         # Set by @queue.admin_check; read by web.auth for admin routes.
         self.admin_check_func: Callable[[Any], bool] | None = None
+        # Set by @queue.public_view; read by web.public for anonymous job reads.
+        self.public_view_func: Callable[[Any, dict], dict] | None = None
         if builtins:
             from ..handlers import register_builtins
 
@@ -191,10 +193,14 @@ class JobQueue:
 
     # -- job types ------------------------------------------------------------
     def job_type(self, name: str, *, schema: Any = None, max_retries: int | None = None,
-                 retry_delays: list[float] | None = None, queue: str | None = None) -> Callable:
+                 retry_delays: list[float] | None = None, queue: str | None = None,
+                 timeout: float | Callable[[Any], float | None] | None = None) -> Callable:
         """Register ``handler(payload, job)`` for job type ``name``; ``job`` is
         a ``queue_service.JobContext``. ``queue``: the named queue its jobs go
-        to unless ``add_job(queue=...)`` says otherwise (default "default")."""
+        to unless ``add_job(queue=...)`` says otherwise (default "default").
+        ``timeout``: seconds (or ``settings -> seconds``) one attempt may take,
+        shown to the handler as ``job.deadline`` / ``job.remaining_seconds()``;
+        the handler must check it (a thread cannot be killed)."""
         if queue is not None and not (isinstance(queue, str) and re.fullmatch(QUEUE_NAME, queue)):
             raise ValueError(f"queue names match {QUEUE_NAME}, got {queue!r}")
         if isinstance(schema, type):
@@ -205,7 +211,8 @@ class JobQueue:
 
         def decorator(handler: Callable) -> Callable:
             self.registry.add(JobType(name, handler, schema, max_retries,
-                                      tuple(retry_delays) if retry_delays else None, queue=queue))
+                                      tuple(retry_delays) if retry_delays else None, queue=queue,
+                                      timeout=timeout))
             return handler
         return decorator
 
@@ -261,6 +268,12 @@ class JobQueue:
         """Replace the admin routes' bearer-token check: ``func(request)``
         returns True to let the request through (e.g. the host app's login)."""
         self.admin_check_func = func
+        return func
+
+    def public_view(self, func: Callable[[Any, dict], dict]) -> Callable[[Any, dict], dict]:
+        """Widen what anonymous callers see of a job: ``func(job, default)``
+        returns the dict to send (see ``web.public``). The default is status only."""
+        self.public_view_func = func
         return func
 
     # -- the API (each call is the core service's) --------------------------------

@@ -231,7 +231,8 @@ class HealthWorkerSchema(marshmallow.Schema):
     running = fields.Boolean(required=True)
     workerId = fields.String(required=True, allow_none=True)
     isProcessing = fields.Boolean(required=True)
-    processingJobId = fields.String(required=True, allow_none=True)
+    processingJobId = fields.String(required=True, allow_none=True,
+                                    metadata={"description": "Null unless the caller is an admin."})
     maxRetries = fields.Integer(required=True)
     queues = fields.List(fields.String(), required=True,
                          metadata={"description": "The queues this process's worker consumes; ['*'] for all."})

@@ -116,7 +116,8 @@ def translate(exc: sqlite3.Error) -> StoreError:
     """A driver error as the contract's exception (raise it ``from exc``)."""
     if isinstance(exc, sqlite3.OperationalError):
         message = str(exc)
-        if "locked" in message or "busy" in message or "unable to open" in message:
+        if ("locked" in message or "busy" in message or "unable to open" in message
+                or "readonly" in message or "disk I/O" in message):
             return StoreUnavailable(f"SQLite: {message}")
         return StoreError(f"SQLite: {message}")
     return StoreError(f"SQLite: {exc}")
@@ -138,9 +139,10 @@ class Pooled:
         return self.conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.pool.release(self.conn)
         if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+            self.pool.failed(self.conn, exc)
             raise translate(exc) from exc
+        self.pool.release(self.conn)
 
 
 class Immediate:
@@ -176,12 +178,21 @@ class Connections:
         self._pid = os.getpid()
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Set when a write failed on a read-only file; ping then tries a write.
+        self.read_only_seen = False
         side_file = None if path == ":memory:" or fcntl is None else f"{path}-writer.lock"
         self.writer = WriterLock(side_file, writer_wait_seconds)
 
     def open(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                # Created 0600 (payloads hold addresses); SQLite gives its -wal
+                # and -shm files the database file's permissions.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError as exc:  # NotADirectoryError, PermissionError, read-only filesystem...
+                raise StoreUnavailable(f"cannot open SQLite database {self.path}: "
+                                       f"{type(exc).__name__}: {exc.strerror or exc}") from exc
         try:
             conn = sqlite3.connect(self.path, isolation_level=None,
                                    timeout=self.busy_timeout_seconds, check_same_thread=False)
@@ -202,6 +213,22 @@ class Connections:
             conn = self.open()
         return conn
 
+    def failed(self, conn: sqlite3.Connection, exc: sqlite3.Error) -> None:
+        """After a driver error: a connection that hit "attempt to write a
+        readonly database" (or an I/O error) is closed, not pooled. SQLite
+        opens a file it cannot write read-only and keeps it so for the life
+        of the connection, so a pooled one would fail forever after the file
+        became writable again."""
+        message = str(exc)
+        if "readonly" in message or "disk I/O" in message:
+            self.read_only_seen = True
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+            return
+        self.release(conn)
+
     def release(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:  # only after a failure we could not roll back
             conn.close()
@@ -220,6 +247,16 @@ class Connections:
     def read(self, sql: str, params: dict[str, Any] | tuple = ()) -> list[tuple]:
         with Pooled(self) as conn:
             return conn.execute(sql, params).fetchall()
+
+    def check_writable(self, probe: str) -> None:
+        """After a read-only failure: take (and roll back) a write lock, so
+        health stays unhealthy until writes can succeed again."""
+        if not self.read_only_seen:
+            return
+        with Pooled(self) as conn, Immediate(conn, self.writer):
+            # BEGIN IMMEDIATE succeeds on a read-only file; a write does not.
+            conn.execute(probe)
+        self.read_only_seen = False
 
     def script(self, sql: str) -> None:
         with Pooled(self) as conn, self.writer:

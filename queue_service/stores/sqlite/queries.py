@@ -349,3 +349,7 @@ INSERT OR REPLACE INTO queue_files (name, data, content_type, created_at) VALUES
 GET_FILE = "SELECT name, data, content_type, created_at FROM queue_files WHERE name = ?"
 
 PURGE_FILES = "DELETE FROM queue_files WHERE created_at < ?"
+
+# A write that changes nothing: fails with "attempt to write a readonly
+# database" when the file cannot be written (BEGIN IMMEDIATE alone does not).
+WRITE_PROBE = "DELETE FROM queue_files WHERE 0"

@@ -171,6 +171,7 @@ class SQLiteStore(Store):
 
     def ping(self) -> None:
         self._db.read(q.PING)
+        self._db.check_writable(q.WRITE_PROBE)
 
     # -- jobs -----------------------------------------------------------------
     def insert(self, job: Job) -> tuple[str, bool]:
