@@ -199,7 +199,7 @@ class Worker:
             self._failed_attempt(job, f"no handler for job type {job.type} in this process", True)
             return
         try:
-            payload = job_type.load(job.payload)
+            payload = job_type.load_stored(job.payload, job.schema_fingerprint)
         except marshmallow.ValidationError as exc:
             self._failed_attempt(job, f"payload no longer validates: {exc.messages}", False)
             return
