@@ -207,7 +207,7 @@ class Worker:
         try:
             with self.app.app_context():
                 result = job_type.handler(payload, context)
-                if inspect.isawaitable(result):  # an async def handler
+                if result is not None and inspect.isawaitable(result):  # an async def handler
                     result = run_awaitable(result)
         except PermanentJobError as exc:
             self._keep(job, exc)
