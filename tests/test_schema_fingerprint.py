@@ -154,3 +154,20 @@ def test_fingerprint_follows_the_fields_and_validators():
         return S()
     # a lambda's repr holds its address: two definitions differ, which only means "load again"
     assert schema_fingerprint(with_lambda()) != schema_fingerprint(with_lambda())
+
+
+def test_fingerprint_is_the_same_in_another_process():
+    """A web process enqueues, another gunicorn worker runs the job: with
+    validators whose repr is stable the two agree, so the skip applies there."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.subjects import NoopSchema
+
+    code = ("from bench.subjects import NoopSchema; from queue_service.core.fingerprint import schema_fingerprint;"
+            " print(schema_fingerprint(NoopSchema()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=60).stdout.strip()
+    assert out == schema_fingerprint(NoopSchema())
+    assert load_is_identity(NoopSchema())
