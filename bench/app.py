@@ -129,21 +129,39 @@ if os.environ.get("BENCH_PEERS") == "1":
         result = task(body.get("payload", {}).get("n", 0), "hello")
         return jsonify(id=result.id, status="pending"), 201
 
+    @app.post("/bench/huey-stamp")
+    def huey_stamp_route():  # the latency measurement: the task records when it ran
+        if not _authorized():
+            return jsonify(error="admin token required"), 401
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(error="expected a JSON object"), 400
+        huey, _ = _peer("huey", lambda: peers.huey_instance(Path(_peer_dir) / "huey.db", True))
+        result = peers.huey_stamp_task(huey)(body.get("payload", {}).get("n", 0), "hello")
+        return jsonify(id=result.id, status="pending"), 201
+
     if os.environ.get("BENCH_REDIS_PORT"):
-        @app.post("/bench/rq")
-        def rq_route():
+        def _rq_queue():
+            from redis import Redis
+            from rq import Queue
+            return Queue("bench", connection=Redis(host="127.0.0.1", port=int(os.environ["BENCH_REDIS_PORT"])))
+
+        def _rq_enqueue(func):
             if not _authorized():
                 return jsonify(error="admin token required"), 401
             body = request.get_json(silent=True)
             if not isinstance(body, dict):
                 return jsonify(error="expected a JSON object"), 400
-
-            def connect():
-                from redis import Redis
-                from rq import Queue
-                return Queue("bench", connection=Redis(host="127.0.0.1", port=int(os.environ["BENCH_REDIS_PORT"])))
-            job = _peer("rq", connect).enqueue(peers.noop, body.get("payload", {}).get("n", 0), "hello")
+            job = _peer("rq", _rq_queue).enqueue(func, body.get("payload", {}).get("n", 0), "hello")
             return jsonify(id=job.id, status="pending"), 201
+
+        @app.post("/bench/rq")
+        def rq_route():
+            return _rq_enqueue(peers.noop)
+
+        @app.post("/bench/rq-stamp")
+        def rq_stamp_route():  # the latency measurement: the job records when it ran
+            return _rq_enqueue(peers.stamp)
 
 
 @app.get("/bench/info")

@@ -169,6 +169,22 @@ def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
     t.row(m, "POST trivial JSON endpoint, same app (ceiling)", line(ceiling), "1.00×")
 
 
+def _latency(t: Table, lat: dict[str, Any], seconds: float) -> None:
+    """POST to completion at a fixed offered load, each system's consumer running."""
+    m = f"3c POST → job completed, {lat.get('rate', 300):g} req/s offered for {seconds:g} s"
+
+    def line(r: dict[str, Any]) -> str:
+        return (f"p50 {r['p50_ms']:.1f} ms · p99 {r['p99_ms']:.1f} ms · {r['completed']:,}/{r['offered']:,} done"
+                f" · sent {r['sent_per_s']:.0f}/s")
+    qs, huey, rq = lat["queue_service"], lat["huey"], lat["rq"]
+    vs_huey, vs_rq = ratio(qs, huey, "p50_ms"), ratio(qs, rq, "p50_ms")
+    t.row(m, "queue_service, gunicorn -w 2, in-process worker", line(qs),
+          f"p50 {_x(vs_huey)} Huey · {_x(vs_rq)} RQ", "p50 below Huey and RQ",
+          ("latency p50 below Huey's consumer", vs_huey < 1.0), ("latency p50 below RQ's worker", vs_rq < 1.0))
+    t.row(m, "Huey route + huey_consumer (own process, defaults)", line(huey))
+    t.row(m, "RQ route + rq worker SimpleWorker (own process)", line(rq))
+
+
 def _image(t: Table, im: dict[str, Any]) -> None:
     """The targets are judged on the real job when IMAGE_PROCESS is registered,
     else on transcode() inside an idle-worker process."""
@@ -246,6 +262,8 @@ def build(results: dict[str, Any], opts: dict[str, Any]) -> Table:
         _route(t, results["route"])
     if "http" in results:
         _http(t, results["http"], opts["http_seconds"])
+    if "latency" in results:
+        _latency(t, results["latency"], opts["http_seconds"])
     if "image" in results:
         _image(t, results["image"])
     if "memory" in results:

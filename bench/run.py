@@ -21,10 +21,10 @@ import time
 from importlib import metadata
 from typing import Any
 
-from bench import drain, enqueue, image, report, route
+from bench import drain, enqueue, image, latency, report, route
 from bench.common import ROOT, median, run_child
 
-SECTIONS = ("enqueue", "drain", "route", "http", "image", "memory", "storage", "mongo_ops")
+SECTIONS = ("enqueue", "drain", "route", "http", "latency", "image", "memory", "storage", "mongo_ops")
 
 
 def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,6 +107,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if "http" in only:
         results["http"] = _rounds({"http": "bench.http:measure"}, args.repeat, "http",
                                   seconds=args.http_seconds)["http"]
+    if "latency" in only:
+        results["latency"] = _rounds({n: f"bench.latency:{n}" for n in latency.SYSTEMS}, args.repeat, "latency",
+                                     rate=args.latency_rate, seconds=args.http_seconds)
+        results["latency"]["rate"] = args.latency_rate
     if "image" in only:
         image.make_source()
         targets = {"pillow": "bench.image:pillow"}
@@ -164,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median reported)")
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per enqueue/drain run")
     parser.add_argument("--http-seconds", type=float, default=10.0, help="load duration per endpoint")
+    parser.add_argument("--latency-rate", type=float, default=300.0,
+                        help="offered load of the latency section, requests/s (for --http-seconds)")
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU window")
     parser.add_argument("--image-runs", type=int, default=5, help="images per image run")
     parser.add_argument("--only", default=",".join(SECTIONS),
@@ -180,6 +186,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("repeat", "jobs", "image_runs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 10 <= args.latency_rate <= 2000:
+        parser.error("--latency-rate must be between 10 and 2000 requests/s")
     if not 1 <= args.http_seconds <= 120 or not 1 <= args.idle_seconds <= 120:
         parser.error("--http-seconds and --idle-seconds must be between 1 and 120")
     return args

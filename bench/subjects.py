@@ -32,6 +32,14 @@ def noop(n: int = 0, note: str = "") -> None:
     return None
 
 
+def stamp(n: int = 0, note: str = "") -> float:
+    """The latency measurement's job body (RQ, Huey): when it ran, as the
+    result (time.time(), the clock the load generator stamps sends with)."""
+    import time
+
+    return time.time()
+
+
 class NoopSchema(Schema):
     n = fields.Integer(required=True, strict=True)
     note = fields.String(load_default="", validate=validate.Length(max=200))
@@ -74,7 +82,14 @@ def huey_instance(db_path: Path, same_sync: bool = True):
     storage = NormalSyncStorage if same_sync else SqliteStorage
     huey = SqliteHuey("bench", filename=str(db_path), storage_class=storage)
     task = huey.task(name="noop")(noop)
+    huey.bench_stamp = huey.task(name="stamp")(stamp)
     return huey, task
+
+
+def huey_stamp_task(huey):
+    """The ``stamp`` task huey_instance registered (the latency route and the
+    consumer find it by that name)."""
+    return huey.bench_stamp
 
 
 # -- RQ ------------------------------------------------------------------------------

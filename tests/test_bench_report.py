@@ -81,6 +81,21 @@ def test_missing_image_job_is_pending_not_passed():
     assert "not measured: not registered" in table and "pending" in table
 
 
+def _latency(qs_p50: float) -> dict:
+    row = lambda p50: {"p50_ms": p50, "p99_ms": p50 * 4, "completed": 3000, "offered": 3000,  # noqa: E731
+                       "sent_per_s": 299.0}
+    return {"queue_service": row(qs_p50), "huey": row(60.0), "rq": row(8.0), "rate": 300.0}
+
+
+def test_latency_target_is_our_p50_below_both_peers():
+    fast = _verdicts({"latency": _latency(5.0)})
+    assert fast["latency p50 below Huey's consumer"] is True and fast["latency p50 below RQ's worker"] is True
+    between = _verdicts({"latency": _latency(9.0)})
+    assert between["latency p50 below Huey's consumer"] is True and between["latency p50 below RQ's worker"] is False
+    table = report.build({"latency": _latency(5.0)}, {"jobs": 5000, "http_seconds": 10}).markdown()
+    assert "300 req/s offered for 10 s" in table and "3,000/3,000 done" in table
+
+
 def test_helpers():
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
     assert percentile(list(map(float, range(1, 101))), 99) == 99.0
@@ -94,6 +109,7 @@ def test_helpers():
     (["--only", "enqueue,bogus"], "unknown section"),
     (["--repeat", "0"], "--repeat must be at least 1"),
     (["--http-seconds", "0.1"], "between 1 and 120"),
+    (["--latency-rate", "5000"], "--latency-rate must be between"),
 ])
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -45,6 +45,20 @@ def test_insert_then_get_round_trips_every_field(store, clock):
     assert got.retry_delays == [1.0, 5.0, 15.0]
 
 
+def test_schema_fingerprint_round_trips_and_survives_the_claim(store, clock):
+    """The worker skips a second load only on the fingerprint stored at enqueue."""
+    import dataclasses
+
+    job = dataclasses.replace(make_job(clock), schema_fingerprint="abc123")
+    store.insert(job)
+    bulk = [dataclasses.replace(make_job(clock), schema_fingerprint="def456"), make_job(clock)]
+    store.insert_many(bulk)
+    assert store.get(job.id).schema_fingerprint == "abc123"
+    assert store.get(bulk[0].id).schema_fingerprint == "def456"
+    assert store.get(bulk[1].id).schema_fingerprint is None
+    assert claim(store, clock).schema_fingerprint == "abc123"
+
+
 def test_get_unknown_id_is_none(store):
     assert store.get(new_job_id()) is None
 

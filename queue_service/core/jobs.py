@@ -137,6 +137,7 @@ class Job:
     queue: str = DEFAULT_QUEUE
     scheduled_by: str | None = None     # the schedule that enqueued it (core.periodic)
     slot: datetime | None = None        # and the slot it was enqueued for
+    schema_fingerprint: str | None = None  # its type's schema at enqueue (core.fingerprint)
 
     @property
     def attempt_number(self) -> int:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import marshmallow
 
 from .errors import DuplicateJobType
+from .fingerprint import load_is_identity, schema_fingerprint
 
 JOB_TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
@@ -26,6 +27,14 @@ class JobType:
     queue: str | None = None  # None: the default queue
     # Seconds one attempt may take (JobContext.deadline), or settings -> seconds; None: no deadline.
     timeout: float | Callable[[Any], float | None] | None = None
+    # Decided once, here (core/fingerprint.py): the schema's fingerprint, stored
+    # with each job at enqueue, and whether the worker may then skip loading.
+    fingerprint: str | None = field(init=False, default=None, repr=False, compare=False)
+    load_is_identity: bool = field(init=False, default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.fingerprint = schema_fingerprint(self.schema)
+        self.load_is_identity = load_is_identity(self.schema)
 
     def timeout_seconds(self, settings: Any) -> float | None:
         return self.timeout(settings) if callable(self.timeout) else self.timeout
@@ -37,6 +46,13 @@ class JobType:
                 raise marshmallow.ValidationError({"_schema": ["Payload must be an object."]})
             return payload
         return self.schema.load(payload)
+
+    def load_stored(self, payload: Any, fingerprint: str | None) -> Any:
+        """A stored payload for the handler: loaded again unless it was stored
+        under this very schema (same fingerprint) and loading is the identity."""
+        if self.load_is_identity and fingerprint is not None and fingerprint == self.fingerprint:
+            return payload
+        return self.load(payload)
 
     def dump(self, loaded: Any) -> dict[str, Any]:
         """The JSON form stored for a loaded payload."""

@@ -68,7 +68,8 @@ def build_job(registry: Registry, settings: Settings, now: datetime, job_type: A
         raise ValidationError(errors)
     return Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,
                max_retries=retries, retry_delays=list(spec.retry_delays or settings.retry_delays),
-               created_at=now, run_at=when, idempotency_key=idempotency_key, queue=queue_name)
+               created_at=now, run_at=when, idempotency_key=idempotency_key, queue=queue_name,
+               schema_fingerprint=spec.fingerprint)
 
 
 _SCALARS = (str, int, float, bool, type(None))

@@ -216,7 +216,7 @@ class Worker:
             self._failed_attempt(job, f"no handler for job type {job.type} in this process", True)
             return
         try:
-            payload = job_type.load(job.payload)
+            payload = job_type.load_stored(job.payload, job.schema_fingerprint)
         except marshmallow.ValidationError as exc:
             self._failed_attempt(job, f"payload no longer validates: {exc.messages}", False)
             return
@@ -224,7 +224,7 @@ class Worker:
         try:
             with self.app.app_context():
                 result = job_type.handler(payload, context)
-                if inspect.isawaitable(result):  # an async def handler
+                if result is not None and inspect.isawaitable(result):  # an async def handler
                     result = run_awaitable(result)
         except PermanentJobError as exc:
             self._keep(job, exc)

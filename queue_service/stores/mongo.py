@@ -65,6 +65,7 @@ def _doc_to_job(doc: dict[str, Any]) -> Job:
         result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
         idempotency_key=doc.get("idempotencyKey"), queue=doc.get("queue") or DEFAULT_QUEUE,
         scheduled_by=doc.get("scheduledBy"), slot=_aware(doc.get("slot")),
+        schema_fingerprint=doc.get("schemaFingerprint"),
     )
 
 
@@ -166,6 +167,8 @@ class MongoStore(OperatorViews, Store):
             doc["scheduledBy"], doc["slot"] = job.scheduled_by, job.slot
         if job.idempotency_key is not None:
             doc["idempotencyKey"] = doc["activeKey"] = job.idempotency_key
+        if job.schema_fingerprint is not None:
+            doc["schemaFingerprint"] = job.schema_fingerprint
         return doc
 
     def insert(self, job: Job) -> tuple[str, bool]:

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS queue_jobs (
     idempotency_key TEXT,
     queue TEXT NOT NULL DEFAULT 'default',
     scheduled_by TEXT,
-    slot REAL
+    slot REAL,
+    schema_fingerprint TEXT
 );
 CREATE TABLE IF NOT EXISTS queue_workers (
     id TEXT PRIMARY KEY,
@@ -62,6 +63,7 @@ ADDED_COLUMNS = {
     "queue": "ALTER TABLE queue_jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
     "scheduled_by": "ALTER TABLE queue_jobs ADD COLUMN scheduled_by TEXT",
     "slot": "ALTER TABLE queue_jobs ADD COLUMN slot REAL",
+    "schema_fingerprint": "ALTER TABLE queue_jobs ADD COLUMN schema_fingerprint TEXT",
 }
 
 INDEXES = """
@@ -90,15 +92,17 @@ CREATE INDEX IF NOT EXISTS queue_files_created ON queue_files (created_at);
 # ``*``, so a file whose table gained columns later still reads right).
 COLUMNS = ("id, type, payload, status, priority, retry_count, max_retries, retry_delays,"
            " created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id,"
-           " lock_token, error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot")
+           " lock_token, error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot,"
+           " schema_fingerprint")
 
 PING = "SELECT 1 FROM queue_jobs LIMIT 1"
 
 # -- enqueue ------------------------------------------------------------------
 INSERT = """
 INSERT INTO queue_jobs (id, type, payload, status, priority, retry_count, max_retries,
-                        retry_delays, created_at, run_at, idempotency_key, queue, scheduled_by, slot)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        retry_delays, created_at, run_at, idempotency_key, queue, scheduled_by, slot,
+                        schema_fingerprint)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_UNLESS_KEY_HELD = INSERT + " ON CONFLICT DO NOTHING RETURNING id"

@@ -64,7 +64,7 @@ def _row_to_job(row: tuple) -> Job:
     scans the column names case-insensitively, ~20 times per job)."""
     (job_id, job_type, payload, status, priority, retry_count, max_retries, retry_delays,
      created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id, lock_token,
-     error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot) = row
+     error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot, schema_fingerprint) = row
     return Job(
         id=job_id,
         type=job_type,
@@ -89,6 +89,7 @@ def _row_to_job(row: tuple) -> Job:
         queue=queue,
         scheduled_by=scheduled_by,
         slot=_dt(slot),
+        schema_fingerprint=schema_fingerprint,
     )
 
 
@@ -102,7 +103,8 @@ def path_from_url(url: str) -> str:
 def _insert_params(job: Job) -> tuple:
     return (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
             job.priority, job.retry_count, job.max_retries, _encoded_delays(tuple(job.retry_delays)),
-            _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue, job.scheduled_by, _ts(job.slot))
+            _ts(job.created_at), _ts(job.run_at), job.idempotency_key, job.queue, job.scheduled_by, _ts(job.slot),
+            job.schema_fingerprint)
 
 
 def _fence(job: Job, now: datetime, **params: Any) -> dict[str, Any]:
