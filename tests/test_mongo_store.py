@@ -21,7 +21,7 @@ def test_indexes_include_partial_claim_ttl_and_unique_active_key(mongo_db):
     store = MongoStore(lambda: mongo_db, "queue_jobs", completed_ttl_seconds=604800)
     store.setup()
     indexes = mongo_db["queue_jobs"].index_information()
-    assert indexes["claim_pending"]["partialFilterExpression"] == {"status": "pending"}
+    assert indexes["claim_pending_v2"]["partialFilterExpression"] == {"status": "pending"}
     ttl = indexes["completed_ttl_604800s"]  # the retention is in the name
     assert ttl["expireAfterSeconds"] == 604800
     assert ttl["partialFilterExpression"] == {"status": "completed"}
@@ -133,3 +133,33 @@ def test_documents_stored_before_queues_existed_are_in_the_default_queue(mongo_d
     assert store.counts_by_queue(now)["default"]["pending"] == 1
     assert store.claim("w", new_lock_token(), now, ("images",)) is None
     assert store.claim("w", new_lock_token(), now, ("default",)).id == "old"
+
+
+def test_the_claim_index_covers_run_at_and_the_previous_claim_indexes_go(mongo_db):
+    coll = mongo_db["queue_jobs"]
+    coll.create_index([("priority", -1), ("createdAt", 1)], name="claim_pending",
+                      partialFilterExpression={"status": "pending"})
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    indexes = coll.index_information()
+    assert "claim_pending" not in indexes and "dropped retired index 'claim_pending'" in store.setup_report
+    assert [k for k, _ in indexes["claim_pending_v2"]["key"]] == ["priority", "createdAt", "runAt"]
+    assert [k for k, _ in indexes["claim_pending_by_queue_v2"]["key"]][-1] == "runAt"
+    for name in ("pending_due", "processing_started", "queue_status"):
+        assert name in indexes
+
+
+def test_per_type_counts_are_cached_ten_seconds_on_the_given_clock(mongo_db):
+    from queue_service.core.clock import ManualClock
+    from tests.test_store_contract import add
+
+    clock = ManualClock()
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    add(store, clock, job_type="A")
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 1
+    add(store, clock, job_type="A")
+    clock.advance(9.999)
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 1  # the cached answer
+    clock.advance(0.001)
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 2

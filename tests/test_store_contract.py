@@ -715,3 +715,42 @@ def test_worker_records_are_replaced_listed_and_purged(store, clock):
     assert workers[1]["kind"] == "standalone" and workers[1]["queues"] == ["images"]
     assert store.purge_workers(clock.now() - timedelta(seconds=10)) == 1
     assert [w["id"] for w in store.list_workers()] == ["a"]
+
+
+# -- reads that scale (issue 12) -------------------------------------------------
+def test_a_list_view_leaves_out_payload_result_and_progress_but_counts_attempts(store, clock):
+    job = add(store, clock, payload={"big": "x" * 1000})
+    claimed = claim(store, clock)
+    assert store.complete(claimed, clock.now(), {"out": 1})
+    [full] = store.list_jobs()
+    assert full.payload == {"big": "x" * 1000} and full.result == {"out": 1}
+    [brief] = store.list_jobs(summary=True)
+    assert brief.id == job.id and brief.status is JobStatus.COMPLETED
+    assert (brief.payload, brief.result, brief.progress) == (None, None, None)
+    assert brief.attempt_number == 1 and brief.attempts[0]["startedAt"] == claimed.attempts[0]["startedAt"]
+
+
+def test_per_type_counts_given_now_are_at_most_ten_seconds_old(store, clock):
+    add(store, clock, job_type="A")
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 1
+    add(store, clock, job_type="A")
+    assert store.counts_by_type().jobs[("A", "pending")] == 2  # without now: never cached
+    clock.advance(10)
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 2
+
+
+def test_the_stuck_sweep_ends_the_open_attempt_only(store, clock):
+    add(store, clock, max_retries=5)
+    for _ in range(2):  # two attempts released, then a third one lost
+        job = claim(store, clock)
+        assert store.release(job, clock.now(), "deploy")
+        clock.advance(1)
+    claim(store, clock)
+    clock.advance(3600)
+    before = clock.now() - timedelta(seconds=60)
+    [stuck] = store.find_stuck(before)
+    assert store.recover_lost(stuck, before, clock.now(), "worker lost", retry=True)
+    got = store.get(stuck.id)
+    assert [a["outcome"] for a in got.attempts] == ["released", "released", "lost"]
+    assert got.attempts[2]["endedAt"] == clock.now() and got.status is JobStatus.PENDING
+    assert not store.recover_lost(stuck, before, clock.now(), "worker lost", retry=True)

@@ -189,17 +189,22 @@ class Store(ABC):
         None}``; statuses without jobs may be missing."""
 
     @abstractmethod
-    def counts_by_type(self) -> TypeCounts:
+    def counts_by_type(self, now: datetime | None = None) -> TypeCounts:
         """Every stored job counted by ``(type, status)``, and every attempt
         recorded on them by ``(type, outcome)``; an attempt still running
-        (no outcome yet) counts as ``"running"``. Grouped in the store."""
+        (no outcome yet) counts as ``"running"``. Grouped in the store. Given
+        ``now`` (the queue's clock), a store may answer from a result at most
+        a few seconds old (MongoDB: 10 s)."""
 
     @abstractmethod
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None) -> list[Job]:
+                  queue: str | None = None, summary: bool = False) -> list[Job]:
         """Jobs newest first (``created_at`` desc, then id desc), filtered by
-        status, type and queue, strictly after the cursor ``(created_at, id)``."""
+        status, type and queue, strictly after the cursor ``(created_at, id)``.
+        ``summary``: a list view's jobs: ``payload``, ``result`` and ``progress``
+        are None (not read where the store can avoid it), attempts keep at least
+        ``startedAt`` (their number is right)."""
 
     @abstractmethod
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:

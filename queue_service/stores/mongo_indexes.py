@@ -62,11 +62,16 @@ def _options(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_indexes(completed_ttl_seconds: float | None) -> list[IndexSpec]:
+    pending = {"partialFilterExpression": {"status": "pending"}}
     specs = [
-        IndexSpec("claim_pending", (("priority", -1), ("createdAt", 1)),
-                  {"partialFilterExpression": {"status": "pending"}}),
-        IndexSpec("claim_pending_by_queue", (("queue", 1), ("priority", -1), ("createdAt", 1)),
-                  {"partialFilterExpression": {"status": "pending"}}),
+        # runAt last: a future-dated job is skipped on the index key, never fetched.
+        IndexSpec("claim_pending_v2", (("priority", -1), ("createdAt", 1), ("runAt", 1)), pending),
+        IndexSpec("claim_pending_by_queue_v2", (("queue", 1), ("priority", -1), ("createdAt", 1), ("runAt", 1)),
+                  pending),
+        IndexSpec("pending_due", (("queue", 1), ("runAt", 1)), pending),
+        IndexSpec("processing_started", (("processedAt", 1),),
+                  {"partialFilterExpression": {"status": "processing"}}),
+        IndexSpec("queue_status", (("queue", 1), ("status", 1))),
         IndexSpec("status_heartbeat", (("status", 1), ("heartbeatAt", 1))),
         IndexSpec("newest", (("createdAt", -1), ("_id", -1))),
         IndexSpec("status_finished", (("status", 1), ("completedAt", 1))),
@@ -80,10 +85,18 @@ def job_indexes(completed_ttl_seconds: float | None) -> list[IndexSpec]:
     return specs
 
 
-def ensure(collection: Any, specs: list[IndexSpec]) -> list[str]:
-    """Make ``collection`` carry ``specs``; returns what was done."""
+# Indexes earlier versions made and this one replaces (dropped at setup; dropIndex is in readWrite).
+RETIRED = ("claim_pending", "claim_pending_by_queue")
+
+
+def ensure(collection: Any, specs: list[IndexSpec], retired: tuple[str, ...] = ()) -> list[str]:
+    """Make ``collection`` carry ``specs`` and drop the ``retired`` names; returns what was done."""
     done: list[str] = []
     existing = collection.index_information()
+    for name in retired:
+        if name in existing:
+            _drop(collection, name)
+            done.append(f"dropped retired index {name!r}")
     for spec in specs:
         info = existing.get(spec.name)
         if info is not None and spec.same_as(info):

@@ -316,18 +316,22 @@ class SQLiteStore(Store):
             out.setdefault(queue, {})["oldestPendingAt"] = _dt(oldest)
         return out
 
-    def counts_by_type(self) -> TypeCounts:
+    def counts_by_type(self, now: datetime | None = None) -> TypeCounts:
         jobs = self._db.read(q.COUNT_BY_TYPE_AND_STATUS)
         attempts = self._db.read(q.COUNT_ATTEMPTS_BY_TYPE_AND_OUTCOME)
         return TypeCounts({(t, s): n for t, s, n in jobs}, {(t, o): n for t, o, n in attempts})
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None) -> list[Job]:
+                  queue: str | None = None, summary: bool = False) -> list[Job]:
         before_at, before_id = _NO_CURSOR if before is None else (_ts(before[0]), before[1])
         rows = self._db.read(q.LIST_JOBS, {"status": status, "type": job_type, "queue": queue,
                                            "before_at": before_at, "before_id": before_id, "limit": int(limit)})
-        return [_row_to_job(r) for r in rows]
+        jobs = [_row_to_job(r) for r in rows]
+        if summary:  # the row is read anyway (one local page); the list view gets the same shape
+            for job in jobs:
+                job.payload = job.result = job.progress = None
+        return jobs
 
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:
         return self._db.write(q.PURGE, {"latest": max(_ts(completed_before), _ts(finished_before)),
