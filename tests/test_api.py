@@ -570,3 +570,11 @@ def test_openapi_document_with_builtin_types(make_app):
     doc = app.test_client().get(f"{PREFIX}/openapi.json").get_json()
     for name in queue.registry.names():
         assert f"{name}Payload" in doc["components"]["schemas"]
+
+
+def test_the_list_route_leaves_out_payloads_when_asked_for_a_summary(api):
+    api.add("EMAIL", {"to": "a@example.com", "subject": "s"})
+    brief = api.get("/jobs?fields=summary").get_json()["jobs"][0]
+    assert "payload" not in brief and brief["result"] is None and brief["type"] == "EMAIL"
+    assert api.get("/jobs").get_json()["jobs"][0]["payload"]["to"] == "a@example.com"
+    assert_error(api.get("/jobs?fields=everything"), 400, "fields")
