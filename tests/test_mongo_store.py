@@ -163,3 +163,19 @@ def test_per_type_counts_are_cached_ten_seconds_on_the_given_clock(mongo_db):
     assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 1  # the cached answer
     clock.advance(0.001)
     assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 2
+
+
+def test_media_expire_with_the_completed_jobs_retention(mongo_db):
+    media = mongo_db["queue_jobs_media"]
+    media.create_index([("createdAt", 1)], name="media_created")  # what an older release made
+    store = MongoStore(lambda: mongo_db, "queue_jobs", completed_ttl_seconds=86400)
+    store.setup()
+    indexes = media.index_information()
+    assert indexes["media_ttl_86400s"]["expireAfterSeconds"] == 86400 and "media_created" not in indexes
+    other, cleanup = make_mongo_database()
+    try:
+        untimed = MongoStore(lambda: other, "queue_jobs")
+        untimed.setup()
+        assert "media_created" in untimed.media.index_information()
+    finally:
+        cleanup()

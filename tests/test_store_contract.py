@@ -754,3 +754,14 @@ def test_the_stuck_sweep_ends_the_open_attempt_only(store, clock):
     assert [a["outcome"] for a in got.attempts] == ["released", "released", "lost"]
     assert got.attempts[2]["endedAt"] == clock.now() and got.status is JobStatus.PENDING
     assert not store.recover_lost(stuck, before, clock.now(), "worker lost", retry=True)
+
+
+def test_a_files_etag_is_stored_at_write_time_and_read_without_its_data(store, clock):
+    import hashlib
+
+    assert store.file_etag("nope.webp") is None
+    store.put_file("a.webp", b"image bytes", "image/webp", clock.now())
+    expected = hashlib.sha256(b"image bytes").hexdigest()[:32]
+    assert store.file_etag("a.webp") == expected == store.get_file("a.webp").etag
+    store.put_file("a.webp", b"other bytes", "image/webp", clock.now())
+    assert store.file_etag("a.webp") == hashlib.sha256(b"other bytes").hexdigest()[:32]

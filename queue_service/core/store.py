@@ -18,6 +18,7 @@ or ``StoreError`` (anything else), ``from`` the original.
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,12 +27,18 @@ from typing import Any
 from .jobs import Job
 
 
+def media_etag(data: bytes) -> str:
+    """A stored file's ETag; the stores compute it once, at write time."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 @dataclass
 class StoredFile:
     name: str
     data: bytes
     content_type: str
     created_at: datetime
+    etag: str | None = None
 
 
 @dataclass
@@ -265,7 +272,15 @@ class Store(ABC):
 
     @abstractmethod
     def get_file(self, name: str) -> StoredFile | None:
-        """The file, or None."""
+        """The file (with its ``etag``), or None."""
+
+    def file_etag(self, name: str) -> str | None:
+        """The file's ETag without its data (stored at write time), or None if
+        there is no such file. Here: read from the file, for stores without one."""
+        stored = self.get_file(name)
+        if stored is None:
+            return None
+        return stored.etag or media_etag(stored.data)
 
     @abstractmethod
     def purge_files(self, created_before: datetime) -> int:

@@ -26,7 +26,7 @@ from bson.errors import InvalidDocument
 from . import mongo_indexes
 from ..core.errors import StoreError, StoreUnavailable, UnstorableValue
 from ..core.jobs import Job
-from ..core.store import ScheduleState, Store, StoredFile
+from ..core.store import ScheduleState, Store, StoredFile, media_etag
 from .mongo_docs import _aware, _doc_to_job, _in_queues
 from .mongo_operator import OperatorViews
 from .mongo_reads import ReadViews
@@ -106,7 +106,7 @@ class MongoStore(ReadViews, OperatorViews, Store):
             self.setup_report = mongo_indexes.ensure(c, mongo_indexes.job_indexes(self.completed_ttl_seconds),
                                                    mongo_indexes.RETIRED)
             self.setup_report += mongo_indexes.ensure(
-                self.media, [mongo_indexes.IndexSpec("media_created", (("createdAt", 1),))])
+                self.media, *mongo_indexes.media_indexes(self.completed_ttl_seconds))
 
     def close(self) -> None:
         self._coll = None
@@ -345,15 +345,23 @@ class MongoStore(ReadViews, OperatorViews, Store):
             raise StoreError(f"file {name} is {len(data)} bytes; the MongoDB store keeps at most {MAX_MEDIA_BYTES}")
         with self._errors():
             self.media.replace_one({"_id": name}, {"_id": name, "data": Binary(data), "length": len(data),
-                                                   "contentType": content_type, "createdAt": now},
-                                   upsert=True)
+                                                   "contentType": content_type, "createdAt": now,
+                                                   "etag": media_etag(data)}, upsert=True)
 
     def get_file(self, name: str) -> StoredFile | None:
         with self._errors():
             doc = self.media.find_one({"_id": name})
         if doc is None:
             return None
-        return StoredFile(name, bytes(doc["data"]), doc["contentType"], _aware(doc["createdAt"]))
+        data = bytes(doc["data"])
+        return StoredFile(name, data, doc["contentType"], _aware(doc["createdAt"]), doc.get("etag") or media_etag(data))
+
+    def file_etag(self, name: str) -> str | None:
+        with self._errors():
+            doc = self.media.find_one({"_id": name}, projection={"etag": 1})
+        if doc is None:
+            return None
+        return doc.get("etag") or super().file_etag(name)  # a file stored before etags were
 
     def purge_files(self, created_before: datetime) -> int:
         with self._errors():

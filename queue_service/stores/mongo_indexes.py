@@ -85,6 +85,18 @@ def job_indexes(completed_ttl_seconds: float | None) -> list[IndexSpec]:
     return specs
 
 
+def media_indexes(completed_ttl_seconds: float | None) -> tuple[list[IndexSpec], tuple[str, ...]]:
+    """(specs, retired) for ``<collection>_media``. With a completed-jobs TTL the
+    media expire on the same retention, by the server's TTL monitor
+    (``media_ttl_<seconds>s`` on createdAt; a file is written when its job
+    completes), so the quota holds only what the retention keeps."""
+    if not completed_ttl_seconds:
+        return [IndexSpec("media_created", (("createdAt", 1),))], ()
+    seconds = int(completed_ttl_seconds)
+    return [IndexSpec(f"media_ttl_{seconds}s", (("createdAt", 1),), {"expireAfterSeconds": seconds})], \
+        ("media_created",)
+
+
 # Indexes earlier versions made and this one replaces (dropped at setup; dropIndex is in readWrite).
 RETIRED = ("claim_pending", "claim_pending_by_queue")
 

@@ -56,12 +56,18 @@ CREATE TABLE IF NOT EXISTS queue_schedules (
 );
 """
 
-TABLE_COLUMNS = "SELECT name FROM pragma_table_info('queue_jobs')"
+TABLE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
 
 ADDED_COLUMNS = {
     "queue": "ALTER TABLE queue_jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
     "scheduled_by": "ALTER TABLE queue_jobs ADD COLUMN scheduled_by TEXT",
     "slot": "ALTER TABLE queue_jobs ADD COLUMN slot REAL",
+}
+
+# The media ETag, computed once at write time (a 304 reads no file); NULL for files
+# stored before it existed (computed from the data then).
+ADDED_FILE_COLUMNS = {
+    "etag": "ALTER TABLE queue_files ADD COLUMN etag TEXT",
 }
 
 INDEXES = """
@@ -343,9 +349,11 @@ PURGE_SCHEDULES = "DELETE FROM queue_schedules WHERE seen_at < ?"
 
 # -- media ------------------------------------------------------------------------------
 PUT_FILE = """
-INSERT OR REPLACE INTO queue_files (name, data, content_type, created_at) VALUES (?, ?, ?, ?)
+INSERT OR REPLACE INTO queue_files (name, data, content_type, created_at, etag) VALUES (?, ?, ?, ?, ?)
 """
 
-GET_FILE = "SELECT name, data, content_type, created_at FROM queue_files WHERE name = ?"
+GET_FILE = "SELECT name, data, content_type, created_at, etag FROM queue_files WHERE name = ?"
+
+FILE_ETAG = "SELECT etag FROM queue_files WHERE name = ?"
 
 PURGE_FILES = "DELETE FROM queue_files WHERE created_at < ?"

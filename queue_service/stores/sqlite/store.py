@@ -18,7 +18,7 @@ from typing import Any
 
 from ...core.errors import StoreError
 from ...core.jobs import Job, JobStatus, iso
-from ...core.store import ScheduleState, Store, StoredFile, TypeCounts
+from ...core.store import ScheduleState, Store, StoredFile, TypeCounts, media_etag
 from . import queries as q
 from .connections import Connections, Immediate, Pooled
 
@@ -156,15 +156,19 @@ class SQLiteStore(Store):
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
         self._db.script(q.TABLES)
-        present = {row[0] for row in self._db.read(q.TABLE_COLUMNS)}
-        for column, statement in q.ADDED_COLUMNS.items():
+        for table, added in (("queue_jobs", q.ADDED_COLUMNS), ("queue_files", q.ADDED_FILE_COLUMNS)):
+            self._add_columns(table, added)
+        self._db.script(q.INDEXES)
+
+    def _add_columns(self, table: str, added: dict[str, str]) -> None:
+        present = {row[0] for row in self._db.read(q.TABLE_COLUMNS, (table,))}
+        for column, statement in added.items():
             if column not in present:
                 try:
                     self._db.write(statement)
                 except StoreError as exc:  # another process added it first
                     if "duplicate column" not in str(exc):
                         raise
-        self._db.script(q.INDEXES)
 
     def close(self) -> None:
         self._db.close()
@@ -385,14 +389,21 @@ class SQLiteStore(Store):
 
     # -- media ----------------------------------------------------------------
     def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:
-        self._db.write(q.PUT_FILE, (name, sqlite3.Binary(data), content_type, _ts(now)))
+        self._db.write(q.PUT_FILE, (name, sqlite3.Binary(data), content_type, _ts(now), media_etag(data)))
 
     def get_file(self, name: str) -> StoredFile | None:
         rows = self._db.read(q.GET_FILE, (name,))
         if not rows:
             return None
         r = rows[0]
-        return StoredFile(r[0], bytes(r[1]), r[2], _dt(r[3]))
+        data = bytes(r[1])
+        return StoredFile(r[0], data, r[2], _dt(r[3]), r[4] or media_etag(data))
+
+    def file_etag(self, name: str) -> str | None:
+        rows = self._db.read(q.FILE_ETAG, (name,))
+        if not rows:
+            return None
+        return rows[0][0] if rows[0][0] is not None else super().file_etag(name)
 
     def purge_files(self, created_before: datetime) -> int:
         return self._db.write(q.PURGE_FILES, (_ts(created_before),))
