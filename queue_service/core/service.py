@@ -25,6 +25,7 @@ from .registry import Registry
 from .runtime import Runtime
 from .scheduler import recover_stuck
 from .submission import build_job, is_int
+from .write_watch import REFUSES_WRITES
 
 log = logging.getLogger("queue_service")
 
@@ -261,6 +262,8 @@ class QueueService:
         try:
             self.store.ping()
             stats = self.stats()
+            if getattr(self.store, "refusing_writes", False):
+                problems.append(REFUSES_WRITES)  # reads answer; the last write was refused
         except StoreError as exc:  # generic words here; the driver's text (hosts, ports) to the log
             problems.append(public_reason(exc))
             log.debug("[Queue] health: %s", describe_cause(exc))

@@ -119,6 +119,7 @@ class Settings:
     stuck_after: float = 600.0
     cleanup_interval: float = 300.0
     poll_interval: float = 1.0
+    poll_max_interval: float = 10.0  # idle polls double from poll_interval up to this (core/idle.py)
     shutdown_timeout: float = 25.0
     completed_ttl: float = 604800.0
     failed_ttl: float = 2592000.0
@@ -167,6 +168,7 @@ class Settings:
             stuck_after=as_seconds(get("QUEUE_STUCK_AFTER", 600), "QUEUE_STUCK_AFTER", 0.001),
             cleanup_interval=as_seconds(get("QUEUE_CLEANUP_INTERVAL", 300), "QUEUE_CLEANUP_INTERVAL", 0.001),
             poll_interval=as_seconds(get("QUEUE_POLL_INTERVAL", 1), "QUEUE_POLL_INTERVAL", 0.001),
+            poll_max_interval=as_seconds(get("QUEUE_POLL_MAX_INTERVAL", 10), "QUEUE_POLL_MAX_INTERVAL", 0.001),
             shutdown_timeout=as_seconds(get("QUEUE_SHUTDOWN_TIMEOUT", 25), "QUEUE_SHUTDOWN_TIMEOUT"),
             completed_ttl=as_seconds(get("QUEUE_COMPLETED_TTL", 604800), "QUEUE_COMPLETED_TTL"),
             failed_ttl=as_seconds(get("QUEUE_FAILED_TTL", 2592000), "QUEUE_FAILED_TTL"),

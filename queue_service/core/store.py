@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from .jobs import Job
+from .write_watch import watch_writes
 
 
 def media_etag(data: bytes) -> str:
@@ -63,6 +64,12 @@ class Store(ABC):
 
     #: Short name shown in health output ("sqlite", "mongodb").
     kind = "abstract"
+    #: True after a write was refused (StoreRefusesWrites), until one succeeds (core.write_watch).
+    refusing_writes = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        watch_writes(cls)
 
     @abstractmethod
     def setup(self) -> None:

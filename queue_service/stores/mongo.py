@@ -24,7 +24,7 @@ from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, Du
 from bson.errors import InvalidDocument
 
 from . import mongo_indexes
-from ..core.errors import StoreError, StoreUnavailable, UnstorableValue
+from ..core.errors import StoreError, StoreRefusesWrites, StoreUnavailable, UnstorableValue
 from ..core.jobs import Job
 from ..core.store import ScheduleState, Store, StoredFile, media_etag
 from .mongo_docs import _aware, _doc_to_job, _in_queues
@@ -39,6 +39,16 @@ PING_TIMEOUT_SECONDS = 2.0
 # read from the primary and write with majority acknowledgement.
 _PINNED = {"codec_options": CodecOptions(tz_aware=True),  # UTC; mongomock refuses an explicit tzinfo
            "read_preference": ReadPreference.PRIMARY, "write_concern": WriteConcern("majority")}
+
+
+# Atlas's "you are over your space quota" (AtlasError 8000): reads still answer.
+WRITES_REFUSED_CODES = frozenset({8000})
+
+
+def _refuses_writes(exc: PyMongoError) -> bool:
+    if isinstance(exc, BulkWriteError):
+        return any(e.get("code") in WRITES_REFUSED_CODES for e in exc.details.get("writeErrors", []))
+    return getattr(exc, "code", None) in WRITES_REFUSED_CODES
 
 
 class MongoStore(ReadViews, OperatorViews, Store):
@@ -83,6 +93,8 @@ class MongoStore(ReadViews, OperatorViews, Store):
             except (ServerSelectionTimeoutError, ConnectionFailure, AutoReconnect) as exc:
                 raise StoreUnavailable(f"MongoDB unreachable: {exc}") from exc
             except PyMongoError as exc:
+                if _refuses_writes(exc):
+                    raise StoreRefusesWrites(f"MongoDB refuses writes: {exc}") from exc
                 raise StoreError(f"MongoDB: {exc}") from exc
             except (InvalidDocument, OverflowError) as exc:  # bson's: not PyMongoErrors
                 raise UnstorableValue(f"MongoDB cannot store this document: {exc}") from exc

@@ -26,7 +26,7 @@ try:
 except ImportError:  # not POSIX: SQLite's busy handler alone
     fcntl = None  # type: ignore[assignment]
 
-from ...core.errors import StoreError, StoreUnavailable
+from ...core.errors import StoreError, StoreRefusesWrites, StoreUnavailable
 
 MAX_IDLE_CONNECTIONS = 4
 
@@ -116,6 +116,8 @@ def translate(exc: sqlite3.Error) -> StoreError:
     """A driver error as the contract's exception (raise it ``from exc``)."""
     if isinstance(exc, sqlite3.OperationalError):
         message = str(exc)
+        if "readonly database" in message or "disk is full" in message:
+            return StoreRefusesWrites(f"SQLite: {message}")
         if "locked" in message or "busy" in message or "unable to open" in message:
             return StoreUnavailable(f"SQLite: {message}")
         return StoreError(f"SQLite: {message}")
