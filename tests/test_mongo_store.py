@@ -179,3 +179,61 @@ def test_media_expire_with_the_completed_jobs_retention(mongo_db):
         assert "media_created" in untimed.media.index_information()
     finally:
         cleanup()
+
+
+class _LikeACompatibleServer:
+    """A collection that answers index builds as a MongoDB-compatible server
+    without some features does (Cosmos DB RU, FerretDB 1.x, DocumentDB elastic):
+    a stand-in, since none installs here. ``refuse``: the option it rejects
+    with an error; ``drop``: the option it accepts and silently leaves out."""
+
+    name = "queue_jobs"
+
+    def __init__(self, refuse=None, drop=None):
+        self.refuse, self.drop, self.indexes = refuse, drop, {"_id_": {"key": [("_id", 1)]}}
+
+    def index_information(self):
+        return {name: dict(info) for name, info in self.indexes.items()}
+
+    def create_index(self, keys, name, **options):
+        from pymongo.errors import OperationFailure
+
+        if self.refuse in options:
+            raise OperationFailure(f"{self.refuse} is not supported", 115)
+        options.pop(self.drop, None)
+        self.indexes[name] = {"key": list(keys), **options}
+
+    def drop_index(self, name):
+        self.indexes.pop(name, None)
+
+
+@pytest.mark.parametrize("refuse, drop, missing", [
+    ("partialFilterExpression", None, "partial indexes"),
+    ("expireAfterSeconds", None, "TTL indexes"),
+    (None, "partialFilterExpression", "partial indexes"),
+    (None, "expireAfterSeconds", "TTL indexes"),
+])
+def test_a_server_without_partial_or_ttl_indexes_is_a_named_configuration_error(refuse, drop, missing):
+    from queue_service.core.errors import ConfigurationError
+    from queue_service.stores import mongo_indexes
+
+    with pytest.raises(ConfigurationError) as caught:
+        mongo_indexes.ensure(_LikeACompatibleServer(refuse, drop), mongo_indexes.job_indexes(604800))
+    message = str(caught.value)
+    assert f"has no {missing}" in message and "docs/mongodb.md" in message and "\n" not in message
+
+
+def test_a_setup_refused_for_a_missing_feature_leaves_the_app_up(make_app, clock):
+    """The lazy store turns the ConfigurationError into a 503 with generic words."""
+    from queue_service.core.lazy_store import MISCONFIGURED, LazyStore, StoreNotReady
+
+    db, cleanup = make_mongo_database()
+    try:
+        store = MongoStore(lambda: db, "queue_jobs", completed_ttl_seconds=604800)
+        store._coll = _LikeACompatibleServer(refuse="partialFilterExpression")
+        lazy = LazyStore(lambda: store, clock)
+        with pytest.raises(StoreNotReady):
+            lazy.get()
+        assert lazy.reason == MISCONFIGURED
+    finally:
+        cleanup()

@@ -24,6 +24,8 @@ from typing import Any
 
 from pymongo.errors import OperationFailure
 
+from ..core.errors import ConfigurationError
+
 log = logging.getLogger("queue_service.mongo")
 
 INDEX_OPTIONS_CONFLICT = 85
@@ -128,13 +130,60 @@ def ensure(collection: Any, specs: list[IndexSpec], retired: tuple[str, ...] = (
             done.append(f"created index {spec.name!r}")
         except OperationFailure as exc:
             if exc.code not in (INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT):
+                missing = _refused_feature(spec, exc)
+                if missing is not None:
+                    raise _incompatible(missing, spec) from exc
                 raise
             command = (f'db.getCollection("{collection.name}").dropIndex("{_conflicting(existing, spec)}")')
             done.append(f"could not create index {spec.name!r} (code {exc.code}: an index of the same keys "
                         f"or name differs); the queue runs without it. To resolve, run once: {command}")
+    _check_created(collection, specs, done)
     for line in done:
         (log.warning if line.startswith("could not") else log.info)("[Mongo] %s: %s", collection.name, line)
     return done
+
+
+# What servers answer to an index option they do not have: BadValue, CannotCreateIndex,
+# CommandNotSupported, NotImplemented (FerretDB), InvalidIndexSpecificationOption, and
+# DocumentDB's "feature not supported".
+UNSUPPORTED_CODES = frozenset({2, 67, 115, 238, 197, 303})
+FEATURES = (("partialFilterExpression", "partial indexes"), ("expireAfterSeconds", "TTL indexes"),
+            ("unique", "unique indexes"))
+
+
+def _features(spec: IndexSpec) -> list[tuple[str, str]]:
+    return [(option, words) for option, words in FEATURES if spec.options.get(option) not in (None, False)]
+
+
+def _refused_feature(spec: IndexSpec, exc: OperationFailure) -> str | None:
+    if exc.code not in UNSUPPORTED_CODES or not _features(spec):
+        return None
+    text = str(exc).lower()
+    for option, words in _features(spec):
+        if option.lower() in text or words.split()[0] in text:
+            return words
+    return _features(spec)[0][1]
+
+
+def _incompatible(missing: str, spec: IndexSpec) -> ConfigurationError:
+    return ConfigurationError(
+        f"MONGO_URI: this MongoDB-compatible server has no {missing} (needed by index {spec.name!r}); "
+        "the queue needs MongoDB 4.4+ (Atlas included): see docs/mongodb.md")
+
+
+def _check_created(collection: Any, specs: list[IndexSpec], done: list[str]) -> None:
+    """A server that accepts an option and drops it (its index_information lacks it)."""
+    created = [spec for spec in specs if f"created index {spec.name!r}" in done and _features(spec)]
+    if not created:
+        return
+    existing = collection.index_information()
+    for spec in created:
+        info = existing.get(spec.name)
+        if info is None:  # dropped meanwhile by another process: nothing to judge
+            continue
+        for option, words in _features(spec):
+            if info.get(option) in (None, False):
+                raise _incompatible(words, spec)
 
 
 def _conflicting(existing: dict[str, Any], spec: IndexSpec) -> str:
