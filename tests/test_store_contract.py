@@ -765,3 +765,24 @@ def test_a_files_etag_is_stored_at_write_time_and_read_without_its_data(store, c
     assert store.file_etag("a.webp") == expected == store.get_file("a.webp").etag
     store.put_file("a.webp", b"other bytes", "image/webp", clock.now())
     assert store.file_etag("a.webp") == hashlib.sha256(b"other bytes").hexdigest()[:32]
+
+
+def test_attempts_are_capped_keeping_the_first_and_the_latest(store, clock):
+    from queue_service.core.jobs import MAX_ATTEMPTS_KEPT
+
+    add(store, clock)
+    starts = []
+    for _ in range(MAX_ATTEMPTS_KEPT + 5):
+        job = claim(store, clock)
+        starts.append(job.attempts[-1]["startedAt"])
+        assert store.release(job, clock.now(), "deploy")
+        clock.advance(1)
+    job = claim(store, clock)
+    starts.append(job.attempts[-1]["startedAt"])
+    assert len(job.attempts) == MAX_ATTEMPTS_KEPT and job.attempt_number == MAX_ATTEMPTS_KEPT + 6
+    assert store.complete(job, clock.now(), None)
+    got = store.get(job.id)
+    assert len(got.attempts) == MAX_ATTEMPTS_KEPT and got.attempt_number == MAX_ATTEMPTS_KEPT + 6
+    assert [a["startedAt"] for a in got.attempts] == [starts[0], *starts[-(MAX_ATTEMPTS_KEPT - 1):]]
+    assert got.attempts[-1]["outcome"] == "completed"
+    assert [a["outcome"] for a in got.attempts[:-1]] == ["released"] * (MAX_ATTEMPTS_KEPT - 1)

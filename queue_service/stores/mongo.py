@@ -25,7 +25,7 @@ from bson.errors import InvalidDocument
 
 from . import mongo_indexes
 from ..core.errors import StoreError, StoreRefusesWrites, StoreUnavailable, UnstorableValue
-from ..core.jobs import Job
+from ..core.jobs import Job, capped_attempts
 from ..core.store import ScheduleState, Store, StoredFile, media_etag
 from .mongo_docs import _aware, _doc_to_job, _in_queues
 from .mongo_operator import OperatorViews
@@ -208,7 +208,15 @@ class MongoStore(ReadViews, OperatorViews, Store):
                  "$push": {"attempts": {"startedAt": now, "worker": worker_id}}},
                 sort=[("priority", pymongo.DESCENDING), ("createdAt", pymongo.ASCENDING)],
                 return_document=ReturnDocument.AFTER)
-        return _doc_to_job(doc) if doc else None
+        if doc is None:
+            return None
+        job = _doc_to_job(doc)
+        capped = capped_attempts(doc["attempts"])  # the first and the latest: one more write, past 20 only
+        if capped is not None:
+            kept, dropped = capped
+            job.attempts, job.attempts_dropped = job.attempts[:1] + job.attempts[dropped + 1:], job.attempts_dropped + dropped
+            self._update_claimed(job, {"$set": {"attempts": kept}, "$inc": {"attemptsDropped": dropped}})
+        return job
 
     @staticmethod
     def _fence(job: Job) -> dict[str, Any]:

@@ -33,6 +33,7 @@ def _doc_to_job(doc: dict[str, Any]) -> Job:
         result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
         idempotency_key=doc.get("idempotencyKey"), queue=doc.get("queue") or DEFAULT_QUEUE,
         scheduled_by=doc.get("scheduledBy"), slot=_aware(doc.get("slot")),
+        attempts_dropped=doc.get("attemptsDropped", 0),
     )
 
 

@@ -62,6 +62,7 @@ ADDED_COLUMNS = {
     "queue": "ALTER TABLE queue_jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
     "scheduled_by": "ALTER TABLE queue_jobs ADD COLUMN scheduled_by TEXT",
     "slot": "ALTER TABLE queue_jobs ADD COLUMN slot REAL",
+    "attempts_dropped": "ALTER TABLE queue_jobs ADD COLUMN attempts_dropped INTEGER NOT NULL DEFAULT 0",
 }
 
 # The media ETag, computed once at write time (a 304 reads no file); NULL for files
@@ -96,7 +97,15 @@ CREATE INDEX IF NOT EXISTS queue_files_created ON queue_files (created_at);
 # ``*``, so a file whose table gained columns later still reads right).
 COLUMNS = ("id, type, payload, status, priority, retry_count, max_retries, retry_delays,"
            " created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id,"
-           " lock_token, error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot")
+           " lock_token, error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot,"
+           " attempts_dropped")
+
+# A claim that made the attempts list longer than MAX_ATTEMPTS_KEPT keeps the first and
+# the latest (core.jobs.capped_attempts); fenced like every write after a claim.
+CAP_ATTEMPTS = """
+UPDATE queue_jobs SET attempts = :attempts, attempts_dropped = attempts_dropped + :dropped
+ WHERE id = :id AND status = 'processing' AND lock_token = :token
+"""
 
 PING = "SELECT 1 FROM queue_jobs LIMIT 1"
 

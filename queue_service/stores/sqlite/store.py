@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from ...core.errors import StoreError
-from ...core.jobs import Job, JobStatus, iso
+from ...core.jobs import Job, JobStatus, capped_attempts, iso
 from ...core.store import ScheduleState, Store, StoredFile, TypeCounts, media_etag
 from . import queries as q
 from .connections import Connections, Immediate, Pooled
@@ -64,7 +64,7 @@ def _row_to_job(row: tuple) -> Job:
     scans the column names case-insensitively, ~20 times per job)."""
     (job_id, job_type, payload, status, priority, retry_count, max_retries, retry_delays,
      created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id, lock_token,
-     error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot) = row
+     error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot, attempts_dropped) = row
     return Job(
         id=job_id,
         type=job_type,
@@ -89,6 +89,7 @@ def _row_to_job(row: tuple) -> Job:
         queue=queue,
         scheduled_by=scheduled_by,
         slot=_dt(slot),
+        attempts_dropped=attempts_dropped or 0,
     )
 
 
@@ -220,7 +221,16 @@ class SQLiteStore(Store):
 
     def _claimed(self, row: tuple | None) -> Job | None:
         self._idle_poll = row is None
-        return _row_to_job(row) if row is not None else None
+        if row is None:
+            return None
+        job = _row_to_job(row)
+        capped = capped_attempts(job.attempts)
+        if capped is not None:
+            job.attempts, dropped = capped
+            job.attempts_dropped += dropped
+            self._db.write(q.CAP_ATTEMPTS, {"attempts": json.dumps(job.attempts, default=iso), "dropped": dropped,
+                                            "id": job.id, "token": job.lock_token})
+        return job
 
     def claim(self, worker_id: str, lock_token: str, now: datetime,
               queues: tuple[str, ...] | None = None) -> Job | None:
