@@ -158,7 +158,9 @@ class Store(ABC):
     @abstractmethod
     def find_stuck(self, heartbeat_before: datetime, limit: int = 1000) -> list[Job]:
         """Processing jobs whose ``heartbeat_at < heartbeat_before``, oldest
-        heartbeat first, at most ``limit``. A read: nothing changes."""
+        heartbeat first, at most ``limit``. A read: nothing changes. For the
+        sweep only: a store may leave ``payload`` None and keep only the last
+        attempt (MongoDB does: no whole attempts arrays are read)."""
 
     @abstractmethod
     def recover_lost(self, job: Job, heartbeat_before: datetime, now: datetime, error: str,
