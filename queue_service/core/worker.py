@@ -25,8 +25,10 @@ from typing import Any, Callable
 import marshmallow
 
 from . import storable
+
 from .clock import Clock, ShiftedClock
 from .errors import PermanentJobError, UnstorableValue
+from .idle import IdleBackoff
 from .lazy_store import log_loop_failure
 from .context import JobContext
 from .jobs import Job, JobStatus, RetryPolicy, attempt_text, new_lock_token
@@ -114,6 +116,7 @@ class Worker:
         self.policy = RetryPolicy(settings.stuck_after)
         self.heartbeat_interval = settings.heartbeat_interval
         self.poll_interval = settings.poll_interval
+        self.idle = IdleBackoff(settings.poll_interval, settings.poll_max_interval)
         self.worker_id = new_worker_id()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -399,8 +402,12 @@ class Worker:
                 # time it runs dry: under a trickle (every add_job wakes us) that
                 # was a 5-20 ms full collection per job, holding the GIL against
                 # the request thread (HTTP enqueue fell to ~1/4 of its rate).
-                if not self.clock.wait(self.wake, self.poll_interval) and self._jobs_since_gc:
+                woken = self.clock.wait(self.wake, self.idle.next)
+                self.idle.waited(woken)
+                if not woken and self._jobs_since_gc:
                     self.collect_garbage()
+            else:
+                self.idle.found_work()
         # A job claimed for a step that will not run now goes back at once
         # (else it would wait out the stuck threshold).
         try:
