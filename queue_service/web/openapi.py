@@ -41,10 +41,12 @@ RESPONSE_COMPONENTS = {
 ERRORS = {
     400: "Invalid request: malformed JSON, a body that is not an object, or invalid fields (details name them).",
     401: "Missing or wrong bearer token.",
-    403: "Admin routes are disabled: no QUEUE_ADMIN_TOKEN is configured.",
+    403: "Admin routes are disabled (no QUEUE_ADMIN_TOKEN is configured), or a cross-origin browser "
+         "request was refused (the host's admin_check hook authenticates by cookie).",
     404: "No job with this id (ids that are not UUIDs included).",
     409: "The job is not in a state that allows this.",
     413: "Request body over QUEUE_MAX_BODY_BYTES.",
+    415: "The body is not application/json.",
     503: "The job store cannot be reached (or failed); try again shortly.",
 }
 ADMIN_ERRORS = (401, 403)
@@ -95,6 +97,8 @@ def _responses(ok: tuple[int, str, str] | None, *errors: int, admin: bool = True
     if ok is not None:
         code, description, schema = ok
         out[code] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if 413 in errors:  # a route that reads a body also refuses one that is not JSON
+        errors = (*errors, 415)
     for code in sorted(set(errors) | (set(ADMIN_ERRORS) if admin else set())):
         out[code] = _error(code)
     return out
@@ -190,6 +194,15 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
     spec.components.schema("JobsCreated", component={
         "type": "object", "required": ["jobs"],
         "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobCreated"}}}})
+    stamp = {"type": "string", "format": "date-time", "nullable": True}
+    spec.components.schema("PublicJob", component={
+        "type": "object", "description": "What an anonymous caller sees (web.public; a host's public_view hook "
+                                         "may widen it): status fields only; a failed job's error is 'failed'.",
+        "properties": {"id": {"type": "string", "format": "uuid"}, "type": {"type": "string"},
+                       "status": {"type": "string", "enum": s.STATUSES}, "retryCount": {"type": "integer"},
+                       "maxRetries": {"type": "integer"}, "createdAt": stamp, "runAt": stamp, "processedAt": stamp,
+                       "completedAt": stamp, "progress": {"type": "object", "nullable": True},
+                       "error": {"type": "string", "nullable": True}}})
     body = {"oneOf": [{"$ref": "#/components/schemas/JobCreateOne"}, {"$ref": "#/components/schemas/JobCreateMany"}]}
     job_id = {"in": "path", "name": "id", "required": True,
               "schema": {"type": "string", "format": "uuid"}, "description": "A job id (UUID)."}
@@ -208,8 +221,11 @@ def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:
                 "responses": _responses((200, "One page of jobs.", "JobPage"), 400, 404, 503)},
     })
     spec.path("/job/{id}", parameters=[job_id], operations={
-        "get": {"summary": "One job's status (public; the payload only for admins)", "operationId": "getJob",
-                "security": public, "responses": _responses((200, "The job.", "Job"), 404, 503, admin=False)},
+        "get": {"summary": "One job (public: anonymous callers get its status fields only, PublicJob; "
+                           "admins the whole job)", "operationId": "getJob", "security": public,
+                "responses": _responses((200, "The job.", {"oneOf": [{"$ref": "#/components/schemas/Job"},
+                                                                     {"$ref": "#/components/schemas/PublicJob"}]}),
+                                        404, 503, admin=False)},
     })
     for action, what in (("cancel", "pending -> cancelled"), ("retry", "failed -> pending, fresh retries")):
         spec.path(f"/job/{{id}}/{action}", parameters=[job_id], operations={
