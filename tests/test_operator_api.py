@@ -292,8 +292,11 @@ def test_history_counts_finished_jobs_per_bucket(api, clock):
     body = api.get("/stats/history?hours=1").get_json()
     assert body["bucketSeconds"] == 300 and len(body["buckets"]) == 12 and body["hours"] == 1
     assert sum(b["failed"] for b in body["buckets"]) == 2 and sum(b["completed"] for b in body["buckets"]) == 1
+    timings = {"waitP50": 0.0, "waitP95": 0.0, "runP50": 0.0, "runP95": 0.0}  # the manual clock stood still
     assert body["buckets"][-1]["completed"] == 1 and body["buckets"][-1]["types"] == {
-        "NOOP": {"completed": 1, "failed": 0}}
+        "NOOP": {"completed": 1, "failed": 0, **timings}}
+    assert {k: body["buckets"][-1][k] for k in timings} == timings
+    assert body["buckets"][0]["waitP95"] is None  # no attempt ended in it
     assert body["buckets"][-3]["failed"] == 2
     day = api.get("/stats/history").get_json()
     assert day["hours"] == 24 and day["bucketSeconds"] == 3600 and len(day["buckets"]) == 24

@@ -136,6 +136,8 @@ class AttemptSchema(marshmallow.Schema):
     outcome = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
     nextDelaySeconds = fields.Float(allow_none=True)
+    waitSeconds = fields.Float(allow_none=True, metadata={
+        "description": "Queue latency of the attempt: the job's runAt to startedAt (set when it ends)."})
     traceback = fields.String(allow_none=True, metadata={
         "description": "The handler's formatted traceback (its last 8 KB) when the attempt raised. Admin only."})
 
@@ -278,15 +280,21 @@ class HistoryQuerySchema(marshmallow.Schema):
     hours = QueryInteger(load_default=24, validate=validate.Range(1, 168), metadata={"default": 24})
 
 
+def _seconds(text: str):
+    return fields.Float(required=True, allow_none=True, metadata={"description": text})
+
+
 class HistoryCountsSchema(marshmallow.Schema):
     completed = fields.Integer(required=True)
     failed = fields.Integer(required=True)
+    waitP50 = _seconds("Median queue latency (runAt to the attempt's start), seconds; null without attempts.")
+    waitP95 = _seconds("p95 (nearest rank) of the queue latency, seconds.")
+    runP50 = _seconds("Median run time (start to end of the attempt), seconds.")
+    runP95 = _seconds("p95 (nearest rank) of the run time, seconds.")
 
 
-class HistoryBucketSchema(marshmallow.Schema):
+class HistoryBucketSchema(HistoryCountsSchema):
     start = _timestamp()
-    completed = fields.Integer(required=True)
-    failed = fields.Integer(required=True)
     types = fields.Dict(keys=fields.String(), values=fields.Nested(HistoryCountsSchema), required=True)
 
 

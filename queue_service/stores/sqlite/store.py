@@ -18,7 +18,7 @@ from typing import Any
 
 from ...core.errors import StoreError
 from ...core.jobs import Job, JobStatus, iso
-from ...core.store import ScheduleState, Store, StoredFile, TypeCounts
+from ...core.store import ScheduleState, Store, StoredFile, TypeCounts, timing_row
 from . import queries as q
 from .connections import Connections, Immediate, Pooled
 
@@ -341,6 +341,11 @@ class SQLiteStore(Store):
         rows = self._db.read(q.HISTORY, {"bucket": int(bucket_seconds), "since": int(since.timestamp()),
                                          "until": int(until.timestamp())})
         return [{"bucket": int(b), "type": t, "completed": int(c), "failed": int(f)} for b, t, c, f in rows]
+
+    def history_timings(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
+        rows = self._db.read(q.HISTORY_TIMINGS, {"bucket": int(bucket_seconds), "since": int(since.timestamp()),
+                                                 "until": int(until.timestamp())})
+        return [timing_row(int(b), t, int(n), (w50, w95, r50, r95)) for b, t, n, w50, w95, r50, r95 in rows]
 
     def register_worker(self, record: dict[str, Any]) -> None:
         self._db.write(q.REGISTER_WORKER, {"id": record["id"], "seen": _ts(record["lastSeenAt"]),
