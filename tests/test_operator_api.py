@@ -16,7 +16,7 @@ from queue_service import JobQueue, PermanentJobError
 from test_api import ADMIN, PREFIX, TOKEN, Api, assert_error
 
 NEW_ROUTES = [("post", "/jobs/retry"), ("post", "/jobs/cancel"), ("post", "/job/{id}/run-now"),
-              ("get", "/workers"), ("get", "/stats/history")]
+              ("get", "/workers"), ("get", "/stats/history"), ("get", "/jobs/search?idPrefix=abcd")]
 
 
 def make_queue(clock) -> JobQueue:
@@ -306,3 +306,39 @@ def test_history_counts_finished_jobs_per_bucket(api, clock):
 @pytest.mark.parametrize("query", ["hours=0", "hours=169", "hours=abc", "hours=-1", "hours=1&hours=2"])
 def test_history_refuses_bad_hours(api, query):
     assert_error(api.get(f"/stats/history?{query}"), 400, "hours")
+
+
+# -- search and the due filter ----------------------------------------------------------------------
+def test_search_by_id_prefix_finds_the_job(api):
+    ids = [api.add("NOOP") for _ in range(3)]
+    target = ids[1]
+    for prefix in (target[:4], target[:8].upper(), target[:13], target):
+        found = [j["id"] for j in api.get(f"/jobs/search?idPrefix={prefix}").get_json()["jobs"]]
+        assert target in found and all(i.startswith(prefix.lower()) for i in found)
+    assert api.get(f"/jobs/search?idPrefix={target}").get_json() == {
+        "jobs": [api.get(f"/job/{target}").get_json()], "nextBefore": None}
+
+
+@pytest.mark.parametrize("query", ["", "idPrefix=abc", "idPrefix=abcg", "idPrefix=ab%20cd", "idPrefix=" + "a" * 37,
+                                   "idPrefix=----", "idPrefix=ab-cd", "idPrefix=-abcd", "idPrefix=abcd&idPrefix=abce"])
+def test_search_refuses_bad_prefixes(api, query):
+    assert_error(api.get(f"/jobs/search?{query}"), 400, "idPrefix")
+
+
+def test_search_needs_the_admin(api):
+    assert api.client.get(PREFIX + "/jobs/search?idPrefix=abcd").status_code in (401, 403)
+
+
+def test_status_filter_due_now_and_later(api, clock):
+    due = api.add("NOOP")
+    later = api.add("NOOP", delay=60)
+    ids = lambda q: [j["id"] for j in api.get(f"/jobs?{q}").get_json()["jobs"]]  # noqa: E731
+    assert ids("due=now") == [due] and ids("status=pending&due=later") == [later]
+    clock.advance(60)
+    assert set(ids("due=now")) == {due, later} and ids("due=later") == []
+    assert ids("due=now&status=failed") == []  # the filters combine: only pending jobs are due
+
+
+@pytest.mark.parametrize("query", ["due=soon", "due=", "due=now&due=later"])
+def test_due_filter_refuses_bad_values(api, query):
+    assert_error(api.get(f"/jobs?{query}"), 400, "due")

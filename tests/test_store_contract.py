@@ -745,6 +745,30 @@ def test_history_timings_rank_waits_and_run_times_per_bucket_and_type(store, clo
     assert store.history_timings(start + timedelta(hours=1), start + timedelta(hours=2), 300) == []
 
 
+def test_jobs_with_id_prefix_is_a_range_on_the_id(store, clock):
+    ids = ["ab120000-0000-4000-8000-000000000001", "ab12ffff-0000-4000-8000-000000000002",
+           "ab130000-0000-4000-8000-000000000003", "ab1"]
+    for job_id in ids[:3]:
+        job = make_job(clock)
+        job.id = job_id
+        store.insert(job)
+    assert [j.id for j in store.jobs_with_id_prefix("ab12")] == ids[:2]
+    assert [j.id for j in store.jobs_with_id_prefix("ab12", limit=1)] == ids[:1]
+    assert [j.id for j in store.jobs_with_id_prefix(ids[2])] == [ids[2]]
+    assert [j.id for j in store.jobs_with_id_prefix("ab1")] == ids[:3]
+    assert store.jobs_with_id_prefix("abcd") == []
+
+
+def test_list_jobs_by_due_time(store, clock):
+    due = add(store, clock)
+    later = add(store, clock, delay=60)
+    now = clock.now()
+    assert [j.id for j in store.list_jobs("pending", due_by=now)] == [due.id]
+    assert [j.id for j in store.list_jobs("pending", due_after=now)] == [later.id]
+    clock.advance(60)
+    assert {j.id for j in store.list_jobs("pending", due_by=clock.now())} == {due.id, later.id}
+
+
 def test_worker_records_are_replaced_listed_and_purged(store, clock):
     def record(worker_id, **extra):
         return {"id": worker_id, "host": "h", "pid": 7, "kind": "web", "queues": ["*"],

@@ -214,8 +214,10 @@ class Store(ABC):
     @abstractmethod
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None) -> list[Job]:
-        """Jobs newest first (``created_at`` desc, then id desc), filtered by
+                  queue: str | None = None, due_by: datetime | None = None,
+                  due_after: datetime | None = None) -> list[Job]:
+        """``due_by``/``due_after``: only jobs with ``run_at <= due_by`` / ``run_at > due_after``.
+        Jobs newest first (``created_at`` desc, then id desc), filtered by
         status, type and queue, strictly after the cursor ``(created_at, id)``."""
 
     @abstractmethod
@@ -233,6 +235,11 @@ class Store(ABC):
         that completed, "failed": attempts that failed (outcome failed, retry or
         lost)}]`` sorted by bucket then type; empty buckets are missing. A
         failure stays counted after the job is retried and completes."""
+
+    @abstractmethod
+    def jobs_with_id_prefix(self, prefix: str, limit: int = 20) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (lowercase), by id, at most
+        ``limit``: a range on the primary key, ``prefix <= id < prefix + "g"``."""
 
     @abstractmethod
     def history_timings(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:

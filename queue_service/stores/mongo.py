@@ -383,8 +383,11 @@ class MongoStore(OperatorViews, Store):
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None) -> list[Job]:
+                  queue: str | None = None, due_by: datetime | None = None,
+                  due_after: datetime | None = None) -> list[Job]:
         query: dict[str, Any] = {}
+        if due_by is not None or due_after is not None:
+            query["runAt"] = {**({"$lte": due_by} if due_by else {}), **({"$gt": due_after} if due_after else {})}
         if queue is not None:
             query["queue"] = _in_queues([queue])
         if status is not None:

@@ -82,6 +82,13 @@ class OperatorViews:
                for (bucket, job_type), (w, v, n) in groups.items()]
         return sorted(out, key=lambda r: (r["bucket"], r["type"] or ""))
 
+    def jobs_with_id_prefix(self, prefix: str, limit: int = 20) -> list[Any]:
+        from .mongo import _doc_to_job  # mongo imports this mixin
+        with self._errors():
+            docs = list(self.coll.find({"_id": {"$gte": prefix, "$lt": prefix + "g"}}, sort=[("_id", 1)],
+                                       limit=int(limit)))
+        return [_doc_to_job(d) for d in docs]
+
     def register_worker(self, record: dict[str, Any]) -> None:
         doc = {k: v for k, v in record.items() if k != "id"}
         with self._errors():

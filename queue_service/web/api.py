@@ -179,7 +179,7 @@ def list_jobs() -> Response:
     if "before" in query and service.get(query["before"]) is None:
         raise ApiError(404, "Cursor job not found.", {"before": ["Unknown job id."]})
     jobs = service.list(status=query.get("status"), job_type=query.get("type"), limit=limit,
-                        before=query.get("before"), queue=query.get("queue"))
+                        before=query.get("before"), queue=query.get("queue"), due=query.get("due"))
     # A full page may be followed by an empty one; a short page is the last.
     next_before = jobs[-1].id if len(jobs) == limit else None
     page = {"jobs": [job.to_dict() for job in jobs], "nextBefore": next_before}

@@ -121,6 +121,18 @@ class JobListQuerySchema(marshmallow.Schema):
     queue = fields.String(validate=validate.Regexp(f"^{QUEUE_NAME}$"))
     before = fields.String(validate=validate.Regexp(JOB_ID, error="Not a valid job id."),
                            metadata={"format": "uuid", "description": "Cursor: the nextBefore of the previous page."})
+    due = fields.String(validate=validate.OneOf(["now", "later"]), metadata={
+        "description": "Pending jobs due now (runAt <= now) or later (scheduled: runAt > now); "
+                       "implies status=pending."})
+
+
+class JobSearchQuerySchema(marshmallow.Schema):
+    """``GET /jobs/search`` query string."""
+
+    idPrefix = fields.String(required=True, validate=validate.Regexp(r"^[0-9a-fA-F]{4}[0-9a-fA-F-]{0,32}$", error=(
+        "Must be 4 to 36 characters of a job id (hex digits, dashes).")), metadata={
+        "description": "The first characters of a job id (at least 4 hex digits, any case)."})
+    limit = QueryInteger(load_default=20, validate=validate.Range(1, 100), metadata={"default": 20})
 
 
 # -- responses ----------------------------------------------------------------

@@ -292,9 +292,13 @@ SELECT {COLUMNS} FROM queue_jobs
  WHERE (:status IS NULL OR status = :status)
    AND (:type IS NULL OR type = :type)
    AND (:queue IS NULL OR queue = :queue)
+   AND (:due_by IS NULL OR run_at <= :due_by) AND (:due_after IS NULL OR run_at > :due_after)
    AND (created_at < :before_at OR (created_at = :before_at AND id < :before_id))
  ORDER BY created_at DESC, id DESC LIMIT :limit
 """
+
+# The unique index on id: a range, prefix <= id < prefix + 'g' (ids are lowercase hex and dashes).
+JOBS_WITH_ID_PREFIX = f"SELECT {COLUMNS} FROM queue_jobs WHERE id >= :low AND id < :high ORDER BY id LIMIT :limit"
 
 # Only jobs created before the later cutoff can have finished before it: the
 # scan walks queue_jobs_newest up to there, not the whole table.

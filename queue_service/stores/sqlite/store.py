@@ -326,10 +326,16 @@ class SQLiteStore(Store):
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None) -> list[Job]:
+                  queue: str | None = None, due_by: datetime | None = None,
+                  due_after: datetime | None = None) -> list[Job]:
         before_at, before_id = _NO_CURSOR if before is None else (_ts(before[0]), before[1])
         rows = self._db.read(q.LIST_JOBS, {"status": status, "type": job_type, "queue": queue,
+                                           "due_by": _ts(due_by), "due_after": _ts(due_after),
                                            "before_at": before_at, "before_id": before_id, "limit": int(limit)})
+        return [_row_to_job(r) for r in rows]
+
+    def jobs_with_id_prefix(self, prefix: str, limit: int = 20) -> list[Job]:
+        rows = self._db.read(q.JOBS_WITH_ID_PREFIX, {"low": prefix, "high": prefix + "g", "limit": int(limit)})
         return [_row_to_job(r) for r in rows]
 
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:
