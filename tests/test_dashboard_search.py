@@ -78,3 +78,51 @@ def test_search_finds_a_job_and_a_failed_detail_shows_no_full_bar(browser, seede
         assert problems == []
     finally:
         context.close()
+
+
+def make_image_queue() -> JobQueue:
+    import io
+
+    from PIL import Image
+
+    queue = JobQueue(builtins=False, clock=ShiftableClock())
+
+    @queue.job_type("PICTURES")
+    def pictures(payload, job):
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(buffer, "PNG")
+        name = f"thumb-{job.id[:8]}.png"
+        job.put_file(name, buffer.getvalue(), "image/png")
+        return {"itemId": "item-1", "status": "completed", "images": [
+            {"source": "https://example.test/a.jpg", "url": f"/api/queue/media/{name}", "bytesBefore": 20480,
+             "bytesAfter": len(buffer.getvalue()), "width": 40, "height": 30, "error": None},
+            {"source": "https://example.test/b.jpg", "url": "https://example.test/b.jpg", "bytesBefore": None,
+             "bytesAfter": None, "width": None, "height": None, "error": "HTTP 404"}]}
+
+    return queue
+
+
+@pytest.mark.browser
+def test_image_results_show_thumbnails_from_the_media_route(browser, tmp_path, serve):  # noqa: F811
+    from playwright.sync_api import expect
+
+    app, queue = build_live_app(tmp_path, make_image_queue())
+    with app.app_context():
+        job_id = queue.add_job("PICTURES", {})
+        app.extensions["queue_service"].runtime.make_worker().run_once()
+    server = serve(app)
+    context, page, problems = open_page(browser, server)
+    try:
+        sign_in(page)
+        row(page, job_id).wait_for(timeout=WAIT_MS)
+        row(page, job_id).locator("td.cell-type").click()
+        thumb = page.locator("#detail-body table.thumbs img.thumb")
+        expect(thumb).to_have_count(1, timeout=WAIT_MS)  # only the stored image; the failed one has none
+        expect(page.locator("#detail-body table.thumbs")).to_contain_text("HTTP 404")
+        expect(page.locator("#detail-body table.thumbs")).to_contain_text("40×30")
+        thumb.evaluate("img => img.decode()")  # loaded from the media route under the page's CSP
+        assert thumb.evaluate("img => img.naturalWidth") == 40
+        shot(page, "dashboard-image-thumbnails-1280x800")
+        assert problems == []
+    finally:
+        context.close()

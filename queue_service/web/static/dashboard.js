@@ -545,7 +545,7 @@
   // by the media route (same origin: the CSP's img-src 'self').
   const MEDIA_PATH = `${new URL(API || '/', location.href).pathname.replace(/\/$/, '')}/media/`;
   function imagesTable(images) {
-    const kb = (n) => (Number.isFinite(n) ? `${Math.round(n / 1024).toLocaleString()} KB` : '–');
+    const kb = (n) => (!Number.isFinite(n) ? '–' : n < 10240 ? `${(n / 1024).toFixed(1)} KB` : `${Math.round(n / 1024).toLocaleString()} KB`);
     const rows = images.map((img) => {
       const url = typeof img.url === 'string' ? img.url : '';
       const local = url.startsWith(MEDIA_PATH) && !img.error;
