@@ -68,6 +68,13 @@ def test_search_finds_a_job_and_a_failed_detail_shows_no_full_bar(browser, seede
         assert '"done"' not in detail.text_content()  # no raw progress JSON
         shot(page, f"dashboard-search-failed-detail-{viewport[0]}x{viewport[1]}")
         assert page.evaluate("document.documentElement.scrollWidth") <= viewport[0]
+        # Retried by hand: a new count begins; the old attempt's heartbeat, worker and
+        # progress are not shown as the job's current ones.
+        page.click("#detail-actions button.action-retry")
+        expect(detail).to_contain_text("next: attempt 1 of 2 (2 runs in all)", timeout=WAIT_MS)
+        expect(row(page, failed).locator("td.cell-tries")).to_have_text("1 of 2")
+        assert page.locator("#detail-body progress").count() == 0
+        assert "Heartbeat" not in detail.text_content() and "Last worker" in detail.text_content()
         page.click("#detail-close")
         # Clearing the filters brings the whole list back; the latency chart has its p95 marks.
         page.click("#clear-filters")
