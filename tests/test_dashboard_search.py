@@ -79,7 +79,9 @@ def test_search_finds_a_job_and_a_failed_detail_shows_no_full_bar(browser, seede
         # Clearing the filters brings the whole list back; the latency chart has its p95 marks.
         page.click("#clear-filters")
         wait_count(page, "#jobs-body tr", 4)
-        page.locator("#latency-chart svg circle.dot-p95").first.wait_for(timeout=WAIT_MS)
+        dot = page.locator("#latency-chart svg circle.dot-p95").first
+        dot.wait_for(timeout=WAIT_MS)
+        assert "p95 by type: STEPS" in dot.locator("title").text_content()
         page.locator("#ops-section").scroll_into_view_if_needed()
         shot(page, f"dashboard-latency-{viewport[0]}x{viewport[1]}")
         assert problems == []

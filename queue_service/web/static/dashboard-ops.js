@@ -111,9 +111,14 @@
     const withDay = data.hours > 24;
     buckets.forEach((b, i) => {
       if (!Number.isFinite(b.waitP95)) return;
+      // The slowest types of the bucket by p95 latency, so a spike names its cause.
+      const slowest = Object.entries(b.types || {}).filter(([, t]) => Number.isFinite(t.waitP95))
+        .sort((p, q) => q[1].waitP95 - p[1].waitP95).slice(0, 3)
+        .map(([name, t]) => `${name} ${Q.duration(t.waitP95 * 1000)}`).join(', ');
       chart.append(svg('circle', { cx: x(i), cy: y(b.waitP95), r: 2.5, class: 'dot-p95' }, svg('title', {
         text: `${clock(b.start, withDay)}: queue latency p95 ${Q.duration(b.waitP95 * 1000)}, median ${
-          Q.duration((b.waitP50 ?? 0) * 1000)}; run time p95 ${Q.duration((b.runP95 ?? 0) * 1000)}` })));
+          Q.duration((b.waitP50 ?? 0) * 1000)}; run time p95 ${Q.duration((b.runP95 ?? 0) * 1000)}${
+          slowest ? ` · p95 by type: ${slowest}` : ''}` })));
     });
     ui.latency.replaceChildren(chart);
   }
