@@ -93,5 +93,8 @@ def measure(count: int = 200) -> dict[str, Any]:
         for i in range(count):
             queue.add_job(subjects.NOOP_TYPE, subjects.payload(i))
         phase("worker_loop_step", lambda i: worker.run_once(claim_next=True), count)
+        service = queue.state().service  # what /stats and /health cost (counts from indexes)
+        phase("stats", lambda i: service.stats(), 10)
+        phase("health", lambda i: service.health(), 10)
     out["end_to_end"] = out["enqueue"] + out["worker_loop_step"]
     return out

@@ -514,7 +514,12 @@ def test_media(api, clock):
     assert response.status_code == 200 and response.data == b"RIFF1234WEBPVP8 "
     assert "immutable" in response.headers["Cache-Control"]
     again = api.client.get(f"{PREFIX}/media/pic.webp", headers={"If-None-Match": response.headers["ETag"]})
-    assert again.status_code == 304
+    assert again.status_code == 304 and again.headers["ETag"] == response.headers["ETag"]
+    store = api.state.runtime.store
+    store.get_file = None  # a 304 answers from the stored ETag: the file is not read
+    assert api.client.get(f"{PREFIX}/media/pic.webp", headers={"If-None-Match": response.headers["ETag"]}
+                          ).status_code == 304
+    del store.get_file
     assert_error(api.client.get(f"{PREFIX}/media/missing.webp"), 404)
     assert_error(api.client.get(f"{PREFIX}/media/..%2Fetc"), 404)
 
@@ -569,3 +574,11 @@ def test_openapi_document_with_builtin_types(make_app):
     doc = app.test_client().get(f"{PREFIX}/openapi.json").get_json()
     for name in queue.registry.names():
         assert f"{name}Payload" in doc["components"]["schemas"]
+
+
+def test_the_list_route_leaves_out_payloads_when_asked_for_a_summary(api):
+    api.add("EMAIL", {"to": "a@example.com", "subject": "s"})
+    brief = api.get("/jobs?fields=summary").get_json()["jobs"][0]
+    assert "payload" not in brief and brief["result"] is None and brief["type"] == "EMAIL"
+    assert api.get("/jobs").get_json()["jobs"][0]["payload"]["to"] == "a@example.com"
+    assert_error(api.get("/jobs?fields=everything"), 400, "fields")

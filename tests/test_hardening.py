@@ -273,7 +273,7 @@ def test_read_only_connection_is_dropped_and_the_store_recovers(tmp_path, clock)
         pool.close()
         pool._idle.append(sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                           check_same_thread=False))
-        pool.read_only_seen = True
+        store.refusing_writes = True  # what the refused write sets (core.write_watch)
         with pytest.raises(StoreUnavailable):
             store.ping()
     finally:

@@ -21,7 +21,7 @@ def test_indexes_include_partial_claim_ttl_and_unique_active_key(mongo_db):
     store = MongoStore(lambda: mongo_db, "queue_jobs", completed_ttl_seconds=604800)
     store.setup()
     indexes = mongo_db["queue_jobs"].index_information()
-    assert indexes["claim_pending"]["partialFilterExpression"] == {"status": "pending"}
+    assert indexes["claim_pending_v2"]["partialFilterExpression"] == {"status": "pending"}
     ttl = indexes["completed_ttl_604800s"]  # the retention is in the name
     assert ttl["expireAfterSeconds"] == 604800
     assert ttl["partialFilterExpression"] == {"status": "completed"}
@@ -133,3 +133,107 @@ def test_documents_stored_before_queues_existed_are_in_the_default_queue(mongo_d
     assert store.counts_by_queue(now)["default"]["pending"] == 1
     assert store.claim("w", new_lock_token(), now, ("images",)) is None
     assert store.claim("w", new_lock_token(), now, ("default",)).id == "old"
+
+
+def test_the_claim_index_covers_run_at_and_the_previous_claim_indexes_go(mongo_db):
+    coll = mongo_db["queue_jobs"]
+    coll.create_index([("priority", -1), ("createdAt", 1)], name="claim_pending",
+                      partialFilterExpression={"status": "pending"})
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    indexes = coll.index_information()
+    assert "claim_pending" not in indexes and "dropped retired index 'claim_pending'" in store.setup_report
+    assert [k for k, _ in indexes["claim_pending_v2"]["key"]] == ["priority", "createdAt", "runAt"]
+    assert [k for k, _ in indexes["claim_pending_by_queue_v2"]["key"]][-1] == "runAt"
+    for name in ("pending_due", "processing_started", "queue_status"):
+        assert name in indexes
+
+
+def test_per_type_counts_are_cached_ten_seconds_on_the_given_clock(mongo_db):
+    from queue_service.core.clock import ManualClock
+    from tests.test_store_contract import add
+
+    clock = ManualClock()
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    add(store, clock, job_type="A")
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 1
+    add(store, clock, job_type="A")
+    clock.advance(9.999)
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 1  # the cached answer
+    clock.advance(0.001)
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 2
+
+
+def test_media_expire_with_the_completed_jobs_retention(mongo_db):
+    media = mongo_db["queue_jobs_media"]
+    media.create_index([("createdAt", 1)], name="media_created")  # what an older release made
+    store = MongoStore(lambda: mongo_db, "queue_jobs", completed_ttl_seconds=86400)
+    store.setup()
+    indexes = media.index_information()
+    assert indexes["media_ttl_86400s"]["expireAfterSeconds"] == 86400 and "media_created" not in indexes
+    other, cleanup = make_mongo_database()
+    try:
+        untimed = MongoStore(lambda: other, "queue_jobs")
+        untimed.setup()
+        assert "media_created" in untimed.media.index_information()
+    finally:
+        cleanup()
+
+
+class _LikeACompatibleServer:
+    """A collection that answers index builds as a MongoDB-compatible server
+    without some features does (Cosmos DB RU, FerretDB 1.x, DocumentDB elastic):
+    a stand-in, since none installs here. ``refuse``: the option it rejects
+    with an error; ``drop``: the option it accepts and silently leaves out."""
+
+    name = "queue_jobs"
+
+    def __init__(self, refuse=None, drop=None):
+        self.refuse, self.drop, self.indexes = refuse, drop, {"_id_": {"key": [("_id", 1)]}}
+
+    def index_information(self):
+        return {name: dict(info) for name, info in self.indexes.items()}
+
+    def create_index(self, keys, name, **options):
+        from pymongo.errors import OperationFailure
+
+        if self.refuse in options:
+            raise OperationFailure(f"{self.refuse} is not supported", 115)
+        options.pop(self.drop, None)
+        self.indexes[name] = {"key": list(keys), **options}
+
+    def drop_index(self, name):
+        self.indexes.pop(name, None)
+
+
+@pytest.mark.parametrize("refuse, drop, missing", [
+    ("partialFilterExpression", None, "partial indexes"),
+    ("expireAfterSeconds", None, "TTL indexes"),
+    (None, "partialFilterExpression", "partial indexes"),
+    (None, "expireAfterSeconds", "TTL indexes"),
+])
+def test_a_server_without_partial_or_ttl_indexes_is_a_named_configuration_error(refuse, drop, missing):
+    from queue_service.core.errors import ConfigurationError
+    from queue_service.stores import mongo_indexes
+
+    with pytest.raises(ConfigurationError) as caught:
+        mongo_indexes.ensure(_LikeACompatibleServer(refuse, drop), mongo_indexes.job_indexes(604800))
+    message = str(caught.value)
+    assert f"has no {missing}" in message and "docs/mongodb.md" in message and "\n" not in message
+
+
+def test_a_setup_refused_for_a_missing_feature_leaves_the_app_up(make_app, clock):
+    """The lazy store turns the ConfigurationError into a 503 with generic words."""
+    from queue_service.core.lazy_store import MISCONFIGURED, LazyStore, StoreNotReady
+
+    db, cleanup = make_mongo_database()
+    try:
+        store = MongoStore(lambda: db, "queue_jobs", completed_ttl_seconds=604800)
+        store._coll = _LikeACompatibleServer(refuse="partialFilterExpression")
+        lazy = LazyStore(lambda: store, clock)
+        with pytest.raises(StoreNotReady):
+            lazy.get()
+        assert lazy.reason == MISCONFIGURED
+    finally:
+        cleanup()

@@ -787,3 +787,74 @@ def test_worker_records_are_replaced_listed_and_purged(store, clock):
     assert workers[1]["kind"] == "standalone" and workers[1]["queues"] == ["images"]
     assert store.purge_workers(clock.now() - timedelta(seconds=10)) == 1
     assert [w["id"] for w in store.list_workers()] == ["a"]
+
+
+# -- reads that scale (issue 12) -------------------------------------------------
+def test_a_list_view_leaves_out_payload_result_and_progress_but_counts_attempts(store, clock):
+    job = add(store, clock, payload={"big": "x" * 1000})
+    claimed = claim(store, clock)
+    assert store.complete(claimed, clock.now(), {"out": 1})
+    [full] = store.list_jobs()
+    assert full.payload == {"big": "x" * 1000} and full.result == {"out": 1}
+    [brief] = store.list_jobs(summary=True)
+    assert brief.id == job.id and brief.status is JobStatus.COMPLETED
+    assert (brief.payload, brief.result, brief.progress) == (None, None, None)
+    assert brief.attempt_number == 1 and brief.attempts[0]["startedAt"] == claimed.attempts[0]["startedAt"]
+
+
+def test_per_type_counts_given_now_are_at_most_ten_seconds_old(store, clock):
+    add(store, clock, job_type="A")
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 1
+    add(store, clock, job_type="A")
+    assert store.counts_by_type().jobs[("A", "pending")] == 2  # without now: never cached
+    clock.advance(10)
+    assert store.counts_by_type(clock.now()).jobs[("A", "pending")] == 2
+
+
+def test_the_stuck_sweep_ends_the_open_attempt_only(store, clock):
+    add(store, clock, max_retries=5)
+    for _ in range(2):  # two attempts released, then a third one lost
+        job = claim(store, clock)
+        assert store.release(job, clock.now(), "deploy")
+        clock.advance(1)
+    claim(store, clock)
+    clock.advance(3600)
+    before = clock.now() - timedelta(seconds=60)
+    [stuck] = store.find_stuck(before)
+    assert store.recover_lost(stuck, before, clock.now(), "worker lost", retry=True)
+    got = store.get(stuck.id)
+    assert [a["outcome"] for a in got.attempts] == ["released", "released", "lost"]
+    assert got.attempts[2]["endedAt"] == clock.now() and got.status is JobStatus.PENDING
+    assert not store.recover_lost(stuck, before, clock.now(), "worker lost", retry=True)
+
+
+def test_a_files_etag_is_stored_at_write_time_and_read_without_its_data(store, clock):
+    import hashlib
+
+    assert store.file_etag("nope.webp") is None
+    store.put_file("a.webp", b"image bytes", "image/webp", clock.now())
+    expected = hashlib.sha256(b"image bytes").hexdigest()[:32]
+    assert store.file_etag("a.webp") == expected == store.get_file("a.webp").etag
+    store.put_file("a.webp", b"other bytes", "image/webp", clock.now())
+    assert store.file_etag("a.webp") == hashlib.sha256(b"other bytes").hexdigest()[:32]
+
+
+def test_attempts_are_capped_keeping_the_first_and_the_latest(store, clock):
+    from queue_service.core.jobs import MAX_ATTEMPTS_KEPT
+
+    add(store, clock)
+    starts = []
+    for _ in range(MAX_ATTEMPTS_KEPT + 5):
+        job = claim(store, clock)
+        starts.append(job.attempts[-1]["startedAt"])
+        assert store.release(job, clock.now(), "deploy")
+        clock.advance(1)
+    job = claim(store, clock)
+    starts.append(job.attempts[-1]["startedAt"])
+    assert len(job.attempts) == MAX_ATTEMPTS_KEPT and job.attempt_number == MAX_ATTEMPTS_KEPT + 6
+    assert store.complete(job, clock.now(), None)
+    got = store.get(job.id)
+    assert len(got.attempts) == MAX_ATTEMPTS_KEPT and got.attempt_number == MAX_ATTEMPTS_KEPT + 6
+    assert [a["startedAt"] for a in got.attempts] == [starts[0], *starts[-(MAX_ATTEMPTS_KEPT - 1):]]
+    assert got.attempts[-1]["outcome"] == "completed"
+    assert [a["outcome"] for a in got.attempts[:-1]] == ["released"] * (MAX_ATTEMPTS_KEPT - 1)

@@ -315,26 +315,26 @@ def test_add_job_wakes_the_local_worker(make_app):
 
 
 def test_full_gc_after_long_jobs_and_when_idle(make_app, clock, monkeypatch):
-    import queue_service.core.worker as worker_module
+    import queue_service.core.memory as memory
 
     app, queue = make_app()
     queue.job_type("QUICK")(lambda payload, job: None)
     worker = app.extensions["queue_service"].runtime.make_worker()
     collections, freezes, trims = [], [], []
-    monkeypatch.setattr(worker_module.gc, "collect", lambda *a: collections.append(a))
-    monkeypatch.setattr(worker_module.gc, "freeze", lambda: freezes.append(len(collections)))
-    monkeypatch.setattr(worker_module, "_frozen_pid", None)
-    monkeypatch.setattr(worker_module, "trim_heap", lambda: trims.append(len(collections)))
+    monkeypatch.setattr(memory.gc, "collect", lambda *a: collections.append(a))
+    monkeypatch.setattr(memory.gc, "freeze", lambda: freezes.append(len(collections)))
+    monkeypatch.setattr(memory, "_frozen_pid", None)
+    monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(len(collections)))
     queue.add_job("QUICK", {}, app=app)
     worker.run_once()
     assert collections == []  # a quick job in a burst: no 5-20 ms full collection yet
-    monkeypatch.setattr(worker_module, "GC_AFTER_JOB_SECONDS", 0.0)
+    monkeypatch.setattr(memory, "GC_AFTER_JOB_SECONDS", 0.0)
     queue.add_job("QUICK", {}, app=app)
     worker.run_once()
     assert len(collections) == 1  # a "long" job pays for its own collection
     assert freezes == [1]  # what survived the first collection is set aside, once per process
     assert trims == [1]  # and the long job's freed heap goes back to the OS
-    monkeypatch.setattr(worker_module, "GC_AFTER_JOB_SECONDS", 3600.0)
+    monkeypatch.setattr(memory, "GC_AFTER_JOB_SECONDS", 3600.0)
     queue.add_job("QUICK", {}, app=app)
     thread = threading.Thread(target=worker.run_forever, name="queue-worker", daemon=True)
     thread.start()
@@ -358,7 +358,7 @@ def _rss_bytes() -> int:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/statm"),
                     reason="malloc_trim is glibc's")
 def test_trim_heap_gives_freed_heap_pages_back_to_the_os():
-    from queue_service.core.worker import trim_heap
+    from queue_service.core.memory import trim_heap
 
     blocks = [bytes(4000 + i % 7) for i in range(20_000)]  # ~80 MB of malloc heap, not mmap
     pins = blocks[::50] + [blocks[-1]]  # live blocks all along it: the heap cannot just shrink

@@ -70,5 +70,11 @@ class StoreUnavailable(StoreError):
     """The store could not be reached (locked, down, timed out)."""
 
 
+class StoreRefusesWrites(StoreUnavailable):
+    """The store answers reads but refuses writes (MongoDB Atlas over its
+    quota, code 8000; a read-only or full SQLite file). Health says "store
+    refuses writes" until a write succeeds again (``core.write_watch``)."""
+
+
 class ConfigurationError(QueueError):
     """A setting has a value the queue cannot use."""

@@ -105,13 +105,28 @@ def iso(value: datetime | None) -> str | None:
     return value.replace(tzinfo=None).isoformat("T", "milliseconds" if value.microsecond else "seconds") + "Z"
 
 
+MAX_ATTEMPTS_KEPT = 20
+
+
+def capped_attempts(attempts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int] | None:
+    """The attempts a store keeps when a claim made them more than
+    ``MAX_ATTEMPTS_KEPT`` (the first, then the latest), and how many went;
+    None when nothing needs to go."""
+    extra = len(attempts) - MAX_ATTEMPTS_KEPT
+    if extra <= 0:
+        return None
+    return [attempts[0], *attempts[extra + 1:]], extra
+
+
 @dataclass
 class Job:
     """One job as stored. Times are aware UTC datetimes.
 
     ``attempts`` holds one dict per claim, in order: ``startedAt``, ``worker``,
     and once the attempt ended ``endedAt``, ``outcome`` and possibly ``error``
-    and ``nextDelaySeconds``. The current attempt is the last one.
+    and ``nextDelaySeconds``. The current attempt is the last one. At most
+    ``MAX_ATTEMPTS_KEPT`` are kept: the first and the latest;
+    ``attempts_dropped`` counts those left out between them.
     """
 
     id: str
@@ -138,11 +153,12 @@ class Job:
     scheduled_by: str | None = None     # the schedule that enqueued it (core.periodic)
     slot: datetime | None = None        # and the slot it was enqueued for
     schema_fingerprint: str | None = None  # its type's schema at enqueue (core.fingerprint)
+    attempts_dropped: int = 0           # attempts left out between the first and the latest kept
 
     @property
     def attempt_number(self) -> int:
         """1-based number of the current (or last) attempt."""
-        return len(self.attempts)
+        return len(self.attempts) + self.attempts_dropped
 
     @property
     def budget_attempt(self) -> int:
@@ -157,7 +173,7 @@ class Job:
         """The one wording of tries (CLI, logs, dashboard): "attempt 3 of 4"
         ("next: attempt 3 of 4" while pending), plus "(5 runs in all)" when the
         attempts list holds more runs than the count covers."""
-        n, runs = self.budget_attempt, len(self.attempts)
+        n, runs = self.budget_attempt, self.attempt_number
         if not n:
             return attempt_text(0, self.max_retries)
         pending = self.status is JobStatus.PENDING

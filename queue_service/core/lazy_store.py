@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from .clock import Clock
-from .errors import ConfigurationError, StoreUnavailable
+from .errors import ConfigurationError, StoreRefusesWrites, StoreUnavailable
 from .store import Store
+from .write_watch import REFUSES_WRITES
 
 log = logging.getLogger("queue_service")
 
@@ -150,6 +151,8 @@ def public_reason(exc: BaseException) -> str:
     """What a public health check may say about a store failure: no hosts, no driver text."""
     if isinstance(exc, StoreNotReady):
         return str(exc) if str(exc) in (UNREACHABLE, MISCONFIGURED) else UNREACHABLE
+    if isinstance(exc, StoreRefusesWrites):
+        return REFUSES_WRITES
     if isinstance(exc, StoreUnavailable):
         return UNREACHABLE
     return "store error"

@@ -25,6 +25,7 @@ from .registry import Registry
 from .runtime import Runtime
 from .scheduler import recover_stuck
 from .submission import build_job, is_int
+from .write_watch import REFUSES_WRITES
 
 log = logging.getLogger("queue_service")
 
@@ -118,9 +119,11 @@ class QueueService:
         return self.store.get(job_id)
 
     def list(self, *, status: str | None = None, job_type: str | None = None, limit: int = 50,
-             before: str | None = None, queue: str | None = None, due: str | None = None) -> list[Job]:
-        """Jobs newest first; ``before`` is the id of the last job of the previous page.
-        ``due``: "now" (pending and runnable) or "later" (pending, runAt in the future)."""
+             before: str | None = None, queue: str | None = None, due: str | None = None,
+             summary: bool = False) -> list[Job]:
+        """Jobs newest first; ``before`` is the id of the last job of the previous page;
+        ``due``: "now" (pending and runnable) or "later" (pending, runAt in the future);
+        ``summary``: without payload, result and progress (``Store.list_jobs``)."""
         errors: dict[str, Any] = {}
         due_by = due_after = None
         if due is not None:
@@ -145,7 +148,8 @@ class QueueService:
             errors["queue"] = [f"Must match {QUEUE_NAME}."]
         if errors:
             raise ValidationError(errors)
-        return self.store.list_jobs(status, job_type, limit, cursor, queue, due_by=due_by, due_after=due_after)
+        return self.store.list_jobs(status, job_type, limit, cursor, queue, summary=summary,
+                                    due_by=due_by, due_after=due_after)
 
     def find_by_id_prefix(self, prefix: str, limit: int = 20) -> list[Job]:
         """Jobs whose id starts with ``prefix``: 4 hex digits, then up to 32 more or dashes; any case."""
@@ -175,7 +179,7 @@ class QueueService:
         return self.store.counts_by_queue(self.clock.now())
 
     def counts_by_type(self) -> TypeCounts:
-        return self.store.counts_by_type()
+        return self.store.counts_by_type(self.clock.now())
 
     def is_stuck(self, job: Job) -> bool:
         return self.policy.is_stuck(job, self.clock.now())
@@ -275,6 +279,8 @@ class QueueService:
         try:
             self.store.ping()
             stats = self.stats()
+            if getattr(self.store, "refusing_writes", False):
+                problems.append(REFUSES_WRITES)  # reads answer; the last write was refused
         except StoreError as exc:  # generic words here; the driver's text (hosts, ports) to the log
             problems.append(public_reason(exc))
             log.debug("[Queue] health: %s", describe_cause(exc))

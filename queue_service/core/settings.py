@@ -134,6 +134,11 @@ class Settings:
     stuck_after: float = 600.0
     cleanup_interval: float = 300.0
     poll_interval: float = 1.0
+    poll_max_interval: float = 10.0  # idle polls double from poll_interval up to this (core/idle.py)
+    #: The ceiling's default when QUEUE_POLL_MAX_INTERVAL is unset: on MongoDB a
+    #: poll is a round trip counted against the server's quota, so idle polls
+    #: back off to 10 s; on SQLite it is a local read, so they do not back off.
+    MONGO_POLL_MAX_INTERVAL = 10.0
     shutdown_timeout: float = 25.0
     completed_ttl: float = 604800.0
     failed_ttl: float = 2592000.0
@@ -155,8 +160,10 @@ class Settings:
     worker_queues: tuple[str, ...] | None = None  # None: every queue ("*")
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "Settings":
-        """From ``config`` (app.config), else ``environ`` (default ``os.environ``)."""
+    def from_config(cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                    mongo_given: bool = False) -> "Settings":
+        """From ``config`` (app.config), else ``environ`` (default ``os.environ``).
+        ``mongo_given``: the host handed over a MongoDB database (``init_app(mongo=...)``)."""
         def get(key: str, default: Any = None) -> Any:
             return setting(config, key, default, environ)
 
@@ -185,6 +192,9 @@ class Settings:
             stuck_after=as_seconds(get("QUEUE_STUCK_AFTER", 600), "QUEUE_STUCK_AFTER", 0.001),
             cleanup_interval=as_seconds(get("QUEUE_CLEANUP_INTERVAL", 300), "QUEUE_CLEANUP_INTERVAL", 0.001),
             poll_interval=as_seconds(get("QUEUE_POLL_INTERVAL", 1), "QUEUE_POLL_INTERVAL", 0.001),
+            poll_max_interval=as_seconds(get("QUEUE_POLL_MAX_INTERVAL", cls.MONGO_POLL_MAX_INTERVAL
+                                             if mongo_given or get("MONGO_URI") else get("QUEUE_POLL_INTERVAL", 1)),
+                                         "QUEUE_POLL_MAX_INTERVAL", 0.001),
             shutdown_timeout=as_seconds(get("QUEUE_SHUTDOWN_TIMEOUT", 25), "QUEUE_SHUTDOWN_TIMEOUT"),
             completed_ttl=as_seconds(get("QUEUE_COMPLETED_TTL", 604800), "QUEUE_COMPLETED_TTL"),
             failed_ttl=as_seconds(get("QUEUE_FAILED_TTL", 2592000), "QUEUE_FAILED_TTL"),

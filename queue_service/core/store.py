@@ -18,12 +18,19 @@ or ``StoreError`` (anything else), ``from`` the original.
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from .jobs import Job
+from .write_watch import watch_writes
+
+
+def media_etag(data: bytes) -> str:
+    """A stored file's ETag; the stores compute it once, at write time."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 @dataclass
@@ -32,6 +39,7 @@ class StoredFile:
     data: bytes
     content_type: str
     created_at: datetime
+    etag: str | None = None
 
 
 @dataclass
@@ -73,6 +81,12 @@ class Store(ABC):
 
     #: Short name shown in health output ("sqlite", "mongodb").
     kind = "abstract"
+    #: True after a write was refused (StoreRefusesWrites), until one succeeds (core.write_watch).
+    refusing_writes = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        watch_writes(cls)
 
     @abstractmethod
     def setup(self) -> None:
@@ -161,7 +175,9 @@ class Store(ABC):
     @abstractmethod
     def find_stuck(self, heartbeat_before: datetime, limit: int = 1000) -> list[Job]:
         """Processing jobs whose ``heartbeat_at < heartbeat_before``, oldest
-        heartbeat first, at most ``limit``. A read: nothing changes."""
+        heartbeat first, at most ``limit``. A read: nothing changes. For the
+        sweep only: a store may leave ``payload`` None and keep only the last
+        attempt (MongoDB does: no whole attempts arrays are read)."""
 
     @abstractmethod
     def recover_lost(self, job: Job, heartbeat_before: datetime, now: datetime, error: str,
@@ -206,19 +222,24 @@ class Store(ABC):
         None}``; statuses without jobs may be missing."""
 
     @abstractmethod
-    def counts_by_type(self) -> TypeCounts:
+    def counts_by_type(self, now: datetime | None = None) -> TypeCounts:
         """Every stored job counted by ``(type, status)``, and every attempt
         recorded on them by ``(type, outcome)``; an attempt still running
-        (no outcome yet) counts as ``"running"``. Grouped in the store."""
+        (no outcome yet) counts as ``"running"``. Grouped in the store. Given
+        ``now`` (the queue's clock), a store may answer from a result at most
+        a few seconds old (MongoDB: 10 s)."""
 
     @abstractmethod
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None, due_by: datetime | None = None,
+                  queue: str | None = None, summary: bool = False, due_by: datetime | None = None,
                   due_after: datetime | None = None) -> list[Job]:
-        """``due_by``/``due_after``: only jobs with ``run_at <= due_by`` / ``run_at > due_after``.
-        Jobs newest first (``created_at`` desc, then id desc), filtered by
-        status, type and queue, strictly after the cursor ``(created_at, id)``."""
+        """Jobs newest first (``created_at`` desc, then id desc), filtered by
+        status, type and queue, strictly after the cursor ``(created_at, id)``;
+        ``due_by``/``due_after``: only jobs with ``run_at <= due_by`` / ``run_at > due_after``.
+        ``summary``: a list view's jobs: ``payload``, ``result`` and ``progress``
+        are None (not read where the store can avoid it), attempts keep at least
+        ``startedAt`` (their number is right)."""
 
     @abstractmethod
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:
@@ -295,7 +316,15 @@ class Store(ABC):
 
     @abstractmethod
     def get_file(self, name: str) -> StoredFile | None:
-        """The file, or None."""
+        """The file (with its ``etag``), or None."""
+
+    def file_etag(self, name: str) -> str | None:
+        """The file's ETag without its data (stored at write time), or None if
+        there is no such file. Here: read from the file, for stores without one."""
+        stored = self.get_file(name)
+        if stored is None:
+            return None
+        return stored.etag or media_etag(stored.data)
 
     @abstractmethod
     def purge_files(self, created_before: datetime) -> int:

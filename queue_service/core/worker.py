@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import gc
 import inspect
 import json
 import logging
@@ -24,9 +23,11 @@ from typing import Any, Callable
 
 import marshmallow
 
-from . import storable
+from . import memory, storable
+
 from .clock import Clock, ShiftedClock
 from .errors import PermanentJobError, UnstorableValue
+from .idle import IdleBackoff
 from .lazy_store import log_loop_failure
 from .context import JobContext
 from .jobs import Job, JobStatus, RetryPolicy, attempt_text, new_lock_token
@@ -39,30 +40,7 @@ log = logging.getLogger("queue_service.worker")
 
 MAX_BACKOFF_SECONDS = 30.0
 MAX_TRACEBACK_CHARS = 8192  # an attempt keeps the last 8 KB of its traceback (the frames nearest the raise)
-GC_AFTER_JOB_SECONDS = 0.1  # a job this long pays for its own full collection
-GC_MAX_INTERVAL_SECONDS = 5.0
 FAR_FUTURE = timedelta(days=100 * 366)  # past any run_at (delays are at most a year)
-_frozen_pid: int | None = None  # the process whose long-lived objects gc.freeze() set aside
-_malloc_trim: Any = False  # glibc's malloc_trim once looked up; None where there is none
-
-
-def trim_heap() -> bool:
-    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``).
-    A big job (a decoded photo) frees tens of MB that glibc otherwise keeps
-    in the process for reuse, fragmented, so the next big job peaks higher.
-    Returns False where there is no such call (musl, macOS): nothing to do."""
-    global _malloc_trim
-    if _malloc_trim is False:
-        try:
-            import ctypes  # here, not at import: ~0.3 MB that idle workers never pay
-
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (ImportError, OSError, AttributeError, TypeError):  # TypeError: CDLL(None) on Windows
-            _malloc_trim = None
-    if _malloc_trim is None:
-        return False
-    _malloc_trim(0)
-    return True
 
 
 def new_worker_id() -> str:
@@ -114,6 +92,7 @@ class Worker:
         self.policy = RetryPolicy(settings.stuck_after)
         self.heartbeat_interval = settings.heartbeat_interval
         self.poll_interval = settings.poll_interval
+        self.idle = IdleBackoff(settings.poll_interval, settings.poll_max_interval)
         self.worker_id = new_worker_id()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -167,9 +146,9 @@ class Worker:
             self.jobs_done += 1
             self._jobs_since_gc += 1
             ran = time.monotonic() - started
-            if ran >= GC_AFTER_JOB_SECONDS:
+            if ran >= memory.GC_AFTER_JOB_SECONDS:
                 self.collect_garbage(trim=True)
-            elif time.monotonic() - self._last_gc >= GC_MAX_INTERVAL_SECONDS:
+            elif time.monotonic() - self._last_gc >= memory.GC_MAX_INTERVAL_SECONDS:
                 self.collect_garbage()
         return job
 
@@ -187,25 +166,9 @@ class Worker:
             self._last_heartbeat = job.heartbeat_at
 
     def collect_garbage(self, trim: bool = False) -> None:
-        """A full collection, so a big job's cycles don't hold memory on a
-        512 MB dyno. After small jobs it waits until the worker is idle (or
-        GC_MAX_INTERVAL_SECONDS passed). ``trim`` (after a job of
-        GC_AFTER_JOB_SECONDS or more): then also hand the freed heap back to
-        the OS (trim_heap), which is what returns a big job's memory.
-
-        The first one in a process also freezes what survives it (gc.freeze):
-        by then that is the loaded app (modules, Flask, the handlers'
-        libraries), which lives as long as the process. Later collections skip
-        it: 5-20 ms each in a Flask process before, well under 1 ms after.
-        Frozen objects are still freed by reference counting; only a cycle
-        among them would never be collected."""
-        global _frozen_pid
-        gc.collect()
-        if _frozen_pid != os.getpid():
-            gc.freeze()
-            _frozen_pid = os.getpid()
-        if trim:
-            trim_heap()
+        """A full collection now (``memory.full_collection``): after a job of
+        memory.GC_AFTER_JOB_SECONDS or more (then with ``trim``), or once idle."""
+        memory.full_collection(trim)
         self._jobs_since_gc = 0
         self._last_gc = time.monotonic()
 
@@ -399,8 +362,12 @@ class Worker:
                 # time it runs dry: under a trickle (every add_job wakes us) that
                 # was a 5-20 ms full collection per job, holding the GIL against
                 # the request thread (HTTP enqueue fell to ~1/4 of its rate).
-                if not self.clock.wait(self.wake, self.poll_interval) and self._jobs_since_gc:
+                woken = self.clock.wait(self.wake, self.idle.next)
+                self.idle.waited(woken)
+                if not woken and self._jobs_since_gc:
                     self.collect_garbage()
+            else:
+                self.idle.found_work()
         # A job claimed for a step that will not run now goes back at once
         # (else it would wait out the stuck threshold).
         try:

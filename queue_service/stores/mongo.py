@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Iterator
 
 import pymongo
@@ -24,10 +24,12 @@ from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, Du
 from bson.errors import InvalidDocument
 
 from . import mongo_indexes
-from ..core.errors import StoreError, StoreUnavailable, UnstorableValue
-from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
-from ..core.store import ScheduleState, Store, StoredFile, TypeCounts
+from ..core.errors import StoreError, StoreRefusesWrites, StoreUnavailable, UnstorableValue
+from ..core.jobs import Job, capped_attempts
+from ..core.store import ScheduleState, Store, StoredFile, media_etag
+from .mongo_docs import _aware, _doc_to_job, _in_queues
 from .mongo_operator import OperatorViews
+from .mongo_reads import ReadViews
 
 _MOCK_LOCK = threading.RLock()
 MAX_MEDIA_BYTES = 15 * 1024 * 1024
@@ -39,46 +41,17 @@ _PINNED = {"codec_options": CodecOptions(tz_aware=True),  # UTC; mongomock refus
            "read_preference": ReadPreference.PRIMARY, "write_concern": WriteConcern("majority")}
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # a host client without tz_aware: BSON dates are UTC
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+# Atlas's "you are over your space quota" (AtlasError 8000): reads still answer.
+WRITES_REFUSED_CODES = frozenset({8000})
 
 
-def _doc_to_job(doc: dict[str, Any]) -> Job:
-    attempts = []
-    for a in doc.get("attempts", []):
-        a = dict(a)
-        for key in ("startedAt", "endedAt"):
-            if a.get(key) is not None:
-                a[key] = _aware(a[key])
-        attempts.append(a)
-    return Job(
-        id=doc["_id"], type=doc["type"], payload=doc["payload"], status=JobStatus(doc["status"]),
-        priority=doc["priority"], retry_count=doc["retryCount"], max_retries=doc["maxRetries"],
-        retry_delays=list(doc["retryDelays"]), created_at=_aware(doc["createdAt"]),
-        run_at=_aware(doc["runAt"]), processed_at=_aware(doc.get("processedAt")),
-        completed_at=_aware(doc.get("completedAt")), heartbeat_at=_aware(doc.get("heartbeatAt")),
-        worker_id=doc.get("workerId"), lock_token=doc.get("lockToken"), error=doc.get("error"),
-        result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
-        idempotency_key=doc.get("idempotencyKey"), queue=doc.get("queue") or DEFAULT_QUEUE,
-        scheduled_by=doc.get("scheduledBy"), slot=_aware(doc.get("slot")),
-        schema_fingerprint=doc.get("schemaFingerprint"),
-    )
+def _refuses_writes(exc: PyMongoError) -> bool:
+    if isinstance(exc, BulkWriteError):
+        return any(e.get("code") in WRITES_REFUSED_CODES for e in exc.details.get("writeErrors", []))
+    return getattr(exc, "code", None) in WRITES_REFUSED_CODES
 
 
-def _in_queues(queues: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """A filter on the queue field; a document stored before queues existed
-    has none and is in the default queue."""
-    names: list[Any] = list(queues)
-    if DEFAULT_QUEUE in names:
-        names.append(None)  # $in with null also matches a missing field
-    return {"$in": names}
-
-
-class MongoStore(OperatorViews, Store):
+class MongoStore(ReadViews, OperatorViews, Store):
     kind = "mongodb"
 
     def __init__(self, get_db: Callable[[], Any], collection: str = "queue_jobs",
@@ -120,6 +93,8 @@ class MongoStore(OperatorViews, Store):
             except (ServerSelectionTimeoutError, ConnectionFailure, AutoReconnect) as exc:
                 raise StoreUnavailable(f"MongoDB unreachable: {exc}") from exc
             except PyMongoError as exc:
+                if _refuses_writes(exc):
+                    raise StoreRefusesWrites(f"MongoDB refuses writes: {exc}") from exc
                 raise StoreError(f"MongoDB: {exc}") from exc
             except (InvalidDocument, OverflowError) as exc:  # bson's: not PyMongoErrors
                 raise UnstorableValue(f"MongoDB cannot store this document: {exc}") from exc
@@ -140,9 +115,10 @@ class MongoStore(OperatorViews, Store):
         ``setup_report`` keeps what it did."""
         c = self.coll
         with self._errors():
-            self.setup_report = mongo_indexes.ensure(c, mongo_indexes.job_indexes(self.completed_ttl_seconds))
+            self.setup_report = mongo_indexes.ensure(c, mongo_indexes.job_indexes(self.completed_ttl_seconds),
+                                                   mongo_indexes.RETIRED)
             self.setup_report += mongo_indexes.ensure(
-                self.media, [mongo_indexes.IndexSpec("media_created", (("createdAt", 1),))])
+                self.media, *mongo_indexes.media_indexes(self.completed_ttl_seconds))
 
     def close(self) -> None:
         self._coll = None
@@ -234,7 +210,15 @@ class MongoStore(OperatorViews, Store):
                  "$push": {"attempts": {"startedAt": now, "worker": worker_id}}},
                 sort=[("priority", pymongo.DESCENDING), ("createdAt", pymongo.ASCENDING)],
                 return_document=ReturnDocument.AFTER)
-        return _doc_to_job(doc) if doc else None
+        if doc is None:
+            return None
+        job = _doc_to_job(doc)
+        capped = capped_attempts(doc["attempts"])  # the first and the latest: one more write, past 20 only
+        if capped is not None:
+            kept, dropped = capped
+            job.attempts, job.attempts_dropped = job.attempts[:1] + job.attempts[dropped + 1:], job.attempts_dropped + dropped
+            self._update_claimed(job, {"$set": {"attempts": kept}, "$inc": {"attemptsDropped": dropped}})
+        return job
 
     @staticmethod
     def _fence(job: Job) -> dict[str, Any]:
@@ -291,26 +275,6 @@ class MongoStore(OperatorViews, Store):
                      **self._end_attempt(job, now, "released", reason)},
             "$unset": {"lockToken": ""}})
 
-    def find_stuck(self, heartbeat_before: datetime, limit: int = 1000) -> list[Job]:
-        with self._errors():
-            docs = list(self.coll.find({"status": "processing", "heartbeatAt": {"$lt": heartbeat_before}},
-                                       sort=[("heartbeatAt", 1)], limit=int(limit)))
-        return [_doc_to_job(d) for d in docs]
-
-    def recover_lost(self, job: Job, heartbeat_before: datetime, now: datetime, error: str,
-                     retry: bool) -> bool:
-        fence = {**self._fence(job), "heartbeatAt": {"$lt": heartbeat_before}}
-        index = len(job.attempts) - 1
-        ended = self._end_attempt(job, now, "lost", error) if index >= 0 else {}
-        if retry:
-            update = {"$set": {"status": "pending", "runAt": now, "error": error, **ended},
-                      "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}}
-        else:
-            update = {"$set": {"status": "failed", "completedAt": now, "error": error, **ended},
-                      "$unset": {"lockToken": "", "activeKey": ""}}
-        with self._errors():
-            return self.coll.update_one(fence, update).matched_count == 1
-
     def cancel(self, job_id: str, now: datetime) -> bool:
         with self._errors():
             return self.coll.update_one(
@@ -340,66 +304,6 @@ class MongoStore(OperatorViews, Store):
         with self._errors():
             return self.coll.update_one({"_id": job_id, "status": "pending", "runAt": {"$gt": now}},
                                         {"$set": {"runAt": now}}).modified_count == 1
-
-    def counts(self, now: datetime) -> dict[str, Any]:
-        out: dict[str, Any] = {s.value: 0 for s in JobStatus}
-        with self._errors():
-            for row in self.coll.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
-                out[row["_id"]] = row["n"]
-            pending = self.coll.find_one({"status": "pending", "runAt": {"$lte": now}},
-                                         projection={"runAt": 1}, sort=[("runAt", 1)])
-            processing = self.coll.find_one({"status": "processing"}, projection={"processedAt": 1},
-                                            sort=[("processedAt", 1)])
-            out["scheduled"] = self.coll.count_documents({"status": "pending", "runAt": {"$gt": now}})
-        out["total"] = sum(out[s.value] for s in JobStatus)
-        out["oldestPendingAt"] = _aware(pending["runAt"]) if pending else None
-        out["oldestProcessingAt"] = _aware(processing["processedAt"]) if processing else None
-        return out
-
-    def counts_by_queue(self, now: datetime) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        queue = {"$ifNull": ["$queue", DEFAULT_QUEUE]}
-        with self._errors():
-            for row in self.coll.aggregate([{"$group": {"_id": {"queue": queue, "status": "$status"},
-                                                        "n": {"$sum": 1}}}]):
-                out.setdefault(row["_id"]["queue"], {"oldestPendingAt": None})[row["_id"]["status"]] = row["n"]
-            for row in self.coll.aggregate([{"$match": {"status": "pending", "runAt": {"$lte": now}}},
-                                            {"$group": {"_id": queue, "oldest": {"$min": "$runAt"}}}]):
-                out.setdefault(row["_id"], {})["oldestPendingAt"] = _aware(row["oldest"])
-        return out
-
-    def counts_by_type(self) -> TypeCounts:
-        with self._errors():
-            jobs = self.coll.aggregate([
-                {"$group": {"_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1}}}])
-            by_job = {(r["_id"]["type"], r["_id"]["status"]): r["n"] for r in jobs}
-            attempts = self.coll.aggregate([
-                {"$project": {"type": 1, "attempts.outcome": 1}},
-                {"$unwind": "$attempts"},
-                {"$group": {"_id": {"type": "$type", "outcome": {"$ifNull": ["$attempts.outcome", "running"]}},
-                            "n": {"$sum": 1}}}])
-            by_attempt = {(r["_id"]["type"], r["_id"]["outcome"]): r["n"] for r in attempts}
-        return TypeCounts(by_job, by_attempt)
-
-    def list_jobs(self, status: str | None = None, job_type: str | None = None,
-                  limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None, due_by: datetime | None = None,
-                  due_after: datetime | None = None) -> list[Job]:
-        query: dict[str, Any] = {}
-        if due_by is not None or due_after is not None:
-            query["runAt"] = {**({"$lte": due_by} if due_by else {}), **({"$gt": due_after} if due_after else {})}
-        if queue is not None:
-            query["queue"] = _in_queues([queue])
-        if status is not None:
-            query["status"] = status
-        if job_type is not None:
-            query["type"] = job_type
-        if before is not None:
-            query["$or"] = [{"createdAt": {"$lt": before[0]}},
-                            {"createdAt": before[0], "_id": {"$lt": before[1]}}]
-        with self._errors():
-            docs = list(self.coll.find(query, sort=[("createdAt", -1), ("_id", -1)], limit=int(limit)))
-        return [_doc_to_job(d) for d in docs]
 
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:
         with self._errors():
@@ -465,15 +369,23 @@ class MongoStore(OperatorViews, Store):
             raise StoreError(f"file {name} is {len(data)} bytes; the MongoDB store keeps at most {MAX_MEDIA_BYTES}")
         with self._errors():
             self.media.replace_one({"_id": name}, {"_id": name, "data": Binary(data), "length": len(data),
-                                                   "contentType": content_type, "createdAt": now},
-                                   upsert=True)
+                                                   "contentType": content_type, "createdAt": now,
+                                                   "etag": media_etag(data)}, upsert=True)
 
     def get_file(self, name: str) -> StoredFile | None:
         with self._errors():
             doc = self.media.find_one({"_id": name})
         if doc is None:
             return None
-        return StoredFile(name, bytes(doc["data"]), doc["contentType"], _aware(doc["createdAt"]))
+        data = bytes(doc["data"])
+        return StoredFile(name, data, doc["contentType"], _aware(doc["createdAt"]), doc.get("etag") or media_etag(data))
+
+    def file_etag(self, name: str) -> str | None:
+        with self._errors():
+            doc = self.media.find_one({"_id": name}, projection={"etag": 1})
+        if doc is None:
+            return None
+        return doc.get("etag") or super().file_etag(name)  # a file stored before etags were
 
     def purge_files(self, created_before: datetime) -> int:
         with self._errors():

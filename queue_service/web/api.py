@@ -178,11 +178,16 @@ def list_jobs() -> Response:
     # like any other id that names nothing; a malformed one is a 400.
     if "before" in query and service.get(query["before"]) is None:
         raise ApiError(404, "Cursor job not found.", {"before": ["Unknown job id."]})
+    summary = query.get("view") == "summary"  # a list view: no payload read, none sent
     jobs = service.list(status=query.get("status"), job_type=query.get("type"), limit=limit,
-                        before=query.get("before"), queue=query.get("queue"), due=query.get("due"))
+                        before=query.get("before"), queue=query.get("queue"), summary=summary,
+                        due=query.get("due"))
     # A full page may be followed by an empty one; a short page is the last.
     next_before = jobs[-1].id if len(jobs) == limit else None
-    page = {"jobs": [job.to_dict() for job in jobs], "nextBefore": next_before}
+    dumped = [job.to_dict() for job in jobs]
+    for data in dumped if summary else ():
+        data.pop("payload", None)
+    page = {"jobs": dumped, "nextBefore": next_before}
     return json_response(_JOB_PAGE.dump(page))
 
 

@@ -198,7 +198,8 @@ def list_command(status: str | None, job_type: str | None, queue_name: str | Non
     state = queue_state()
     if job_type is not None and job_type not in state.service.registry:
         raise UnknownJobType(job_type, state.service.registry.names())
-    jobs = state.service.list(status=status, job_type=job_type, limit=limit, before=before, queue=queue_name)
+    jobs = state.service.list(status=status, job_type=job_type, limit=limit, before=before, queue=queue_name,
+                              summary=not as_json)
     if as_json:
         _echo_json({"jobs": [job.to_dict() for job in jobs],
                     "next": jobs[-1].id if len(jobs) == limit else None})

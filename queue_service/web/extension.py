@@ -150,7 +150,7 @@ class JobQueue:
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("queue_service is already initialised on this app")
-        settings = Settings.from_config(app.config)
+        settings = Settings.from_config(app.config, mongo_given=mongo is not None)
         get_db = _database_getter(mongo) if mongo is not None else None  # a wrong type fails here
         runtime = Runtime(self.registry, settings, clock or self.clock, _store_factory(settings, store, get_db), app,
                           self.schedules)

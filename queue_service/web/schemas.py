@@ -121,6 +121,8 @@ class JobListQuerySchema(marshmallow.Schema):
     queue = fields.String(validate=validate.Regexp(f"^{QUEUE_NAME}$"))
     before = fields.String(validate=validate.Regexp(JOB_ID, error="Not a valid job id."),
                            metadata={"format": "uuid", "description": "Cursor: the nextBefore of the previous page."})
+    view = fields.String(data_key="fields", validate=validate.OneOf(["summary"]),
+                           metadata={"description": "summary: without payload, result and progress (list views)."})
     due = fields.String(validate=validate.OneOf(["now", "later"]), metadata={
         "description": "Pending jobs due now (runAt <= now) or later (scheduled: runAt > now); "
                        "implies status=pending."})

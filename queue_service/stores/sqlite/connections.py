@@ -26,7 +26,7 @@ try:
 except ImportError:  # not POSIX: SQLite's busy handler alone
     fcntl = None  # type: ignore[assignment]
 
-from ...core.errors import StoreError, StoreUnavailable
+from ...core.errors import StoreError, StoreRefusesWrites, StoreUnavailable
 
 MAX_IDLE_CONNECTIONS = 4
 
@@ -116,8 +116,9 @@ def translate(exc: sqlite3.Error) -> StoreError:
     """A driver error as the contract's exception (raise it ``from exc``)."""
     if isinstance(exc, sqlite3.OperationalError):
         message = str(exc)
-        if ("locked" in message or "busy" in message or "unable to open" in message
-                or "readonly" in message or "disk I/O" in message):
+        if "readonly database" in message or "disk is full" in message:
+            return StoreRefusesWrites(f"SQLite: {message}")
+        if "locked" in message or "busy" in message or "unable to open" in message:
             return StoreUnavailable(f"SQLite: {message}")
         return StoreError(f"SQLite: {message}")
     return StoreError(f"SQLite: {exc}")
@@ -179,7 +180,6 @@ class Connections:
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         # Set when a write failed on a read-only file; ping then tries a write.
-        self.read_only_seen = False
         side_file = None if path == ":memory:" or fcntl is None else f"{path}-writer.lock"
         self.writer = WriterLock(side_file, writer_wait_seconds)
 
@@ -221,7 +221,6 @@ class Connections:
         became writable again."""
         message = str(exc)
         if "readonly" in message or "disk I/O" in message:
-            self.read_only_seen = True
             try:
                 conn.close()
             except sqlite3.Error:
@@ -248,15 +247,11 @@ class Connections:
         with Pooled(self) as conn:
             return conn.execute(sql, params).fetchall()
 
-    def check_writable(self, probe: str) -> None:
-        """After a read-only failure: take (and roll back) a write lock, so
-        health stays unhealthy until writes can succeed again."""
-        if not self.read_only_seen:
-            return
+    def probe_write(self, probe: str) -> None:
+        """A write that changes nothing, in a transaction: raises what a real
+        write would (BEGIN IMMEDIATE succeeds on a read-only file; a write does not)."""
         with Pooled(self) as conn, Immediate(conn, self.writer):
-            # BEGIN IMMEDIATE succeeds on a read-only file; a write does not.
             conn.execute(probe)
-        self.read_only_seen = False
 
     def script(self, sql: str) -> None:
         with Pooled(self) as conn, self.writer:

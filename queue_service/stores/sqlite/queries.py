@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS queue_jobs (
     queue TEXT NOT NULL DEFAULT 'default',
     scheduled_by TEXT,
     slot REAL,
-    schema_fingerprint TEXT
+    schema_fingerprint TEXT,
+    attempts_dropped INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS queue_workers (
     id TEXT PRIMARY KEY,
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS queue_files (
     name TEXT PRIMARY KEY,
     data BLOB NOT NULL,
     content_type TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    etag TEXT
 );
 CREATE TABLE IF NOT EXISTS queue_schedules (
     name TEXT PRIMARY KEY,
@@ -57,13 +59,20 @@ CREATE TABLE IF NOT EXISTS queue_schedules (
 );
 """
 
-TABLE_COLUMNS = "SELECT name FROM pragma_table_info('queue_jobs')"
+TABLE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
 
 ADDED_COLUMNS = {
     "queue": "ALTER TABLE queue_jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
     "scheduled_by": "ALTER TABLE queue_jobs ADD COLUMN scheduled_by TEXT",
     "slot": "ALTER TABLE queue_jobs ADD COLUMN slot REAL",
     "schema_fingerprint": "ALTER TABLE queue_jobs ADD COLUMN schema_fingerprint TEXT",
+    "attempts_dropped": "ALTER TABLE queue_jobs ADD COLUMN attempts_dropped INTEGER NOT NULL DEFAULT 0",
+}
+
+# The media ETag, computed once at write time (a 304 reads no file); NULL for files
+# stored before it existed (computed from the data then).
+ADDED_FILE_COLUMNS = {
+    "etag": "ALTER TABLE queue_files ADD COLUMN etag TEXT",
 }
 
 INDEXES = """
@@ -93,7 +102,14 @@ CREATE INDEX IF NOT EXISTS queue_files_created ON queue_files (created_at);
 COLUMNS = ("id, type, payload, status, priority, retry_count, max_retries, retry_delays,"
            " created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id,"
            " lock_token, error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot,"
-           " schema_fingerprint")
+           " schema_fingerprint, attempts_dropped")
+
+# A claim that made the attempts list longer than MAX_ATTEMPTS_KEPT keeps the first and
+# the latest (core.jobs.capped_attempts); fenced like every write after a claim.
+CAP_ATTEMPTS = """
+UPDATE queue_jobs SET attempts = :attempts, attempts_dropped = attempts_dropped + :dropped
+ WHERE id = :id AND status = 'processing' AND lock_token = :token
+"""
 
 PING = "SELECT 1 FROM queue_jobs LIMIT 1"
 
@@ -359,10 +375,12 @@ PURGE_SCHEDULES = "DELETE FROM queue_schedules WHERE seen_at < ?"
 
 # -- media ------------------------------------------------------------------------------
 PUT_FILE = """
-INSERT OR REPLACE INTO queue_files (name, data, content_type, created_at) VALUES (?, ?, ?, ?)
+INSERT OR REPLACE INTO queue_files (name, data, content_type, created_at, etag) VALUES (?, ?, ?, ?, ?)
 """
 
-GET_FILE = "SELECT name, data, content_type, created_at FROM queue_files WHERE name = ?"
+GET_FILE = "SELECT name, data, content_type, created_at, etag FROM queue_files WHERE name = ?"
+
+FILE_ETAG = "SELECT etag FROM queue_files WHERE name = ?"
 
 PURGE_FILES = "DELETE FROM queue_files WHERE created_at < ?"
 

@@ -17,8 +17,8 @@ from functools import lru_cache
 from typing import Any
 
 from ...core.errors import StoreError
-from ...core.jobs import Job, JobStatus, iso
-from ...core.store import ScheduleState, Store, StoredFile, TypeCounts, timing_row
+from ...core.jobs import Job, JobStatus, capped_attempts, iso
+from ...core.store import ScheduleState, Store, StoredFile, TypeCounts, media_etag, timing_row
 from . import queries as q
 from .connections import Connections, Immediate, Pooled
 
@@ -64,7 +64,8 @@ def _row_to_job(row: tuple) -> Job:
     scans the column names case-insensitively, ~20 times per job)."""
     (job_id, job_type, payload, status, priority, retry_count, max_retries, retry_delays,
      created_at, run_at, processed_at, completed_at, heartbeat_at, worker_id, lock_token,
-     error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot, schema_fingerprint) = row
+     error, result, progress, attempts, idempotency_key, queue, scheduled_by, slot, schema_fingerprint,
+     attempts_dropped) = row
     return Job(
         id=job_id,
         type=job_type,
@@ -90,6 +91,7 @@ def _row_to_job(row: tuple) -> Job:
         scheduled_by=scheduled_by,
         slot=_dt(slot),
         schema_fingerprint=schema_fingerprint,
+        attempts_dropped=attempts_dropped or 0,
     )
 
 
@@ -158,22 +160,30 @@ class SQLiteStore(Store):
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> None:
         self._db.script(q.TABLES)
-        present = {row[0] for row in self._db.read(q.TABLE_COLUMNS)}
-        for column, statement in q.ADDED_COLUMNS.items():
+        for table, added in (("queue_jobs", q.ADDED_COLUMNS), ("queue_files", q.ADDED_FILE_COLUMNS)):
+            self._add_columns(table, added)
+        self._db.script(q.INDEXES)
+
+    def _add_columns(self, table: str, added: dict[str, str]) -> None:
+        present = {row[0] for row in self._db.read(q.TABLE_COLUMNS, (table,))}
+        for column, statement in added.items():
             if column not in present:
                 try:
                     self._db.write(statement)
                 except StoreError as exc:  # another process added it first
                     if "duplicate column" not in str(exc):
                         raise
-        self._db.script(q.INDEXES)
 
     def close(self) -> None:
         self._db.close()
 
     def ping(self) -> None:
         self._db.read(q.PING)
-        self._db.check_writable(q.WRITE_PROBE)
+        if self.refusing_writes:
+            # After a refused write (core.write_watch), health asks the file
+            # itself: it may be writable again before the next real write.
+            self._db.probe_write(q.WRITE_PROBE)
+            self.refusing_writes = False
 
     # -- jobs -----------------------------------------------------------------
     def insert(self, job: Job) -> tuple[str, bool]:
@@ -219,7 +229,16 @@ class SQLiteStore(Store):
 
     def _claimed(self, row: tuple | None) -> Job | None:
         self._idle_poll = row is None
-        return _row_to_job(row) if row is not None else None
+        if row is None:
+            return None
+        job = _row_to_job(row)
+        capped = capped_attempts(job.attempts)
+        if capped is not None:
+            job.attempts, dropped = capped
+            job.attempts_dropped += dropped
+            self._db.write(q.CAP_ATTEMPTS, {"attempts": json.dumps(job.attempts, default=iso), "dropped": dropped,
+                                            "id": job.id, "token": job.lock_token})
+        return job
 
     def claim(self, worker_id: str, lock_token: str, now: datetime,
               queues: tuple[str, ...] | None = None) -> Job | None:
@@ -319,20 +338,24 @@ class SQLiteStore(Store):
             out.setdefault(queue, {})["oldestPendingAt"] = _dt(oldest)
         return out
 
-    def counts_by_type(self) -> TypeCounts:
+    def counts_by_type(self, now: datetime | None = None) -> TypeCounts:
         jobs = self._db.read(q.COUNT_BY_TYPE_AND_STATUS)
         attempts = self._db.read(q.COUNT_ATTEMPTS_BY_TYPE_AND_OUTCOME)
         return TypeCounts({(t, s): n for t, s, n in jobs}, {(t, o): n for t, o, n in attempts})
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None, due_by: datetime | None = None,
+                  queue: str | None = None, summary: bool = False, due_by: datetime | None = None,
                   due_after: datetime | None = None) -> list[Job]:
         before_at, before_id = _NO_CURSOR if before is None else (_ts(before[0]), before[1])
         rows = self._db.read(q.LIST_JOBS, {"status": status, "type": job_type, "queue": queue,
                                            "due_by": _ts(due_by), "due_after": _ts(due_after),
                                            "before_at": before_at, "before_id": before_id, "limit": int(limit)})
-        return [_row_to_job(r) for r in rows]
+        jobs = [_row_to_job(r) for r in rows]
+        if summary:  # the row is read anyway (one local page); the list view gets the same shape
+            for job in jobs:
+                job.payload = job.result = job.progress = None
+        return jobs
 
     def jobs_with_id_prefix(self, prefix: str, limit: int = 20) -> list[Job]:
         rows = self._db.read(q.JOBS_WITH_ID_PREFIX, {"low": prefix, "high": prefix + "g", "limit": int(limit)})
@@ -395,14 +418,21 @@ class SQLiteStore(Store):
 
     # -- media ----------------------------------------------------------------
     def put_file(self, name: str, data: bytes, content_type: str, now: datetime) -> None:
-        self._db.write(q.PUT_FILE, (name, sqlite3.Binary(data), content_type, _ts(now)))
+        self._db.write(q.PUT_FILE, (name, sqlite3.Binary(data), content_type, _ts(now), media_etag(data)))
 
     def get_file(self, name: str) -> StoredFile | None:
         rows = self._db.read(q.GET_FILE, (name,))
         if not rows:
             return None
         r = rows[0]
-        return StoredFile(r[0], bytes(r[1]), r[2], _dt(r[3]))
+        data = bytes(r[1])
+        return StoredFile(r[0], data, r[2], _dt(r[3]), r[4] or media_etag(data))
+
+    def file_etag(self, name: str) -> str | None:
+        rows = self._db.read(q.FILE_ETAG, (name,))
+        if not rows:
+            return None
+        return rows[0][0] if rows[0][0] is not None else super().file_etag(name)
 
     def purge_files(self, created_before: datetime) -> int:
         return self._db.write(q.PURGE_FILES, (_ts(created_before),))

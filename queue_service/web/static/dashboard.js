@@ -160,6 +160,7 @@
     if (type) params.set('type', type);
     if (ui.queue.value) params.set('queue', ui.queue.value);
     params.set('limit', ui.limit.value);
+    params.set('fields', 'summary');  // the list shows no payload; the detail view reads /job/<id>
     if (state.before) params.set('before', state.before);
     for (const [k, v] of Object.entries(extra || {})) params.set(k, v);
     return `/jobs?${params}`;
