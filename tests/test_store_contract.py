@@ -282,6 +282,18 @@ def test_recover_lost_leaves_a_job_whose_heartbeat_came_back(store, clock):
     assert store.get(job.id).status is JobStatus.PROCESSING
 
 
+def test_a_lost_attempt_keeps_its_queue_latency(store, clock):
+    add(store, clock)
+    clock.advance(3)
+    job = claim(store, clock)
+    clock.advance(601)
+    before = clock.now() - timedelta(seconds=600)
+    [seen] = store.find_stuck(before)  # may come without payload and with the last attempt only
+    assert store.recover_lost(seen, before, clock.now(), "lost", retry=True)
+    attempt = store.get(job.id).attempts[0]
+    assert attempt["outcome"] == "lost" and attempt["waitSeconds"] == 3
+
+
 def test_two_sweepers_recover_each_job_once(store, clock):
     add(store, clock)
     claim(store, clock)
