@@ -166,7 +166,7 @@ def test_show_text_and_json_with_attempts(env):
     run_worker_once(app)
     text = run("show", job_id).stdout
     assert f"id           {job_id}" in text
-    assert "status       pending" in text and "tries        attempt 1 of 2 (1 of 1 retries used)" in text
+    assert "status       pending" in text and "tries        next: attempt 2 of 2 (1 of 1 retries used)" in text
     assert "1. 2030-01-01T00:00:00Z -> 2030-01-01T00:00:00Z  retry " in text  # ISO 8601 like the API
     assert "(next try after 1s)" in text
     assert "error: RuntimeError: boom" in text

@@ -16,7 +16,7 @@ from queue_service import JobQueue, PermanentJobError
 from test_api import ADMIN, PREFIX, TOKEN, Api, assert_error
 
 NEW_ROUTES = [("post", "/jobs/retry"), ("post", "/jobs/cancel"), ("post", "/job/{id}/run-now"),
-              ("get", "/workers"), ("get", "/stats/history")]
+              ("get", "/workers"), ("get", "/stats/history"), ("get", "/jobs/search?idPrefix=abcd")]
 
 
 def make_queue(clock) -> JobQueue:
@@ -292,8 +292,11 @@ def test_history_counts_finished_jobs_per_bucket(api, clock):
     body = api.get("/stats/history?hours=1").get_json()
     assert body["bucketSeconds"] == 300 and len(body["buckets"]) == 12 and body["hours"] == 1
     assert sum(b["failed"] for b in body["buckets"]) == 2 and sum(b["completed"] for b in body["buckets"]) == 1
+    timings = {"waitP50": 0.0, "waitP95": 0.0, "runP50": 0.0, "runP95": 0.0}  # the manual clock stood still
     assert body["buckets"][-1]["completed"] == 1 and body["buckets"][-1]["types"] == {
-        "NOOP": {"completed": 1, "failed": 0}}
+        "NOOP": {"completed": 1, "failed": 0, **timings}}
+    assert {k: body["buckets"][-1][k] for k in timings} == timings
+    assert body["buckets"][0]["waitP95"] is None  # no attempt ended in it
     assert body["buckets"][-3]["failed"] == 2
     day = api.get("/stats/history").get_json()
     assert day["hours"] == 24 and day["bucketSeconds"] == 3600 and len(day["buckets"]) == 24
@@ -303,3 +306,39 @@ def test_history_counts_finished_jobs_per_bucket(api, clock):
 @pytest.mark.parametrize("query", ["hours=0", "hours=169", "hours=abc", "hours=-1", "hours=1&hours=2"])
 def test_history_refuses_bad_hours(api, query):
     assert_error(api.get(f"/stats/history?{query}"), 400, "hours")
+
+
+# -- search and the due filter ----------------------------------------------------------------------
+def test_search_by_id_prefix_finds_the_job(api):
+    ids = [api.add("NOOP") for _ in range(3)]
+    target = ids[1]
+    for prefix in (target[:4], target[:8].upper(), target[:13], target):
+        found = [j["id"] for j in api.get(f"/jobs/search?idPrefix={prefix}").get_json()["jobs"]]
+        assert target in found and all(i.startswith(prefix.lower()) for i in found)
+    assert api.get(f"/jobs/search?idPrefix={target}").get_json() == {
+        "jobs": [api.get(f"/job/{target}").get_json()], "nextBefore": None}
+
+
+@pytest.mark.parametrize("query", ["", "idPrefix=abc", "idPrefix=abcg", "idPrefix=ab%20cd", "idPrefix=" + "a" * 37,
+                                   "idPrefix=----", "idPrefix=ab-cd", "idPrefix=-abcd", "idPrefix=abcd&idPrefix=abce"])
+def test_search_refuses_bad_prefixes(api, query):
+    assert_error(api.get(f"/jobs/search?{query}"), 400, "idPrefix")
+
+
+def test_search_needs_the_admin(api):
+    assert api.client.get(PREFIX + "/jobs/search?idPrefix=abcd").status_code in (401, 403)
+
+
+def test_status_filter_due_now_and_later(api, clock):
+    due = api.add("NOOP")
+    later = api.add("NOOP", delay=60)
+    ids = lambda q: [j["id"] for j in api.get(f"/jobs?{q}").get_json()["jobs"]]  # noqa: E731
+    assert ids("due=now") == [due] and ids("status=pending&due=later") == [later]
+    clock.advance(60)
+    assert set(ids("due=now")) == {due, later} and ids("due=later") == []
+    assert ids("due=now&status=failed") == []  # the filters combine: only pending jobs are due
+
+
+@pytest.mark.parametrize("query", ["due=soon", "due=", "due=now&due=later"])
+def test_due_filter_refuses_bad_values(api, query):
+    assert_error(api.get(f"/jobs?{query}"), 400, "due")

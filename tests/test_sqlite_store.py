@@ -159,8 +159,8 @@ def test_attempts_are_stored_without_null_keys(tmp_path, clock):
     job = store.claim("w", new_lock_token(), clock.now())
     assert store.complete(job, clock.now(), {"ok": 1})
     retried, completed = stored_attempts(store, job.id)
-    assert set(retried) == {"startedAt", "worker", "endedAt", "outcome", "error", "nextDelaySeconds"}
-    assert set(completed) == {"startedAt", "worker", "endedAt", "outcome"}
+    assert set(retried) == {"startedAt", "worker", "endedAt", "outcome", "error", "nextDelaySeconds", "waitSeconds"}
+    assert set(completed) == {"startedAt", "worker", "endedAt", "outcome", "waitSeconds"}
 
 
 # -- listing -------------------------------------------------------------------------

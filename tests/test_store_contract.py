@@ -134,7 +134,7 @@ def test_complete_records_result_and_ends_attempt(store, clock):
     assert got.status is JobStatus.COMPLETED and got.result == {"ok": True, "list": [1, "a"]}
     assert got.completed_at == clock.now() and got.lock_token is None
     assert got.attempts[0]["endedAt"] == clock.now() and got.attempts[0]["outcome"] == "completed"
-    assert set(got.attempts[0]) == {"startedAt", "worker", "endedAt", "outcome"}  # no null keys
+    assert set(got.attempts[0]) == {"startedAt", "worker", "endedAt", "outcome", "waitSeconds"}  # no null keys
     assert not store.complete(job, clock.now(), "again")  # recorded exactly once
 
 
@@ -280,6 +280,18 @@ def test_recover_lost_leaves_a_job_whose_heartbeat_came_back(store, clock):
     assert store.heartbeat(job, clock.now())
     assert not store.recover_lost(seen, before, clock.now(), "lost", retry=True)
     assert store.get(job.id).status is JobStatus.PROCESSING
+
+
+def test_a_lost_attempt_keeps_its_queue_latency(store, clock):
+    add(store, clock)
+    clock.advance(3)
+    job = claim(store, clock)
+    clock.advance(601)
+    before = clock.now() - timedelta(seconds=600)
+    [seen] = store.find_stuck(before)  # may come without payload and with the last attempt only
+    assert store.recover_lost(seen, before, clock.now(), "lost", retry=True)
+    attempt = store.get(job.id).attempts[0]
+    assert attempt["outcome"] == "lost" and attempt["waitSeconds"] == 3
 
 
 def test_two_sweepers_recover_each_job_once(store, clock):
@@ -709,6 +721,64 @@ def test_history_groups_finished_jobs_by_bucket_and_type(store, clock):
     assert store.complete(claim(store, clock), clock.now(), None)
     rows = store.history(later - timedelta(seconds=1), later + timedelta(seconds=10), 300)
     assert [(r["type"], r["completed"], r["failed"]) for r in rows] == [("C", 1, 1)]
+
+
+def test_history_timings_rank_waits_and_run_times_per_bucket_and_type(store, clock):
+    start = clock.now()  # a bucket boundary
+    # Type A: 20 jobs, job i claimed i s after it was due, running i/10 s.
+    for i in range(1, 21):
+        add(store, clock, job_type="A", max_retries=0)
+        clock.advance(i)
+        job = claim(store, clock)
+        clock.advance(i / 10)
+        assert store.complete(job, clock.now(), None)
+    # Type B: one attempt that failed and was retried: each attempt has its own wait.
+    add(store, clock, job_type="B")
+    clock.advance(4)
+    job = claim(store, clock)
+    clock.advance(1)
+    assert store.retry_later(job, clock.now(), "boom", clock.now() + timedelta(seconds=10))
+    clock.advance(12)  # due 2 s ago
+    job = claim(store, clock)
+    clock.advance(3)
+    assert store.fail(job, clock.now(), "boom")
+    assert store.get(job.id).attempts[0]["waitSeconds"] == 4
+    rows = store.history_timings(start, start + timedelta(seconds=600), 300)
+    epoch = int(start.timestamp())
+    by_type = {r["type"]: r for r in rows}
+    assert [(r["bucket"], r["type"]) for r in rows] == [(epoch, None), (epoch, "A"), (epoch, "B")]
+    assert by_type["A"] == {"bucket": epoch, "type": "A", "attempts": 20,
+                            "waitP50": 10, "waitP95": 19, "runP50": 1.0, "runP95": 1.9}
+    assert by_type["B"] == {"bucket": epoch, "type": "B", "attempts": 2,
+                            "waitP50": 2, "waitP95": 4, "runP50": 1.0, "runP95": 3.0}
+    assert by_type[None]["attempts"] == 22 and by_type[None]["waitP95"] == 19
+    assert by_type[None]["waitP50"] == 9 and by_type[None]["runP50"] == 1.0
+    # Outside the window: nothing.
+    assert store.history_timings(start + timedelta(hours=1), start + timedelta(hours=2), 300) == []
+
+
+def test_jobs_with_id_prefix_is_a_range_on_the_id(store, clock):
+    ids = ["ab120000-0000-4000-8000-000000000001", "ab12ffff-0000-4000-8000-000000000002",
+           "ab130000-0000-4000-8000-000000000003", "ab1"]
+    for job_id in ids[:3]:
+        job = make_job(clock)
+        job.id = job_id
+        store.insert(job)
+    assert [j.id for j in store.jobs_with_id_prefix("ab12")] == ids[:2]
+    assert [j.id for j in store.jobs_with_id_prefix("ab12", limit=1)] == ids[:1]
+    assert [j.id for j in store.jobs_with_id_prefix(ids[2])] == [ids[2]]
+    assert [j.id for j in store.jobs_with_id_prefix("ab1")] == ids[:3]
+    assert store.jobs_with_id_prefix("abcd") == []
+
+
+def test_list_jobs_by_due_time(store, clock):
+    due = add(store, clock)
+    later = add(store, clock, delay=60)
+    now = clock.now()
+    assert [j.id for j in store.list_jobs("pending", due_by=now)] == [due.id]
+    assert [j.id for j in store.list_jobs("pending", due_after=now)] == [later.id]
+    clock.advance(60)
+    assert {j.id for j in store.list_jobs("pending", due_by=clock.now())} == {due.id, later.id}
 
 
 def test_worker_records_are_replaced_listed_and_purged(store, clock):

@@ -20,6 +20,12 @@ COARSE_BUCKET_SECONDS = 3600
 FINE_UP_TO_HOURS = 6
 
 
+#: Per bucket and per type: nearest-rank median and p95 of the queue latency
+#: (runAt -> startedAt) and of the run time (startedAt -> endedAt), seconds.
+TIMING_KEYS = ("waitP50", "waitP95", "runP50", "runP95")
+_NO_TIMINGS = dict.fromkeys(TIMING_KEYS)
+
+
 def bucket_seconds(hours: int) -> int:
     return FINE_BUCKET_SECONDS if hours <= FINE_UP_TO_HOURS else COARSE_BUCKET_SECONDS
 
@@ -32,7 +38,8 @@ def check_hours(hours: Any) -> int:
 
 def history(store: Store, now: datetime, hours: int) -> dict[str, Any]:
     """``{hours, bucketSeconds, since, until, buckets: [{start, completed,
-    failed, types: {type: {completed, failed}}}]}``, oldest bucket first; the
+    failed, waitP50, waitP95, runP50, runP95, types: {type: {completed, failed,
+    waitP50, ...}}}]}`` (timings None where no attempt ended), oldest bucket first; the
     last bucket is the one holding ``now``."""
     hours = check_hours(hours)
     size = bucket_seconds(hours)
@@ -41,8 +48,8 @@ def history(store: Store, now: datetime, hours: int) -> dict[str, Any]:
     start_epoch = end_epoch - count * size
     since = datetime.fromtimestamp(start_epoch, timezone.utc)
     until = datetime.fromtimestamp(end_epoch, timezone.utc)
-    buckets = [{"start": iso(since + timedelta(seconds=i * size)), "completed": 0, "failed": 0, "types": {}}
-               for i in range(count)]
+    buckets = [{"start": iso(since + timedelta(seconds=i * size)), "completed": 0, "failed": 0, "types": {},
+                **_NO_TIMINGS} for i in range(count)]
     for row in store.history(since, until, size):
         index = (row["bucket"] - start_epoch) // size
         if not 0 <= index < count:
@@ -50,5 +57,15 @@ def history(store: Store, now: datetime, hours: int) -> dict[str, Any]:
         bucket = buckets[index]
         bucket["completed"] += row["completed"]
         bucket["failed"] += row["failed"]
-        bucket["types"][row["type"]] = {"completed": row["completed"], "failed": row["failed"]}
+        bucket["types"][row["type"]] = {"completed": row["completed"], "failed": row["failed"], **_NO_TIMINGS}
+    for row in store.history_timings(since, until, size):
+        index = (row["bucket"] - start_epoch) // size
+        if not 0 <= index < count:
+            continue
+        timings = {key: row[key] for key in TIMING_KEYS}
+        if row["type"] is None:
+            buckets[index].update(timings)
+        else:
+            counts = buckets[index]["types"].setdefault(row["type"], {"completed": 0, "failed": 0})
+            counts.update(timings)
     return {"hours": hours, "bucketSeconds": size, "since": iso(since), "until": iso(until), "buckets": buckets}

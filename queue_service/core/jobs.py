@@ -161,10 +161,24 @@ class Job:
         return len(self.attempts) + self.attempts_dropped
 
     @property
+    def budget_attempt(self) -> int:
+        """The attempt as the retry policy counts it: 0 before the first run,
+        else retries used + 1 (for a pending job: the next one), at most ``1 +
+        max_retries``. A manual retry resets the count, never the attempts list,
+        so this is never "2 of 1"."""
+        return min(self.retry_count, self.max_retries) + 1 if self.attempts else 0
+
+    @property
     def attempt_text(self) -> str:
-        """The one wording of tries (CLI, logs, dashboard): "attempt 3 of 4",
-        the current or last attempt of at most ``1 + max_retries``."""
-        return attempt_text(self.attempt_number, self.max_retries)
+        """The one wording of tries (CLI, logs, dashboard): "attempt 3 of 4"
+        ("next: attempt 3 of 4" while pending), plus "(5 runs in all)" when the
+        attempts list holds more runs than the count covers."""
+        n, runs = self.budget_attempt, self.attempt_number
+        if not n:
+            return attempt_text(0, self.max_retries)
+        pending = self.status is JobStatus.PENDING
+        text = ("next: " if pending else "") + attempt_text(n, self.max_retries)
+        return text + (f" ({runs} run{'s' if runs != 1 else ''} in all)" if runs > n - pending else "")
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape (camelCase, ISO 8601 UTC timestamps)."""

@@ -119,10 +119,20 @@ class QueueService:
         return self.store.get(job_id)
 
     def list(self, *, status: str | None = None, job_type: str | None = None, limit: int = 50,
-             before: str | None = None, queue: str | None = None, summary: bool = False) -> list[Job]:
+             before: str | None = None, queue: str | None = None, due: str | None = None,
+             summary: bool = False) -> list[Job]:
         """Jobs newest first; ``before`` is the id of the last job of the previous page;
+        ``due``: "now" (pending and runnable) or "later" (pending, runAt in the future);
         ``summary``: without payload, result and progress (``Store.list_jobs``)."""
         errors: dict[str, Any] = {}
+        due_by = due_after = None
+        if due is not None:
+            if due not in ("now", "later"):
+                errors["due"] = ['Must be "now" or "later".']
+            if status not in (None, JobStatus.PENDING.value):
+                return []  # only pending jobs are due now or later
+            status = JobStatus.PENDING.value
+            due_by, due_after = (self.clock.now(), None) if due == "now" else (None, self.clock.now())
         if status is not None and status not in STATUS_VALUES:
             errors["status"] = [f"Must be one of: {', '.join(STATUS_VALUES)}."]
         if not is_int(limit) or not PAGE_LIMIT_RANGE[0] <= limit <= PAGE_LIMIT_RANGE[1]:
@@ -138,7 +148,14 @@ class QueueService:
             errors["queue"] = [f"Must match {QUEUE_NAME}."]
         if errors:
             raise ValidationError(errors)
-        return self.store.list_jobs(status, job_type, limit, cursor, queue, summary=summary)
+        return self.store.list_jobs(status, job_type, limit, cursor, queue, summary=summary,
+                                    due_by=due_by, due_after=due_after)
+
+    def find_by_id_prefix(self, prefix: str, limit: int = 20) -> list[Job]:
+        """Jobs whose id starts with ``prefix``: 4 hex digits, then up to 32 more or dashes; any case."""
+        if not isinstance(prefix, str) or not re.fullmatch(r"[0-9a-fA-F]{4}[0-9a-fA-F-]{0,32}", prefix):
+            raise ValidationError({"idPrefix": ["Must be 4 to 36 characters of a job id (hex digits, dashes)."]})
+        return self.store.jobs_with_id_prefix(prefix.lower(), limit)
 
     def stats(self) -> dict[str, Any]:
         now = self.clock.now()

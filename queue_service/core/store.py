@@ -59,6 +59,23 @@ class TypeCounts:
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, outcome) -> attempts
 
 
+def nearest_rank(values: list[float], percent: int) -> float | None:
+    """The nearest-rank percentile of ``values`` (any order): the value at rank
+    ceil(percent/100 * n) of the sorted list; None for no values. The SQLite
+    store ranks in SQL with the same rule."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, (percent * len(ordered) + 99) // 100) - 1]
+
+
+def timing_row(bucket: int, job_type: str | None, attempts: int, values: tuple) -> dict[str, Any]:
+    """One row of ``Store.history_timings``; seconds rounded to milliseconds."""
+    w50, w95, r50, r95 = (None if v is None else round(float(v), 3) for v in values)
+    return {"bucket": bucket, "type": job_type, "attempts": attempts,
+            "waitP50": w50, "waitP95": w95, "runP50": r50, "runP95": r95}
+
+
 class Store(ABC):
     """Base class of the SQLite and MongoDB stores."""
 
@@ -215,9 +232,11 @@ class Store(ABC):
     @abstractmethod
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None, summary: bool = False) -> list[Job]:
+                  queue: str | None = None, summary: bool = False, due_by: datetime | None = None,
+                  due_after: datetime | None = None) -> list[Job]:
         """Jobs newest first (``created_at`` desc, then id desc), filtered by
-        status, type and queue, strictly after the cursor ``(created_at, id)``.
+        status, type and queue, strictly after the cursor ``(created_at, id)``;
+        ``due_by``/``due_after``: only jobs with ``run_at <= due_by`` / ``run_at > due_after``.
         ``summary``: a list view's jobs: ``payload``, ``result`` and ``progress``
         are None (not read where the store can avoid it), attempts keep at least
         ``startedAt`` (their number is right)."""
@@ -237,6 +256,22 @@ class Store(ABC):
         that completed, "failed": attempts that failed (outcome failed, retry or
         lost)}]`` sorted by bucket then type; empty buckets are missing. A
         failure stays counted after the job is retried and completes."""
+
+    @abstractmethod
+    def jobs_with_id_prefix(self, prefix: str, limit: int = 20) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (lowercase), by id, at most
+        ``limit``: a range on the primary key, ``prefix <= id < prefix + "g"``."""
+
+    @abstractmethod
+    def history_timings(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
+        """Over the same attempts as ``history``, per bucket and type, and per
+        bucket over all types (``type`` None, first in its bucket): ``{"bucket",
+        "type", "attempts", "waitP50", "waitP95", "runP50", "runP95"}`` (see
+        ``timing_row``): the nearest-rank median and p95, in seconds, of the
+        queue latency (``waitSeconds``: the job's ``runAt`` to the attempt's
+        ``startedAt``, recorded when the attempt ends; None for attempts
+        recorded before it was) and of the run time (``startedAt`` to
+        ``endedAt``). Sorted by bucket, then type."""
 
     @abstractmethod
     def register_worker(self, record: dict[str, Any]) -> None:

@@ -225,10 +225,12 @@ class MongoStore(ReadViews, OperatorViews, Store):
         return {"_id": job.id, "status": "processing", "lockToken": job.lock_token}
 
     @staticmethod
-    def _end_attempt(index: int, now: datetime, outcome: str, error: str | None = None,
+    def _end_attempt(job: Job, now: datetime, outcome: str, error: str | None = None,
                      next_delay: float | None = None, traceback: str | None = None) -> dict[str, Any]:
-        prefix = f"attempts.{index}."
+        prefix = f"attempts.{len(job.attempts) - 1}."
         fields: dict[str, Any] = {prefix + "endedAt": now, prefix + "outcome": outcome}
+        if job.processed_at is not None and job.run_at is not None:  # the queue latency of this attempt
+            fields[prefix + "waitSeconds"] = round((job.processed_at - job.run_at).total_seconds(), 3)
         if error is not None:
             fields[prefix + "error"] = error
         if next_delay is not None:
@@ -250,7 +252,7 @@ class MongoStore(ReadViews, OperatorViews, Store):
     def complete(self, job: Job, now: datetime, result: Any) -> bool:
         return self._update_claimed(job, {
             "$set": {"status": "completed", "completedAt": now, "result": result, "error": None,
-                     **self._end_attempt(len(job.attempts) - 1, now, "completed")},
+                     **self._end_attempt(job, now, "completed")},
             "$unset": {"lockToken": "", "activeKey": ""}})
 
     def retry_later(self, job: Job, now: datetime, error: str, run_at: datetime,
@@ -258,19 +260,19 @@ class MongoStore(ReadViews, OperatorViews, Store):
         delay = round((run_at - now).total_seconds(), 3)
         return self._update_claimed(job, {
             "$set": {"status": "pending", "runAt": run_at, "error": error,
-                     **self._end_attempt(len(job.attempts) - 1, now, "retry", error, delay, traceback)},
+                     **self._end_attempt(job, now, "retry", error, delay, traceback)},
             "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}})
 
     def fail(self, job: Job, now: datetime, error: str, traceback: str | None = None) -> bool:
         return self._update_claimed(job, {
             "$set": {"status": "failed", "completedAt": now, "error": error,
-                     **self._end_attempt(len(job.attempts) - 1, now, "failed", error, traceback=traceback)},
+                     **self._end_attempt(job, now, "failed", error, traceback=traceback)},
             "$unset": {"lockToken": "", "activeKey": ""}})
 
     def release(self, job: Job, now: datetime, reason: str) -> bool:
         return self._update_claimed(job, {
             "$set": {"status": "pending", "runAt": now,
-                     **self._end_attempt(len(job.attempts) - 1, now, "released", reason)},
+                     **self._end_attempt(job, now, "released", reason)},
             "$unset": {"lockToken": ""}})
 
     def cancel(self, job_id: str, now: datetime) -> bool:

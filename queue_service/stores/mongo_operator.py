@@ -9,6 +9,8 @@ from typing import Any
 
 from bson.codec_options import CodecOptions
 
+from ..core.store import nearest_rank, timing_row
+
 
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
@@ -45,6 +47,47 @@ class OperatorViews:
         out = [{"bucket": int(r["_id"]["bucket"]) // 1000, "type": r["_id"]["type"],
                 "completed": r["completed"], "failed": r["failed"]} for r in rows]
         return sorted(out, key=lambda r: (r["bucket"], r["type"]))
+
+    def history_timings(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
+        """The values are grouped in the store (one list of waits and run
+        times, in milliseconds, per bucket and type), ranked here: only those
+        numbers come back, never the jobs."""
+        ms = int(bucket_seconds) * 1000
+        epoch_ms = {"$subtract": ["$attempts.endedAt", datetime(1970, 1, 1, tzinfo=timezone.utc)]}
+        with self._errors():
+            rows = list(self.coll.aggregate([
+                {"$match": {"$or": [{"status": {"$in": ["pending", "processing"]}},
+                                    {"completedAt": {"$gte": since}}]}},
+                {"$project": {"type": 1, "attempts.startedAt": 1, "attempts.endedAt": 1,
+                              "attempts.outcome": 1, "attempts.waitSeconds": 1}},
+                {"$unwind": "$attempts"},
+                {"$match": {"attempts.endedAt": {"$gte": since, "$lt": until},
+                            "attempts.outcome": {"$in": ["completed", "failed", "retry", "lost"]}}},
+                {"$group": {"_id": {"bucket": {"$subtract": [epoch_ms, {"$mod": [epoch_ms, ms]}]},
+                                    "type": "$type"},
+                            "waits": {"$push": {"$ifNull": ["$attempts.waitSeconds", None]}},
+                            "runs": {"$push": {"$subtract": ["$attempts.endedAt", "$attempts.startedAt"]}}}}]))
+        groups: dict[tuple, tuple[list, list]] = {}
+        for r in rows:
+            bucket = int(r["_id"]["bucket"]) // 1000
+            waits = [w for w in r["waits"] if w is not None]
+            runs = [v / 1000 for v in r["runs"] if v is not None]
+            for key in ((bucket, r["_id"]["type"]), (bucket, None)):
+                group = groups.setdefault(key, ([], [], [0]))
+                group[0].extend(waits)
+                group[1].extend(runs)
+                group[2][0] += len(r["runs"])
+        out = [timing_row(bucket, job_type, n[0], (nearest_rank(w, 50), nearest_rank(w, 95),
+                                                   nearest_rank(v, 50), nearest_rank(v, 95)))
+               for (bucket, job_type), (w, v, n) in groups.items()]
+        return sorted(out, key=lambda r: (r["bucket"], r["type"] or ""))
+
+    def jobs_with_id_prefix(self, prefix: str, limit: int = 20) -> list[Any]:
+        from .mongo import _doc_to_job  # mongo imports this mixin
+        with self._errors():
+            docs = list(self.coll.find({"_id": {"$gte": prefix, "$lt": prefix + "g"}}, sort=[("_id", 1)],
+                                       limit=int(limit)))
+        return [_doc_to_job(d) for d in docs]
 
     def register_worker(self, record: dict[str, Any]) -> None:
         doc = {k: v for k, v in record.items() if k != "id"}

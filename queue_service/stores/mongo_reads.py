@@ -102,8 +102,11 @@ class ReadViews:
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None, summary: bool = False) -> list[Job]:
+                  queue: str | None = None, summary: bool = False, due_by: datetime | None = None,
+                  due_after: datetime | None = None) -> list[Job]:
         query: dict[str, Any] = {}
+        if due_by is not None or due_after is not None:
+            query["runAt"] = {**({"$lte": due_by} if due_by else {}), **({"$gt": due_after} if due_after else {})}
         if queue is not None:
             query["queue"] = _in_queues([queue])
         if status is not None:
@@ -139,6 +142,8 @@ class ReadViews:
         if job.attempts and job.attempts[-1].get("endedAt") is None:
             fence["attempts"] = {"$elemMatch": {"endedAt": {"$exists": False}}}
             ended = {"attempts.$.endedAt": now, "attempts.$.outcome": "lost", "attempts.$.error": error}
+            if job.processed_at is not None and job.run_at is not None:  # the attempt's queue latency
+                ended["attempts.$.waitSeconds"] = round((job.processed_at - job.run_at).total_seconds(), 3)
         if retry:
             update = {"$set": {"status": "pending", "runAt": now, "error": error, **ended},
                       "$inc": {"retryCount": 1}, "$unset": {"lockToken": ""}}

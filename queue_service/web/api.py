@@ -180,7 +180,8 @@ def list_jobs() -> Response:
         raise ApiError(404, "Cursor job not found.", {"before": ["Unknown job id."]})
     summary = query.get("view") == "summary"  # a list view: no payload read, none sent
     jobs = service.list(status=query.get("status"), job_type=query.get("type"), limit=limit,
-                        before=query.get("before"), queue=query.get("queue"), summary=summary)
+                        before=query.get("before"), queue=query.get("queue"), summary=summary,
+                        due=query.get("due"))
     # A full page may be followed by an empty one; a short page is the last.
     next_before = jobs[-1].id if len(jobs) == limit else None
     dumped = [job.to_dict() for job in jobs]

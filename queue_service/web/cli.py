@@ -210,7 +210,7 @@ def list_command(status: str | None, job_type: str | None, queue_name: str | Non
     width = max(len(job.type) for job in jobs)
     click.echo(f"{'ID':<36}  {'TYPE':<{width}}  {'STATUS':<10}  {'PRI':>4}  {'ATTEMPT':<8}  {'CREATED':<24}  ERROR")
     for job in jobs:
-        tries = f"{job.attempt_number} of {job.max_retries + 1}"  # "attempt 3 of 4", as everywhere
+        tries = f"{job.budget_attempt} of {job.max_retries + 1}"  # "attempt 3 of 4", as everywhere
         click.echo(f"{job.id:<36}  {_clean(job.type):<{width}}  {job.status.value:<10}  {job.priority:>4}  "
                    f"{tries:<8}  {iso(job.created_at) or '-':<24}  {_short(job.error, ERROR_COLUMN_CHARS)}")
     if len(jobs) == limit:

@@ -174,6 +174,10 @@ def _operator_paths(spec: APISpec, job_id: dict[str, Any]) -> None:
         "summary": "Finished jobs per time bucket (admin)", "operationId": "getHistory",
         "parameters": [{"in": "query", "schema": s.HistoryQuerySchema}],
         "responses": _responses((200, "Buckets, oldest first.", "History"), 400, 503)}})
+    spec.path("/jobs/search", operations={"get": {
+        "summary": "Find jobs by id prefix (admin)", "operationId": "searchJobs",
+        "parameters": [{"in": "query", "schema": s.JobSearchQuerySchema}],
+        "responses": _responses((200, "The matching jobs, by id; nextBefore is null.", "JobPage"), 400, 503)}})
 
 
 def _build(job_types: list[Any], server_url: str) -> dict[str, Any]:

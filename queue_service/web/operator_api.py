@@ -1,5 +1,5 @@
 """The operator's routes (admin): bulk retry and cancel, run now, the workers
-list and the throughput history. Registered on the REST blueprint by ``api``.
+list, the throughput history and the search by id prefix. Registered on the REST blueprint by ``api``.
 """
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from flask import Blueprint, Response
 
 from .auth import admin_required
 from .body import checked_job_id, read_json_object, read_query, refuse_body
-from .schemas import (BulkResultSchema, HistoryQuerySchema, HistorySchema, JobSchema, WorkersResponseSchema,
-                      json_response)
+from .schemas import (BulkResultSchema, HistoryQuerySchema, HistorySchema, JobPageSchema, JobSchema,
+                      JobSearchQuerySchema, WorkersResponseSchema, json_response)
 from .state import queue_state
 
 _BULK_RESULT = BulkResultSchema()
 _HISTORY_QUERY = HistoryQuerySchema()
 _HISTORY = HistorySchema()
 _JOB = JobSchema()
+_JOB_PAGE = JobPageSchema()
+_SEARCH_QUERY = JobSearchQuerySchema()
 _WORKERS = WorkersResponseSchema()
 
 
@@ -53,7 +55,16 @@ def stats_history() -> Response:
     return json_response(_HISTORY.dump(queue_state().service.history(query["hours"])))
 
 
+@admin_required
+def search_jobs() -> Response:
+    """The jobs whose id starts with ``idPrefix``, by id (one page, no cursor)."""
+    query = read_query(_SEARCH_QUERY)
+    jobs = queue_state().service.find_by_id_prefix(query["idPrefix"], query["limit"])
+    return json_response(_JOB_PAGE.dump({"jobs": [job.to_dict() for job in jobs], "nextBefore": None}))
+
+
 def register(blueprint: Blueprint) -> None:
+    blueprint.add_url_rule("/jobs/search", "search_jobs", search_jobs, methods=["GET"])
     blueprint.add_url_rule("/jobs/retry", "bulk_retry", bulk_retry, methods=["POST"])
     blueprint.add_url_rule("/jobs/cancel", "bulk_cancel", bulk_cancel, methods=["POST"])
     blueprint.add_url_rule("/job/<job_id>/run-now", "run_now", run_now, methods=["POST"])

@@ -123,6 +123,18 @@ class JobListQuerySchema(marshmallow.Schema):
                            metadata={"format": "uuid", "description": "Cursor: the nextBefore of the previous page."})
     view = fields.String(data_key="fields", validate=validate.OneOf(["summary"]),
                            metadata={"description": "summary: without payload, result and progress (list views)."})
+    due = fields.String(validate=validate.OneOf(["now", "later"]), metadata={
+        "description": "Pending jobs due now (runAt <= now) or later (scheduled: runAt > now); "
+                       "implies status=pending."})
+
+
+class JobSearchQuerySchema(marshmallow.Schema):
+    """``GET /jobs/search`` query string."""
+
+    idPrefix = fields.String(required=True, validate=validate.Regexp(r"^[0-9a-fA-F]{4}[0-9a-fA-F-]{0,32}$", error=(
+        "Must be 4 to 36 characters of a job id (hex digits, dashes).")), metadata={
+        "description": "The first characters of a job id (at least 4 hex digits, any case)."})
+    limit = QueryInteger(load_default=20, validate=validate.Range(1, 100), metadata={"default": 20})
 
 
 # -- responses ----------------------------------------------------------------
@@ -138,6 +150,8 @@ class AttemptSchema(marshmallow.Schema):
     outcome = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
     nextDelaySeconds = fields.Float(allow_none=True)
+    waitSeconds = fields.Float(allow_none=True, metadata={
+        "description": "Queue latency of the attempt: the job's runAt to startedAt (set when it ends)."})
     traceback = fields.String(allow_none=True, metadata={
         "description": "The handler's formatted traceback (its last 8 KB) when the attempt raised. Admin only."})
 
@@ -280,15 +294,21 @@ class HistoryQuerySchema(marshmallow.Schema):
     hours = QueryInteger(load_default=24, validate=validate.Range(1, 168), metadata={"default": 24})
 
 
+def _seconds(text: str):
+    return fields.Float(required=True, allow_none=True, metadata={"description": text})
+
+
 class HistoryCountsSchema(marshmallow.Schema):
     completed = fields.Integer(required=True)
     failed = fields.Integer(required=True)
+    waitP50 = _seconds("Median queue latency (runAt to the attempt's start), seconds; null without attempts.")
+    waitP95 = _seconds("p95 (nearest rank) of the queue latency, seconds.")
+    runP50 = _seconds("Median run time (start to end of the attempt), seconds.")
+    runP95 = _seconds("p95 (nearest rank) of the run time, seconds.")
 
 
-class HistoryBucketSchema(marshmallow.Schema):
+class HistoryBucketSchema(HistoryCountsSchema):
     start = _timestamp()
-    completed = fields.Integer(required=True)
-    failed = fields.Integer(required=True)
     types = fields.Dict(keys=fields.String(), values=fields.Nested(HistoryCountsSchema), required=True)
 
 

@@ -178,7 +178,8 @@ UPDATE queue_jobs SET heartbeat_at = :now, progress = :progress
 COMPLETE = """
 UPDATE queue_jobs
    SET status = 'completed', completed_at = :now, result = :result, lock_token = NULL, error = NULL,
-       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'completed')
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].waitSeconds', round(processed_at - run_at, 3),
+                           '$[#-1].outcome', 'completed')
  WHERE id = :id AND status = 'processing' AND lock_token = :token
 """
 
@@ -186,7 +187,8 @@ RETRY_LATER = """
 UPDATE queue_jobs
    SET status = 'pending', retry_count = retry_count + 1, run_at = :run_at, lock_token = NULL,
        error = :error,
-       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'retry',
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].waitSeconds', round(processed_at - run_at, 3),
+                           '$[#-1].outcome', 'retry',
                            '$[#-1].error', :error, '$[#-1].nextDelaySeconds', :next_delay)
  WHERE id = :id AND status = 'processing' AND lock_token = :token
 """
@@ -194,7 +196,8 @@ UPDATE queue_jobs
 FAIL = """
 UPDATE queue_jobs
    SET status = 'failed', completed_at = :now, lock_token = NULL, error = :error,
-       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'failed',
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].waitSeconds', round(processed_at - run_at, 3),
+                           '$[#-1].outcome', 'failed',
                            '$[#-1].error', :error)
  WHERE id = :id AND status = 'processing' AND lock_token = :token
 """
@@ -204,7 +207,8 @@ RETRY_LATER_WITH_TRACEBACK = """
 UPDATE queue_jobs
    SET status = 'pending', retry_count = retry_count + 1, run_at = :run_at, lock_token = NULL,
        error = :error,
-       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'retry',
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].waitSeconds', round(processed_at - run_at, 3),
+                           '$[#-1].outcome', 'retry',
                            '$[#-1].error', :error, '$[#-1].nextDelaySeconds', :next_delay,
                            '$[#-1].traceback', :traceback)
  WHERE id = :id AND status = 'processing' AND lock_token = :token
@@ -213,7 +217,8 @@ UPDATE queue_jobs
 FAIL_WITH_TRACEBACK = """
 UPDATE queue_jobs
    SET status = 'failed', completed_at = :now, lock_token = NULL, error = :error,
-       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'failed',
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].waitSeconds', round(processed_at - run_at, 3),
+                           '$[#-1].outcome', 'failed',
                            '$[#-1].error', :error, '$[#-1].traceback', :traceback)
  WHERE id = :id AND status = 'processing' AND lock_token = :token
 """
@@ -221,7 +226,8 @@ UPDATE queue_jobs
 RELEASE = """
 UPDATE queue_jobs
    SET status = 'pending', run_at = :now, lock_token = NULL,
-       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'released',
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].waitSeconds', round(processed_at - run_at, 3),
+                           '$[#-1].outcome', 'released',
                            '$[#-1].error', :error)
  WHERE id = :id AND status = 'processing' AND lock_token = :token
 """
@@ -237,7 +243,8 @@ RECOVER_FOR_RETRY = """
 UPDATE queue_jobs
    SET status = 'pending', retry_count = retry_count + 1, run_at = :now, lock_token = NULL,
        error = :error,
-       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'lost',
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].waitSeconds', round(processed_at - run_at, 3),
+                           '$[#-1].outcome', 'lost',
                            '$[#-1].error', :error)
  WHERE id = :id AND status = 'processing' AND lock_token = :token AND heartbeat_at < :before
 """
@@ -245,7 +252,8 @@ UPDATE queue_jobs
 RECOVER_AS_FAILED = """
 UPDATE queue_jobs
    SET status = 'failed', completed_at = :now, lock_token = NULL, error = :error,
-       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].outcome', 'lost',
+       attempts = json_set(attempts, '$[#-1].endedAt', :now_iso, '$[#-1].waitSeconds', round(processed_at - run_at, 3),
+                           '$[#-1].outcome', 'lost',
                            '$[#-1].error', :error)
  WHERE id = :id AND status = 'processing' AND lock_token = :token AND heartbeat_at < :before
 """
@@ -300,9 +308,13 @@ SELECT {COLUMNS} FROM queue_jobs
  WHERE (:status IS NULL OR status = :status)
    AND (:type IS NULL OR type = :type)
    AND (:queue IS NULL OR queue = :queue)
+   AND (:due_by IS NULL OR run_at <= :due_by) AND (:due_after IS NULL OR run_at > :due_after)
    AND (created_at < :before_at OR (created_at = :before_at AND id < :before_id))
  ORDER BY created_at DESC, id DESC LIMIT :limit
 """
+
+# The unique index on id: a range, prefix <= id < prefix + 'g' (ids are lowercase hex and dashes).
+JOBS_WITH_ID_PREFIX = f"SELECT {COLUMNS} FROM queue_jobs WHERE id >= :low AND id < :high ORDER BY id LIMIT :limit"
 
 # Only jobs created before the later cutoff can have finished before it: the
 # scan walks queue_jobs_newest up to there, not the whole table.
@@ -375,3 +387,39 @@ PURGE_FILES = "DELETE FROM queue_files WHERE created_at < ?"
 # A write that changes nothing: fails with "attempt to write a readonly
 # database" when the file cannot be written (BEGIN IMMEDIATE alone does not).
 WRITE_PROBE = "DELETE FROM queue_files WHERE 0"
+
+# -- history percentiles (core.history) -------------------------------------------
+# Per bucket and type (and per bucket over all types: type NULL), the nearest-rank
+# median and p95 of the attempts' queue latency (waitSeconds: runAt -> startedAt)
+# and run time (startedAt -> endedAt), ranked by window functions over the same
+# rows as HISTORY.
+_TIMED_ATTEMPTS = """
+SELECT CAST(e.ended / :bucket AS INTEGER) * :bucket AS bucket, e.type, e.wait, e.run
+  FROM (SELECT q.type AS type, json_extract(a.value, '$.waitSeconds') AS wait,
+               (julianday(json_extract(a.value, '$.endedAt'))
+                - julianday(json_extract(a.value, '$.startedAt'))) * 86400.0 AS run,
+               CAST(strftime('%s', json_extract(a.value, '$.endedAt')) AS INTEGER) AS ended,
+               json_extract(a.value, '$.outcome') AS outcome
+          FROM queue_jobs AS q, json_each(q.attempts) AS a
+         WHERE (q.status IN ('pending', 'processing') OR q.completed_at >= :since)
+           AND json_extract(a.value, '$.endedAt') IS NOT NULL) AS e
+ WHERE e.ended >= :since AND e.ended < :until AND e.outcome IN ('completed', 'failed', 'retry', 'lost')
+"""
+
+
+def _ranked(partition: str) -> str:
+    return f"""
+SELECT bucket, {'type' if 'type' in partition else 'NULL'} AS type, COUNT(*) AS n,
+       MAX(CASE WHEN wr = (wn + 1) / 2 THEN wait END), MAX(CASE WHEN wr = (95 * wn + 99) / 100 THEN wait END),
+       MAX(CASE WHEN rr = (n_all + 1) / 2 THEN run END), MAX(CASE WHEN rr = (95 * n_all + 99) / 100 THEN run END)
+  FROM (SELECT bucket, type, wait, run,
+               ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY wait IS NULL, wait) AS wr,
+               COUNT(wait) OVER (PARTITION BY {partition}) AS wn,
+               ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY run) AS rr,
+               COUNT(*) OVER (PARTITION BY {partition}) AS n_all
+          FROM timed)
+ GROUP BY bucket{', type' if 'type' in partition else ''}"""
+
+
+HISTORY_TIMINGS = (f"WITH timed AS ({_TIMED_ATTEMPTS})" + _ranked("bucket, type") + "\nUNION ALL"
+                   + _ranked("bucket") + "\nORDER BY 1, 2")

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...core.errors import StoreError
 from ...core.jobs import Job, JobStatus, capped_attempts, iso
-from ...core.store import ScheduleState, Store, StoredFile, TypeCounts, media_etag
+from ...core.store import ScheduleState, Store, StoredFile, TypeCounts, media_etag, timing_row
 from . import queries as q
 from .connections import Connections, Immediate, Pooled
 
@@ -345,15 +345,21 @@ class SQLiteStore(Store):
 
     def list_jobs(self, status: str | None = None, job_type: str | None = None,
                   limit: int = 50, before: tuple[datetime, str] | None = None,
-                  queue: str | None = None, summary: bool = False) -> list[Job]:
+                  queue: str | None = None, summary: bool = False, due_by: datetime | None = None,
+                  due_after: datetime | None = None) -> list[Job]:
         before_at, before_id = _NO_CURSOR if before is None else (_ts(before[0]), before[1])
         rows = self._db.read(q.LIST_JOBS, {"status": status, "type": job_type, "queue": queue,
+                                           "due_by": _ts(due_by), "due_after": _ts(due_after),
                                            "before_at": before_at, "before_id": before_id, "limit": int(limit)})
         jobs = [_row_to_job(r) for r in rows]
         if summary:  # the row is read anyway (one local page); the list view gets the same shape
             for job in jobs:
                 job.payload = job.result = job.progress = None
         return jobs
+
+    def jobs_with_id_prefix(self, prefix: str, limit: int = 20) -> list[Job]:
+        rows = self._db.read(q.JOBS_WITH_ID_PREFIX, {"low": prefix, "high": prefix + "g", "limit": int(limit)})
+        return [_row_to_job(r) for r in rows]
 
     def purge(self, completed_before: datetime, finished_before: datetime) -> int:
         return self._db.write(q.PURGE, {"latest": max(_ts(completed_before), _ts(finished_before)),
@@ -364,6 +370,11 @@ class SQLiteStore(Store):
         rows = self._db.read(q.HISTORY, {"bucket": int(bucket_seconds), "since": int(since.timestamp()),
                                          "until": int(until.timestamp())})
         return [{"bucket": int(b), "type": t, "completed": int(c), "failed": int(f)} for b, t, c, f in rows]
+
+    def history_timings(self, since: datetime, until: datetime, bucket_seconds: int) -> list[dict[str, Any]]:
+        rows = self._db.read(q.HISTORY_TIMINGS, {"bucket": int(bucket_seconds), "since": int(since.timestamp()),
+                                                 "until": int(until.timestamp())})
+        return [timing_row(int(b), t, int(n), (w50, w95, r50, r95)) for b, t, n, w50, w95, r50, r95 in rows]
 
     def register_worker(self, record: dict[str, Any]) -> None:
         self._db.write(q.REGISTER_WORKER, {"id": record["id"], "seen": _ts(record["lastSeenAt"]),

@@ -15,7 +15,7 @@
   // jobs on SQLite here): while jobs keep finishing, at most one read per 10 s.
   const HISTORY_MIN_MS = 10000;
   const ui = {
-    section: $('ops-section'), chart: $('history-chart'), hours: $('history-hours'), historySub: $('history-sub'),
+    section: $('ops-section'), chart: $('history-chart'), latency: $('latency-chart'), hours: $('history-hours'), historySub: $('history-sub'),
     workers: $('workers-body'), workersEmpty: $('workers-empty'), workersSub: $('workers-sub'),
   };
   let lastHistoryAt = 0;
@@ -82,6 +82,47 @@
       data.bucketSeconds >= 3600 ? 'hour' : `${data.bucketSeconds / 60} min`}`;
   }
 
+  // Queue latency (runAt to start) per bucket: the p95 as a line with dots, the
+  // median dashed; a bucket without attempts breaks the lines.
+  function drawLatency(data) {
+    const buckets = data.buckets || [];
+    const W = 720; const H = 120; const left = 40; const right = 8; const top = 8; const bottom = 18;
+    const values = buckets.flatMap((b) => [b.waitP95, b.waitP50]).filter((v) => Number.isFinite(v));
+    const max = Math.max(0.001, ...values);
+    const plotW = W - left - right; const plotH = H - top - bottom;
+    const step = plotW / Math.max(1, buckets.length);
+    const x = (i) => left + i * step + step / 2;
+    const y = (v) => top + plotH - (v / max) * plotH;
+    const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'history-svg latency-svg', preserveAspectRatio: 'none',
+                               'aria-label': 'Queue latency per bucket, p95 and median' });
+    for (const frac of [0, 1]) {
+      chart.append(svg('line', { x1: left, x2: W - right, y1: y(max * frac), y2: y(max * frac), class: 'grid' }),
+        svg('text', { x: left - 6, y: y(max * frac) + 4, class: 'axis', 'text-anchor': 'end',
+                      text: frac ? Q.duration(max * 1000) : '0' }));
+    }
+    for (const [key, cls] of [['waitP50', 'line-p50'], ['waitP95', 'line-p95']]) {
+      let run = [];
+      const flush = () => { if (run.length > 1) chart.append(svg('polyline', { points: run.join(' '), class: cls })); run = []; };
+      buckets.forEach((b, i) => {
+        if (Number.isFinite(b[key])) run.push(`${x(i).toFixed(1)},${y(b[key]).toFixed(1)}`); else flush();
+      });
+      flush();
+    }
+    const withDay = data.hours > 24;
+    buckets.forEach((b, i) => {
+      if (!Number.isFinite(b.waitP95)) return;
+      // The slowest types of the bucket by p95 latency, so a spike names its cause.
+      const slowest = Object.entries(b.types || {}).filter(([, t]) => Number.isFinite(t.waitP95))
+        .sort((p, q) => q[1].waitP95 - p[1].waitP95).slice(0, 3)
+        .map(([name, t]) => `${name} ${Q.duration(t.waitP95 * 1000)}`).join(', ');
+      chart.append(svg('circle', { cx: x(i), cy: y(b.waitP95), r: 2.5, class: 'dot-p95' }, svg('title', {
+        text: `${clock(b.start, withDay)}: queue latency p95 ${Q.duration(b.waitP95 * 1000)}, median ${
+          Q.duration((b.waitP50 ?? 0) * 1000)}; run time p95 ${Q.duration((b.runP95 ?? 0) * 1000)}${
+          slowest ? ` · p95 by type: ${slowest}` : ''}` })));
+    });
+    ui.latency.replaceChildren(chart);
+  }
+
   function drawWorkers(workers) {
     const alive = workers.filter((w) => w.alive).length;
     ui.workersSub.textContent = `${alive} alive${workers.length > alive ? ` · ${workers.length - alive} gone` : ''}`;
@@ -111,7 +152,7 @@
         Q.api('/workers'), wantHistory ? Q.api(`/stats/history?hours=${encodeURIComponent(ui.hours.value)}`) : null]);
       Q.show(ui.section, true);
       drawWorkers((workers && workers.workers) || []);
-      if (history) { drawHistory(history); lastHistoryAt = Date.now(); }
+      if (history) { drawHistory(history); drawLatency(history); lastHistoryAt = Date.now(); }
     } catch (err) {
       ui.historySub.textContent = Q.describeError(err, 'Could not load the history');
     } finally {

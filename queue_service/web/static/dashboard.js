@@ -31,6 +31,7 @@
     selectMatching: $('select-matching'), bulkRetry: $('bulk-retry'), bulkCancel: $('bulk-cancel'),
     bulkClear: $('bulk-clear'),
     schedulesSection: $('schedules-section'), schedulesBody: $('schedules-body'),
+    searchForm: $('search-form'), search: $('job-search'),
   };
 
   const state = {
@@ -52,6 +53,7 @@
     selected: new Set(),   // ids ticked for a bulk action
     allMatching: false,    // "select all matching": the bulk action goes by the filter, not ids
     stats: {},
+    search: '',            // id prefix searched for: the list shows GET /jobs/search's answer
   };
 
   // -- DOM helpers: text only ------------------------------------------------
@@ -151,9 +153,10 @@
 
   function jobsQuery(extra) {
     const params = new URLSearchParams();
-    const status = ui.status.value;
+    const [status, due] = ui.status.value.split(':');  // "pending:now" / "pending:later": due or scheduled
     const type = ui.type.value.trim();
     if (status) params.set('status', status);
+    if (due) params.set('due', due);
     if (type) params.set('type', type);
     if (ui.queue.value) params.set('queue', ui.queue.value);
     params.set('limit', ui.limit.value);
@@ -200,10 +203,14 @@
     if (!progress || typeof progress !== 'object') return '';
     const done = progress.done ?? progress.current ?? progress.completed;
     const total = progress.total;
-    if (Number.isFinite(done) && Number.isFinite(total) && total > 0) return `${done}/${total}`;
+    if (Number.isFinite(done) && Number.isFinite(total) && total > 0) return `${done} of ${total}`;
     if (Number.isFinite(progress.percent)) return `${Math.round(progress.percent)}%`;
     return JSON.stringify(progress).slice(0, 80);
   }
+
+  // Progress belongs to the running attempt: the claim clears it, but a job that
+  // failed, was cancelled or waits for a retry keeps what its last attempt reported.
+  const progressIsLive = (job) => job.status === 'processing' || job.status === 'completed';
 
   function summary(job) {
     if (job.status === 'failed' || (job.error && job.status === 'pending')) {
@@ -357,11 +364,25 @@
   }
 
   // -- rendering -------------------------------------------------------------
-  // The one wording of tries (as the CLI and the logs): "attempt 3 of 4".
-  function attemptText(job) {
-    const n = (job.attempts || []).length;
+  // The one wording of tries (as the CLI and the logs): "attempt 3 of 4", counted
+  // like the retry policy: retries used + 1, of 1 + maxRetries. A manual retry
+  // starts a new count (so never "attempt 2 of 1"); every run stays in the table.
+  function attemptParts(job) {
+    const runs = (job.attempts || []).length;
     const most = (job.maxRetries ?? 0) + 1;
-    return n ? `attempt ${n} of ${most}` : `not run yet, at most ${most} attempts`;
+    const used = Math.min(job.retryCount ?? 0, most - 1);
+    return { runs, most, n: used + 1, next: job.status === 'pending' };
+  }
+  function attemptText(job) {
+    const { runs, most, n, next } = attemptParts(job);
+    if (!runs) return `not run yet, at most ${most} attempt${most === 1 ? '' : 's'}`;
+    const text = next ? `next: attempt ${n} of ${most}` : `attempt ${n} of ${most}`;
+    const counted = next ? n - 1 : n;  // runs the current count covers
+    return runs > counted ? `${text} (${runs} run${runs === 1 ? '' : 's'} in all)` : text;
+  }
+  function attemptShort(job) {
+    const { runs, most, n } = attemptParts(job);
+    return `${runs ? n : 0} of ${most}`;
   }
 
   function retriesUsed(job) {
@@ -450,7 +471,7 @@
       el('td', {
         'data-label': 'Tries', class: 'num cell-tries',
         title: `${attemptText(job)} (${retriesUsed(job)})`,
-        text: `${(job.attempts || []).length} of ${(job.maxRetries ?? 0) + 1}`,
+        text: attemptShort(job),
       }),
       el('td', { 'data-label': 'Created', class: 'cell-time' }, timeNode(job.createdAt)),
       el('td', { 'data-label': 'Details', class: 'cell-summary' }, summary(job)),
@@ -459,7 +480,7 @@
     });
     ui.rows.replaceChildren(...rows);
     renderBulk();
-    const filtered = Boolean(ui.status.value || ui.type.value.trim() || ui.queue.value);
+    const filtered = Boolean(ui.status.value || ui.type.value.trim() || ui.queue.value || state.search);
     show(ui.empty, rows.length === 0);
     show(ui.rows.parentElement.tHead, rows.length > 0);
     show(ui.clearFilters, filtered);
@@ -467,8 +488,12 @@
       if (state.before) {
         ui.emptyTitle.textContent = 'No older jobs.';
         ui.emptyHint.textContent = 'You reached the end of the list.';
+      } else if (state.search) {
+        ui.emptyTitle.textContent = `No job id starts with ${state.search}.`;
+        ui.emptyHint.textContent = 'Check the id, or clear the search (finished jobs go after their retention).';
       } else if (filtered) {
-        const what = [ui.status.value, ui.type.value.trim()].filter(Boolean).join(' ');
+        const statusLabel = ui.status.value ? ui.status.selectedOptions[0].textContent : '';
+        const what = [statusLabel, ui.type.value.trim()].filter(Boolean).join(' ');
         ui.emptyTitle.textContent = `No ${what} jobs.`;
         ui.emptyHint.textContent = ui.status.value === 'failed' && !ui.type.value.trim()
           ? `No failed jobs right now (failed jobs are kept ${body.dataset.keptFailed || '30 days'}).` : 'Try another status or type, or clear the filters.';
@@ -495,21 +520,47 @@
     return el('pre', { class: 'json', text: JSON.stringify(value, null, 2) });
   }
 
-  function progressBlock(progress) {
+  // A bar and "3 of 20" while the attempt runs (or once it completed); for a job
+  // that stopped (failed, cancelled, waiting for its next attempt) only the text
+  // of how far its last attempt got, never a bar that looks done.
+  function progressBlock(job) {
+    const progress = job.progress;
     if (!progress) return el('p', { class: 'muted', text: 'No progress reported.' });
-    const out = [];
     const done = progress.done ?? progress.current ?? progress.completed;
     const total = progress.total;
     let fraction = null;
     if (Number.isFinite(done) && Number.isFinite(total) && total > 0) fraction = done / total;
     else if (Number.isFinite(progress.percent)) fraction = progress.percent / 100;
-    if (fraction !== null) {
-      const pct = Math.max(0, Math.min(1, fraction));
-      out.push(el('div', { class: 'progress-line' },
-        el('progress', { max: '1', value: String(pct) }), el('span', { text: ` ${Math.round(pct * 100)}%` })));
+    if (fraction === null) return jsonBlock(progress, '');  // a shape we do not know: shown as it is
+    const text = progressText(progress);
+    if (!progressIsLive(job)) {
+      return el('p', { class: 'progress-text progress-stopped', text: `The last attempt reached ${text}.` });
     }
-    out.push(jsonBlock(progress, ''));
-    return el('div', {}, ...out);
+    const pct = Math.max(0, Math.min(1, fraction));
+    return el('div', { class: 'progress-line' },
+      el('progress', { max: '1', value: String(pct), 'aria-label': text }),
+      el('span', { class: 'progress-text', text }));
+  }
+
+  // IMAGE_PROCESS results: a table of the images with their thumbnails, served
+  // by the media route (same origin: the CSP's img-src 'self').
+  const MEDIA_PATH = `${new URL(API || '/', location.href).pathname.replace(/\/$/, '')}/media/`;
+  function imagesTable(images) {
+    const kb = (n) => (!Number.isFinite(n) ? '–' : n < 10240 ? `${(n / 1024).toFixed(1)} KB` : `${Math.round(n / 1024).toLocaleString()} KB`);
+    const rows = images.map((img) => {
+      const url = typeof img.url === 'string' ? img.url : '';
+      const local = url.startsWith(MEDIA_PATH) && !img.error;
+      return el('tr', {},
+        el('td', {}, local ? el('img', { class: 'thumb', src: url, alt: `Image ${url.slice(MEDIA_PATH.length)}`, loading: 'lazy' })
+          : el('span', { class: 'muted', text: '–' })),
+        el('td', { class: 'mono small', title: img.source || '', text: img.source || '–' }),
+        el('td', { class: 'num', text: `${kb(img.bytesBefore)} → ${kb(img.bytesAfter)}` }),
+        el('td', { class: 'num', text: img.width && img.height ? `${img.width}×${img.height}` : '–' }),
+        el('td', {}, img.error ? el('span', { class: 'err-text', text: img.error }) : el('span', { class: 'muted', text: 'ok' })));
+    });
+    return el('div', { class: 'table-wrap' }, el('table', { class: 'thumbs' },
+      el('thead', {}, el('tr', {}, ...['', 'Source', 'Size', 'Pixels', 'Outcome'].map((h) => el('th', { text: h })))),
+      el('tbody', {}, ...rows)));
   }
 
   function attemptsTable(job) {
@@ -541,6 +592,20 @@
     return field(label, el('span', { text: absolute(iso) }), el('span', { class: 'muted', text: ` (${relative(iso)})` }));
   }
 
+  // Started / heartbeat / worker are the current attempt's: shown while it runs.
+  // Otherwise the last attempt's start and worker come from its row of the
+  // attempts list (the job-level fields may still hold an older attempt's).
+  function currentAttemptFields(job) {
+    if (job.status === 'processing') {
+      return [...timeField('Started', job.processedAt), ...timeField('Heartbeat', job.heartbeatAt),
+              ...field('Worker', job.worker ? el('span', { class: 'mono', text: job.worker }) : '–')];
+    }
+    const last = (job.attempts || [])[job.attempts.length - 1];
+    if (!last) return [];
+    return [...timeField('Last started', last.startedAt),
+            ...field('Last worker', last.worker ? el('span', { class: 'mono', text: last.worker }) : '–')];
+  }
+
   function renderDetail() {
     const job = state.detailJob;
     if (!job) return;
@@ -557,10 +622,8 @@
       ...field('Tries', `${attemptText(job)} (${retriesUsed(job)})`),
       ...timeField('Created', job.createdAt),
       ...timeField('Run at', job.runAt),
-      ...timeField('Started', job.processedAt),
-      ...timeField('Heartbeat', job.heartbeatAt),
+      ...currentAttemptFields(job),
       ...timeField('Finished', job.completedAt),
-      ...field('Worker', job.worker ? el('span', { class: 'mono', text: job.worker }) : '–'),
       ...(job.idempotencyKey ? field('Idempotency key', el('span', { class: 'mono', text: job.idempotencyKey })) : []),
       ...(job.scheduledBy ? field('Schedule', el('span', { text: job.scheduledBy })) : []),
       ...(job.scheduledBy ? timeField('Slot', job.slot) : []));
@@ -569,11 +632,13 @@
       parts.push(el('p', { class: 'callout warn-callout', text: `No heartbeat for ${duration(serverNow() - parseTime(job.heartbeatAt))}. The scheduler or "Run stuck-job cleanup" requeues it (that counts as a retry).` }));
     }
     if (job.error) parts.push(section('Error', el('pre', { class: 'error-block', text: job.error })));
-    if (job.status === 'processing' || job.progress) parts.push(section('Progress', progressBlock(job.progress)));
+    if (job.status === 'processing' || job.progress) parts.push(section('Progress', progressBlock(job)));
     parts.push(section(`Attempts (${attemptText(job)})`, attemptsTable(job)));
     parts.push(section('Payload', jsonBlock(job.payload, 'No payload shown.')));
     const noResult = { completed: 'The handler returned nothing.', failed: 'None: the job failed (see the error).',
                        cancelled: 'None: the job was cancelled before it ran.' }[job.status] || 'No result yet.';
+    const images = job.result && Array.isArray(job.result.images) ? job.result.images : null;
+    if (images && images.length) parts.push(section('Images', imagesTable(images)));
     parts.push(section('Result', jsonBlock(job.result, noResult)));
     ui.detailBody.replaceChildren(...parts);
   }
@@ -719,7 +784,7 @@
     try {
       const [statsData, pageData, processing] = await Promise.all([
         api('/stats'),
-        api(jobsQuery()),
+        api(state.search ? `/jobs/search?idPrefix=${encodeURIComponent(state.search)}&limit=100` : jobsQuery()),
         api('/jobs?status=processing&limit=100'),
       ]);
       state.connected = true;
@@ -732,7 +797,8 @@
       const page = pageOf(pageData);
       state.jobs = page.jobs;
       const limit = Number(ui.limit.value);
-      state.nextBefore = page.next || (page.jobs.length === limit ? page.jobs[page.jobs.length - 1].id : null);
+      state.nextBefore = state.search ? null
+        : page.next || (page.jobs.length === limit ? page.jobs[page.jobs.length - 1].id : null);
       state.stuck = new Map(pageOf(processing).jobs.filter(isStuck).map((j) => [j.id, j]));
       renderStats((statsData && statsData.stats) || statsData || {});
       renderStuck();
@@ -808,7 +874,27 @@
     clearTimeout(typeTimer);
     typeTimer = setTimeout(() => { clearSelection(); resetPaging(); refresh(); }, 400);
   });
+  // Find a job by id or id prefix (4+ hex characters): one hit opens it.
+  const ID_PREFIX = /^[0-9a-f]{4}[0-9a-f-]{0,32}$/;
+  ui.searchForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const prefix = ui.search.value.trim().toLowerCase();
+    if (prefix && !ID_PREFIX.test(prefix)) {
+      toast('Type a job id or its first 4 or more characters (hex digits and dashes).', true);
+      return;
+    }
+    clearSelection();
+    resetPaging();
+    state.search = prefix;
+    await refresh();
+    if (prefix && state.jobs.length === 1) openDetail(state.jobs[0].id);
+  });
+  ui.search.addEventListener('search', () => {  // the field's own clear button
+    if (!ui.search.value && state.search) { state.search = ''; refresh(); }
+  });
   ui.clearFilters.addEventListener('click', () => {
+    state.search = '';
+    ui.search.value = '';
     ui.status.value = '';
     ui.type.value = '';
     ui.queue.value = '';
