@@ -22,7 +22,7 @@ from flask import Response
 from marshmallow import fields, validate, validates_schema
 
 from ..core.jobs import JobStatus
-from ..core.limits import (DEFAULT_PAGE_LIMIT, MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_JSON_DEPTH,
+from ..core.limits import (DEFAULT_PAGE_LIMIT, MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS,
                            MAX_RETRIES_LIMIT, MAX_TYPE_NAME_CHARS, PAGE_LIMIT_RANGE, PRIORITY_RANGE, QUEUE_NAME)
 
 # Job ids are str(uuid4()): anything else cannot name a job.
