@@ -10,6 +10,7 @@ from typing import Any
 from bson.codec_options import CodecOptions
 
 from ..core.store import nearest_rank, timing_row
+from .mongo_docs import _doc_to_job
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -83,7 +84,6 @@ class OperatorViews:
         return sorted(out, key=lambda r: (r["bucket"], r["type"] or ""))
 
     def jobs_with_id_prefix(self, prefix: str, limit: int = 20) -> list[Any]:
-        from .mongo import _doc_to_job  # mongo imports this mixin
         with self._errors():
             docs = list(self.coll.find({"_id": {"$gte": prefix, "$lt": prefix + "g"}}, sort=[("_id", 1)],
                                        limit=int(limit)))
