@@ -7,17 +7,15 @@ change is skipped, never forced. A filter is walked in pages of
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
 from .errors import ValidationError
 from .jobs import Job
-from .limits import MAX_TYPE_NAME_CHARS, QUEUE_NAME
+from .limits import MAX_BULK_IDS, MAX_TYPE_NAME_CHARS, QUEUE_NAME, is_queue_name
 from .store import Store
 
-MAX_BULK_IDS = 1000
 PAGE = 500
 SELECTION_FIELDS = ("ids", "status", "type", "queue")
 
@@ -57,7 +55,7 @@ def parse_selection(body: dict[str, Any], status: str) -> Selection:
         errors["status"] = [f"Must be {status!r} (the only status this action applies to)."]
     if "type" in body and not (isinstance(body["type"], str) and 1 <= len(body["type"]) <= MAX_TYPE_NAME_CHARS):
         errors["type"] = [f"Must be a string of 1 to {MAX_TYPE_NAME_CHARS} characters."]
-    if "queue" in body and not (isinstance(body["queue"], str) and re.fullmatch(QUEUE_NAME, body["queue"])):
+    if "queue" in body and not is_queue_name(body["queue"]):
         errors["queue"] = [f"Must match {QUEUE_NAME}."]
     if errors:
         raise ValidationError(errors)

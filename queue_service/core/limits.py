@@ -5,6 +5,9 @@ web schemas and the OpenAPI document read them from here.
 """
 from __future__ import annotations
 
+import re
+from typing import Any
+
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
 MAX_DELAY_SECONDS = 366 * 24 * 3600          # how long a delay may be
 MAX_RETRIES_LIMIT = 100
@@ -17,3 +20,11 @@ DEFAULT_PAGE_LIMIT = 50
 MAX_ERROR_CHARS = 2000                       # a handler's error text as stored
 QUEUE_NAME = r"[a-z0-9_-]{1,40}"            # a named queue (QUEUE_WORKER_QUEUES, queue=)
 MAX_BULK_JOBS = 1000                         # add_jobs / POST /jobs {"jobs": [...]}
+MAX_BULK_IDS = 1000                          # POST /jobs/retry and /jobs/cancel {"ids": [...]}
+
+_QUEUE_NAME = re.compile(QUEUE_NAME)
+
+
+def is_queue_name(value: Any) -> bool:
+    """The one check of a queue name, wherever one is given."""
+    return isinstance(value, str) and _QUEUE_NAME.fullmatch(value) is not None

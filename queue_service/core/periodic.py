@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from .jobs import DEFAULT_QUEUE, Job, JobStatus
-from .limits import QUEUE_NAME
+from .limits import QUEUE_NAME, is_queue_name
 from .registry import JobType
 from .store import ScheduleState  # noqa: F401  (re-exported: the state periodic reads)
 
@@ -102,7 +101,7 @@ class Schedule:
         else:
             self.every = _check_every(self.every)
         self._zone = _zone(self.tz)
-        if self.queue is not None and not (isinstance(self.queue, str) and re.fullmatch(QUEUE_NAME, self.queue)):
+        if self.queue is not None and not is_queue_name(self.queue):
             raise ValueError(f"queue names match {QUEUE_NAME}, got {self.queue!r}")
         if self.catchup not in CATCHUP_MODES:
             raise ValueError(f"catchup must be one of {', '.join(CATCHUP_MODES)}, got {self.catchup!r}")

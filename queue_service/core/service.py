@@ -18,7 +18,7 @@ from . import bulk, history
 from .store import TypeCounts
 from .errors import InvalidTransition, JobNotFound, StoreError, ValidationError
 from .jobs import Job, JobStatus, RetryPolicy, iso
-from .limits import MAX_BULK_JOBS, PAGE_LIMIT_RANGE, QUEUE_NAME
+from .limits import MAX_BULK_JOBS, PAGE_LIMIT_RANGE, QUEUE_NAME, is_queue_name
 from .lazy_store import describe_cause, public_reason
 from .periodic import overview as schedules_overview
 from .registry import Registry
@@ -144,7 +144,7 @@ class QueueService:
                 errors["before"] = ["Unknown job id."]
             else:
                 cursor = (anchor.created_at, anchor.id)
-        if queue is not None and not (isinstance(queue, str) and re.fullmatch(QUEUE_NAME, queue)):
+        if queue is not None and not is_queue_name(queue):
             errors["queue"] = [f"Must match {QUEUE_NAME}."]
         if errors:
             raise ValidationError(errors)
@@ -279,7 +279,7 @@ class QueueService:
         try:
             self.store.ping()
             stats = self.stats()
-            if getattr(self.store, "refusing_writes", False):
+            if self.store.refusing_writes:
                 problems.append(REFUSES_WRITES)  # reads answer; the last write was refused
         except StoreError as exc:  # generic words here; the driver's text (hosts, ports) to the log
             problems.append(public_reason(exc))

@@ -13,13 +13,12 @@ seconds and may be fractions.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
-from .limits import QUEUE_NAME
+from .limits import QUEUE_NAME, is_queue_name
 from .jobs import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAYS_SECONDS
 
 ENV_PREFIXES = ("QUEUE_", "MAIL_")
@@ -91,7 +90,7 @@ def as_queues(value: Any, name: str) -> tuple[str, ...] | None:
     names = [str(item).strip() for item in items if str(item).strip()]
     if not names or names == ["*"]:
         return None
-    bad = [n for n in names if not re.fullmatch(QUEUE_NAME, n)]
+    bad = [n for n in names if not is_queue_name(n)]
     if bad:
         raise ConfigurationError(f"{name} takes queue names matching {QUEUE_NAME} or *, got {bad[0]!r}")
     return tuple(dict.fromkeys(names))

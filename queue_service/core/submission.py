@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +16,8 @@ from .clock import ensure_aware
 from .errors import UnknownJobType, ValidationError
 from . import storable
 from .jobs import DEFAULT_QUEUE, Job, new_job_id
-from .limits import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PRIORITY_RANGE, QUEUE_NAME
+from .limits import (MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PRIORITY_RANGE, QUEUE_NAME,
+                     is_queue_name)
 from .registry import Registry
 from .settings import Settings
 
@@ -52,7 +52,7 @@ def build_job(registry: Registry, settings: Settings, now: datetime, job_type: A
                                         or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS):
         errors["idempotency_key"] = [f"Must be a string of 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters."]
     queue_name = queue if queue is not None else (spec.queue or DEFAULT_QUEUE)
-    if not isinstance(queue_name, str) or not re.fullmatch(QUEUE_NAME, queue_name):
+    if not is_queue_name(queue_name):
         errors["queue"] = [f"Must match {QUEUE_NAME}."]
     try:
         stored_payload = as_json(spec.dump(spec.load(payload)))

@@ -9,7 +9,6 @@ this class finds the right app's service and hands the call on.
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -21,7 +20,7 @@ from ..core.clock import Clock
 from ..core.errors import (ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType,
                            ValidationError)
 from ..core.jobs import Job
-from ..core.limits import PRIORITY_RANGE, QUEUE_NAME
+from ..core.limits import PRIORITY_RANGE, QUEUE_NAME, is_queue_name
 from ..core.periodic import Schedule, Schedules
 from ..core.registry import JobType, Registry
 from ..core.runtime import Runtime
@@ -201,7 +200,7 @@ class JobQueue:
         ``timeout``: seconds (or ``settings -> seconds``) one attempt may take,
         shown to the handler as ``job.deadline`` / ``job.remaining_seconds()``;
         the handler must check it (a thread cannot be killed)."""
-        if queue is not None and not (isinstance(queue, str) and re.fullmatch(QUEUE_NAME, queue)):
+        if queue is not None and not is_queue_name(queue):
             raise ValueError(f"queue names match {QUEUE_NAME}, got {queue!r}")
         if isinstance(schema, type):
             schema = schema()

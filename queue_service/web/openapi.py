@@ -15,7 +15,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import make_schema_key, resolve_schema_instance
 
-from ..core.bulk import MAX_BULK_IDS
+from ..core.limits import MAX_BULK_IDS
 from ..core.limits import MAX_BULK_JOBS, MAX_JSON_DEPTH, MAX_TYPE_NAME_CHARS, QUEUE_NAME
 from . import schemas as s
 
