@@ -8,7 +8,6 @@ this class finds the right app's service and hands the call on.
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -27,6 +26,7 @@ from ..core.runtime import Runtime
 from ..core.service import QueueService
 from ..core.settings import Settings
 from ..core.store import Store
+from ..core.submission import as_json
 from .api import blueprint
 from .cli import queue_cli
 from .state import EXTENSION_KEY, QueueState
@@ -240,7 +240,7 @@ class JobQueue:
                     or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
                 raise ValueError(f"priority must be an integer between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
             schedule = Schedule(name or Schedule.default_name(job_type, cron, every), spec,
-                                json.loads(json.dumps(stored)), cron=cron, every=every, tz=tz, priority=priority,
+                                as_json(stored), cron=cron, every=every, tz=tz, priority=priority,
                                 catchup=catchup, queue=queue)
             return self.schedules.add(schedule)
 
