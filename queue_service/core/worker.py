@@ -243,7 +243,7 @@ class Worker:
             recorded = self.store.retry_later(job, now, error, now + timedelta(seconds=delay), trace)
             if recorded:
                 log.warning("[Worker] 🔄 Job %s will retry in %dms (%s): %s", job.id, round(delay * 1000),
-                            attempt_text(job.attempt_number + 1, job.max_retries), error)
+                            attempt_text(job.retry_count + 2, job.max_retries), error)  # as the policy counts
         else:
             recorded = self.store.fail(job, now, error, trace)
             if recorded:
