@@ -3,10 +3,11 @@ is unchanged since enqueue (its fingerprint) and loading is the identity."""
 from __future__ import annotations
 
 import pytest
+from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from queue_service import JobQueue, JobStatus
-from queue_service.core.fingerprint import load_is_identity, schema_fingerprint
+from queue_service.core.fingerprint import dump_is_identity, load_is_identity, schema_fingerprint
 from queue_service.core.registry import JobType
 
 
@@ -171,3 +172,63 @@ def test_fingerprint_is_the_same_in_another_process():
                          cwd=Path(__file__).resolve().parent.parent, timeout=60).stdout.strip()
     assert out == schema_fingerprint(NoopSchema())
     assert load_is_identity(NoopSchema())
+
+
+def test_dump_is_skipped_only_where_it_would_return_the_loaded_payload():
+    """Enqueue stores ``load(x)`` without the dump when ``dump_is_identity``:
+    for such schemas the dump must equal the load, for the others it may differ."""
+    from marshmallow import INCLUDE
+
+    class Plain(Schema):
+        s = fields.String(required=True)
+        i = fields.Integer()
+        f = fields.Float()
+        b = fields.Boolean(allow_none=True)
+        tags = fields.List(fields.String())
+        meta = fields.Dict(keys=fields.String(), values=fields.Raw())
+        note = fields.String(load_default="")
+
+    class DumpDefault(Schema):
+        s = fields.String()
+        extra = fields.String(dump_default="added by dump")
+
+    class Included(Schema):
+        class Meta:
+            unknown = INCLUDE
+        s = fields.String()
+
+    class Dated(Schema):
+        at = fields.DateTime()
+
+    given = [{"s": "a"}, {"s": "a", "i": "7", "f": 2, "b": "true", "tags": ["x"], "meta": {"k": [1, {"z": None}]}},
+             {"s": "", "b": None, "f": 1.5}]
+    schema = Plain()
+    assert dump_is_identity(schema)
+    for payload in given:
+        assert schema.dump(schema.load(payload)) == schema.load(payload)
+
+    assert not dump_is_identity(DumpDefault())
+    assert DumpDefault().dump(DumpDefault().load({"s": "a"})) != DumpDefault().load({"s": "a"})
+    assert not dump_is_identity(Included())
+    assert Included().dump(Included().load({"s": "a", "x": 1})) != Included().load({"s": "a", "x": 1})
+    assert not dump_is_identity(Dated()) and not dump_is_identity(None)
+
+
+def test_a_payload_stored_without_the_dump_reads_back_as_given(tmp_path):
+    queue = JobQueue(builtins=False)
+
+    class Plain(Schema):
+        n = fields.Integer(required=True)
+        f = fields.Float()
+        tags = fields.List(fields.String())
+
+    queue.job_type("PLAIN_STORE", schema=Plain)(lambda payload, job: None)
+    assert queue.registry.get("PLAIN_STORE").dump_is_identity
+    app = Flask(__name__)
+    app.config.update(QUEUE_AUTOSTART=False, QUEUE_DATABASE_URL=f"sqlite:///{tmp_path / 'q.db'}")
+    queue.init_app(app)
+    given = {"n": "3", "f": 2, "tags": ["a", "b"]}
+    with app.app_context():
+        job = queue.get_job(queue.add_job("PLAIN_STORE", given))
+    assert job.payload == {"n": 3, "f": 2.0, "tags": ["a", "b"]} == Plain().dump(Plain().load(given))
+    assert given == {"n": "3", "f": 2, "tags": ["a", "b"]}  # the caller's dict is not changed

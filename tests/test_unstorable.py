@@ -13,6 +13,7 @@ from queue_service.core import storable
 TOKEN = "t0ken"
 UNSTORABLE = {
     "too large": {"blob": "x" * (storable.MAX_VALUE_BYTES + 1)},
+    "too large key": {"k" * (storable.MAX_VALUE_BYTES + 1): 1},
     "NUL key": {"a\x00b": 1},
     "huge int": {"n": 2 ** 63},
     "huge negative int": {"deep": [{"n": -(2 ** 63) - 1}]},

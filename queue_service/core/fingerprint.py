@@ -74,6 +74,24 @@ def load_is_identity(schema: marshmallow.Schema | None) -> bool:
     return all(_plain(field) for field in schema.fields.values())
 
 
+def dump_is_identity(schema: marshmallow.Schema | None) -> bool:
+    """True when ``schema.dump(schema.load(x)) == schema.load(x)``: enqueue may
+    then store the loaded payload without dumping it. Loading must be the
+    identity (above: plain fields, no renames, no hooks), no field may add a
+    ``dump_default`` that loading left out, and unknown keys must not be
+    INCLUDEd (a load keeps them; a dump drops them)."""
+    if not load_is_identity(schema) or getattr(schema, "unknown", None) == marshmallow.INCLUDE:
+        return False
+    return all(_no_dump_default(field) for field in schema.fields.values())
+
+
+def _no_dump_default(field: Any) -> bool:
+    if getattr(field, "dump_default", marshmallow.missing) is not marshmallow.missing:
+        return False
+    inner = [getattr(field, "inner", None), getattr(field, "key_field", None), getattr(field, "value_field", None)]
+    return all(f is None or _no_dump_default(f) for f in inner)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, fields.Field):
         parts = [f"{type(value).__module__}.{type(value).__qualname__}"]

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import marshmallow
 
 from .errors import DuplicateJobType
-from .fingerprint import load_is_identity, schema_fingerprint
+from .fingerprint import dump_is_identity, load_is_identity, schema_fingerprint
 
 JOB_TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
@@ -31,10 +31,12 @@ class JobType:
     # with each job at enqueue, and whether the worker may then skip loading.
     fingerprint: str | None = field(init=False, default=None, repr=False, compare=False)
     load_is_identity: bool = field(init=False, default=False, repr=False, compare=False)
+    dump_is_identity: bool = field(init=False, default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.fingerprint = schema_fingerprint(self.schema)
         self.load_is_identity = load_is_identity(self.schema)
+        self.dump_is_identity = dump_is_identity(self.schema)
 
     def timeout_seconds(self, settings: Any) -> float | None:
         return self.timeout(settings) if callable(self.timeout) else self.timeout
@@ -55,8 +57,9 @@ class JobType:
         return self.load(payload)
 
     def dump(self, loaded: Any) -> dict[str, Any]:
-        """The JSON form stored for a loaded payload."""
-        return loaded if self.schema is None else self.schema.dump(loaded)
+        """The JSON form stored for a loaded payload (the loaded payload itself
+        when dumping would return an equal one: core/fingerprint.py)."""
+        return loaded if self.schema is None or self.dump_is_identity else self.schema.dump(loaded)
 
 
 class Registry:

@@ -16,6 +16,8 @@ MAX_DEPTH = 90  # BSON nests at most 100 levels
 
 
 def problem(value: Any) -> str | None:
+    if type(value) is dict and _flat_and_fine(value):
+        return None
     walk = _Walk()
     found = walk.visit(value, "", 0)
     if found:
@@ -25,6 +27,33 @@ def problem(value: Any) -> str | None:
         if size > MAX_VALUE_BYTES:
             return f"it is {size} bytes as JSON; stores keep at most {MAX_VALUE_BYTES}"
     return None
+
+
+def _flat_and_fine(value: dict) -> bool:
+    """The common payload, decided without the walk (~3x cheaper): an object
+    of short strings, 64-bit integers, floats, booleans and nulls under keys
+    without NUL. Anything else (nesting, a long string, a big integer) walks."""
+    if len(value) > _FLAT_KEYS:
+        return False
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str or "\x00" in key or len(key) > _FLAT_STRING_CHARS:
+            return False
+        if kind is str:
+            if len(item) > _FLAT_STRING_CHARS:
+                return False
+        elif kind is int:
+            if not INT_RANGE[0] <= item <= INT_RANGE[1]:
+                return False
+        elif not (item is None or kind is bool or kind is float):
+            return False
+    return True
+
+
+# Within these a flat object is under 2 MB (keys and strings at 4 bytes a character),
+# far below MAX_VALUE_BYTES: its size need not be estimated.
+_FLAT_STRING_CHARS = 4096
+_FLAT_KEYS = 64
 
 
 class _Walk:

@@ -29,6 +29,15 @@ except ImportError:  # not POSIX: SQLite's busy handler alone
 from ...core.errors import StoreError, StoreRefusesWrites, StoreUnavailable
 
 MAX_IDLE_CONNECTIONS = 4
+# The commit that takes the WAL past this many pages copies them back into the
+# database file and syncs it, inline. SQLite's default is 1,000 (4 MB): with
+# five B-trees written per enqueue, one enqueue in ~200 paid for a checkpoint,
+# and each checkpoint rewrote the same hot right-edge pages again. At 4,000
+# (16 MB of WAL at most, then reused) a checkpoint copies one version of
+# pages written many times: add_job 249 -> 220 us mean, 250 -> 172 us median
+# (100-call batches, default and 4,000 interleaved in one process). The WAL
+# file keeps its largest size until the last connection closes.
+WAL_AUTOCHECKPOINT_PAGES = 4000
 
 
 class WriterLock:
@@ -198,6 +207,7 @@ class Connections:
                                    timeout=self.busy_timeout_seconds, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
         return conn

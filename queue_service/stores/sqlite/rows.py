@@ -85,8 +85,12 @@ def row_to_job(row: tuple) -> Job:
     )
 
 
+# One encoder, made once: json.dumps with any option builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def insert_params(job: Job) -> tuple:
-    return (job.id, job.type, json.dumps(job.payload, separators=(",", ":")), str(job.status),
+    return (job.id, job.type, _COMPACT.encode(job.payload), str(job.status),
             job.priority, job.retry_count, job.max_retries, encoded_delays(tuple(job.retry_delays)),
             ts(job.created_at), ts(job.run_at), job.idempotency_key, job.queue, job.scheduled_by, ts(job.slot),
             job.schema_fingerprint)
