@@ -63,7 +63,7 @@ def _dump_job(job: Any) -> dict[str, Any]:
 def _cap_body() -> None:
     """413 before the body is read: Content-Length is checked here; a chunked
     body is cut by read_body (and by Werkzeug one byte later)."""
-    limit = body_limit()
+    limit = body_limit(queue_state())
     # One byte over the cap, so read_body can tell "exactly the cap" from "more".
     request.max_content_length = limit + 1
     if request.content_length is not None and request.content_length > limit:
@@ -116,11 +116,11 @@ def _api_names(messages: Any) -> dict[str, Any]:
 @blueprint.post("/jobs")
 @admin_required
 def create_job() -> Response:
-    body = read_json_object()
+    state = queue_state()
+    body = read_json_object(state=state)
     if "jobs" in body:
         return _create_jobs(body)
     job_type, payload, options = _create_arguments(body)
-    state = queue_state()
     try:
         submitted = state.service.submit(job_type, payload, **options)
     except ValidationError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import marshmallow
@@ -34,10 +35,11 @@ class ApiError(Exception):
         self.details = details or {}
 
 
-def read_json_object(optional: bool = False) -> dict[str, Any]:
+def read_json_object(optional: bool = False, state: Any = None) -> dict[str, Any]:
     """The request body as a JSON object, or an ApiError (400/413). With
-    ``optional``, an empty body reads as ``{}``."""
-    raw = read_body(body_limit())
+    ``optional``, an empty body reads as ``{}``. ``state``: the queue's, if the
+    caller has it already."""
+    raw = read_body(body_limit(state))
     if not raw.strip():
         if optional:
             return {}
@@ -53,7 +55,7 @@ def read_json_object(optional: bool = False) -> dict[str, Any]:
         raise ApiError(400, "Request body is not valid UTF-8.",
                        {"body": [f"Invalid UTF-8 at byte {exc.start}."]}) from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise ApiError(400, "Malformed JSON.",
                        {"body": [f"{exc.msg} (line {exc.lineno}, column {exc.colno})."]}) from None
@@ -64,13 +66,14 @@ def read_json_object(optional: bool = False) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiError(400, "Request body must be a JSON object.",
                        {"body": [f"Expected an object, got {type(value).__name__}."]})
-    _check_json_value(value)
+    if _may_hold_unstorable(text):
+        _check_json_value(value)
     return value
 
 
-def body_limit() -> int:
+def body_limit(state: Any = None) -> int:
     """QUEUE_MAX_BODY_BYTES, or the host's MAX_CONTENT_LENGTH if smaller."""
-    limit = queue_state().settings.max_body_bytes
+    limit = (state or queue_state()).settings.max_body_bytes
     host_limit = current_app.config.get("MAX_CONTENT_LENGTH")
     return min(limit, int(host_limit)) if host_limit else limit
 
@@ -80,6 +83,11 @@ def read_body(limit: int) -> bytes:
     most, whatever the client sends: a chunked body has no Content-Length to
     check up front, and Werkzeug's own cap stops silently at the limit."""
     stream = request.stream
+    length = request.content_length
+    if length is not None and length <= limit:
+        # Werkzeug's stream ends at Content-Length: one read is the whole body
+        # (a client that sends less is a ClientDisconnected, a 400).
+        return stream.read(length)
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
@@ -95,6 +103,22 @@ def read_body(limit: int) -> bytes:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON.")
+
+
+# One decoder, made once (json.loads with an option builds one per call).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+# What the walk below refuses can only come from text holding one of these: a
+# \u escape (a lone surrogate; valid UTF-8 holds none), a run of 19 digits (an
+# integer outside 64 bits, or a float that overflows without an exponent), an
+# exponent (1e999), or more brackets than MAX_JSON_DEPTH (nesting; json.loads
+# itself stops at Python's recursion limit). Text with none of them is not walked.
+_MAYBE_UNSTORABLE = re.compile(r"\\u|[0-9]{19}|[0-9][eE]")
+
+
+def _may_hold_unstorable(text: str) -> bool:
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+        return True
+    return _MAYBE_UNSTORABLE.search(text) is not None
 
 
 def _check_json_value(value: Any) -> None:

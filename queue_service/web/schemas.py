@@ -31,13 +31,14 @@ STATUSES = [s.value for s in JobStatus]
 
 
 # -- JSON helpers -------------------------------------------------------------
+# ensure_ascii: a lone surrogate in stored data can still be written out. Made
+# once: json.dumps with options builds an encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # ensure_ascii: a lone surrogate in stored data can still be written out.
-    body = json.dumps(payload, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    response = Response(body + "\n", status=status, mimetype="application/json")
-    if headers:
-        response.headers.update(headers)
-    return response
+    return Response(_ENCODER.encode(payload) + "\n", status=status, headers=headers,
+                    content_type="application/json")
 
 
 def error_response(status: int, message: str, details: dict[str, Any] | None = None) -> Response:
