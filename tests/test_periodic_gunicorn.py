@@ -36,17 +36,6 @@ def scheduled_rows(tmp_path) -> list[tuple[float, float, str, str | None]]:
         conn.close()
 
 
-def polled_count(tmp_path) -> int:
-    """The count while the server runs. Once in ~5 full-suite runs this outside
-    reader saw "database disk image is malformed" while three workers set up a
-    new file at once (never on a read after the stop, which the assertions use):
-    a poll that hits it counts as not there yet. Seen 2026-12-02; not explained."""
-    try:
-        return len(scheduled_rows(tmp_path))
-    except sqlite3.DatabaseError:
-        return -1
-
-
 def run_server(tmp_path, runs: int) -> tuple[float, float]:
     """Serve until the schedule has ``runs`` more jobs; (launch time, stop time) in epoch seconds."""
     before = len(scheduled_rows(tmp_path))
@@ -54,7 +43,7 @@ def run_server(tmp_path, runs: int) -> tuple[float, float]:
     server = Gunicorn(tmp_path, workers=3, TEST_APP_PERIODIC_EVERY=str(EVERY))
     try:
         server.wait_ready()
-        wait_for(f"{runs} periodic runs", lambda: polled_count(tmp_path) >= before + runs, every=0.05)
+        wait_for(f"{runs} periodic runs", lambda: len(scheduled_rows(tmp_path)) >= before + runs, every=0.05)
         stopped = time.time()
     finally:
         server.stop()

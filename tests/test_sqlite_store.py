@@ -285,3 +285,35 @@ def test_a_file_without_the_schedule_columns_gains_them_at_setup(tmp_path, clock
     assert reopened.enqueue_slot("s", slot, slot_job(clock, "s", slot), clock.now())
     assert reopened.schedule_states()["s"].last_slot == slot
     reopened.close()
+
+
+def test_opening_another_connection_keeps_this_process_locks(tmp_path, clock):
+    """Closing any descriptor of the database file drops every POSIX lock the
+    process holds on it, SQLite's too. The pool once opened the file itself
+    before each new connection: another process's connection then looked like
+    the last one, checkpointed and deleted the WAL under ours (two gunicorn
+    workers ran the same job). Here: a second connection in this process, then
+    another process connects and disconnects; the WAL must still be there and
+    a row written after it must be seen from outside."""
+    import subprocess
+    import sys
+
+    store = open_store(tmp_path)
+    path = str(tmp_path / "queue.db")
+    store.insert(make_job(clock))
+    held = store._db.acquire()  # one connection kept open, as the pool keeps them
+    try:
+        held.execute("SELECT count(*) FROM queue_jobs").fetchall()
+        second = store._db.open()  # the pool growing: a new connection in this process
+        second.close()
+        outside = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+                   " print(c.execute('SELECT count(*) FROM queue_jobs').fetchone()[0]); c.close()")
+        subprocess.run([sys.executable, "-c", outside, path], check=True, timeout=60, capture_output=True)
+        assert (tmp_path / "queue.db-wal").exists()
+        store.insert(make_job(clock))
+        seen = subprocess.run([sys.executable, "-c", outside, path], check=True, timeout=60,
+                              capture_output=True, text=True).stdout.strip()
+        assert seen == "2"
+    finally:
+        store._db.release(held)
+        store.close()

@@ -197,8 +197,17 @@ class Connections:
             try:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
                 # Created 0600 (payloads hold addresses); SQLite gives its -wal
-                # and -shm files the database file's permissions.
-                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                # and -shm files the database file's permissions. O_EXCL: an
+                # existing file is never opened here, because closing any
+                # descriptor of the file drops every POSIX lock this process holds
+                # on it, SQLite's included ("How To Corrupt An SQLite Database
+                # File", 2.2). Another process's last-looking connection then
+                # checkpointed and reset the WAL under our live ones: two workers
+                # ran the same job, and outside readers saw "malformed".
+                try:
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+                except FileExistsError:
+                    pass
             except OSError as exc:  # NotADirectoryError, PermissionError, read-only filesystem...
                 raise StoreUnavailable(f"cannot open SQLite database {self.path}: "
                                        f"{type(exc).__name__}: {exc.strerror or exc}") from exc
