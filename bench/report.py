@@ -127,12 +127,19 @@ def _drain(t: Table, d: dict[str, Any], count: int) -> None:
 
 def _route(t: Table, r: dict[str, Any]) -> None:
     m = f"3b POST /jobs in-process, Flask test client ({r['count']:,} requests)"
+    apart = f"echo {r['echo_us']:.0f} µs + add_job {r['add_job_us']:.0f} µs apart + {r['overhead_us']:.0f} µs"
+    if "echo_add_job_us" not in r:  # results written before the one-route bound existed
+        t.row(m, "queue_service POST {prefix}/jobs", f"{r['route_us']:.0f} µs per request", apart,
+              "≤ echo + add_job + 40 µs", ("POST /jobs ≤ echo + add_job + 40 µs", r["overhead_us"] <= 40))
+        return
     t.row(m, "queue_service POST {prefix}/jobs", f"{r['route_us']:.0f} µs per request",
-          f"echo {r['echo_us']:.0f} µs + add_job {r['add_job_us']:.0f} µs + {r['overhead_us']:.0f} µs ours",
-          "≤ echo + add_job + 40 µs", ("POST /jobs ≤ echo + add_job + 40 µs", r["overhead_us"] <= 40))
-    if "echo_add_job_us" in r:
-        t.row(m, "bound in one route: echo's work + add_job", f"{r['echo_add_job_us']:.0f} µs per request",
-              f"POST /jobs {r['one_route_overhead_us']:.0f} µs above it")
+          f"{r['one_route_overhead_us']:.0f} µs above the one-route bound ({apart})",
+          "≤ echo + add_job (one route) + 40 µs",
+          ("POST /jobs ≤ echo + add_job + 40 µs", r["one_route_overhead_us"] <= 40))
+    inside = (f"; add_job timed inside it {r['add_job_in_request_us']:.0f} µs"
+              if "add_job_in_request_us" in r else "")
+    t.row(m, "bound in one route: echo's work + add_job", f"{r['echo_add_job_us']:.0f} µs per request",
+          f"1.00×{inside}")
 
 
 def _http(t: Table, h: dict[str, Any], seconds: float) -> None:

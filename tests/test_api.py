@@ -108,6 +108,34 @@ def test_create_job(api, clock):
     assert job["createdAt"] == clock.now().strftime(ISO_Z)
 
 
+def test_create_job_location_under_a_non_ascii_mount_point_is_a_uri(api):
+    """The Location is built once per mount point as a URI (not re-quoted by
+    Werkzeug as the response is sent): the same as Werkzeug would send."""
+    from werkzeug.urls import iri_to_uri
+
+    payload = {"type": "NOOP", "payload": {}}
+    for script_name in ("/caf\u00e9 app", "/plain"):
+        response = api.client.post(PREFIX + "/jobs", json=payload, headers=ADMIN,
+                                   environ_overrides={"SCRIPT_NAME": script_name.encode().decode("latin-1")})
+        assert response.status_code == 201, response.get_data(as_text=True)
+        job_id = response.get_json()["id"]
+        location = response.headers["Location"]
+        assert location.isascii() and " " not in location
+        assert location == iri_to_uri(f"{script_name}{PREFIX}/job/{job_id}")
+
+
+def test_create_job_location_set_by_an_after_request_hook_wins(api):
+    @api.app.after_request
+    def own_location(response):
+        if response.status_code == 201:
+            response.headers["Location"] = "/elsewhere"
+        return response
+
+    response = api.post("/jobs", json={"type": "NOOP", "payload": {}})
+    assert response.status_code == 201
+    assert response.headers.getlist("Location") == ["/elsewhere"]
+
+
 def test_create_job_options(api, clock):
     delayed = api.post("/jobs", json={"type": "NOOP", "payload": {}, "delay": 90, "maxRetries": 7}).get_json()
     job = api.get(f"/job/{delayed['id']}").get_json()

@@ -124,3 +124,15 @@ def test_ratios_are_taken_within_each_round():
     b = {"p50_us": 22.0, "samples": [{"p50_us": 20.0}, {"p50_us": 60.0}, {"p50_us": 22.0}]}
     assert report.ratio(a, b, "p50_us") == 1.5      # rounds: 1.5, 1.5, 1.5
     assert report.ratio({"p50_us": 60.0}, b, "p50_us") == 60.0 / 22.0  # no samples: ratio of medians
+
+
+def test_route_target_reads_the_one_route_bound_when_measured():
+    results = _results()
+    # 60 µs above echo + add_job measured apart, 35 µs above the one-route bound.
+    results["route"].update(overhead_us=60.0, echo_add_job_us=295.0, one_route_overhead_us=35.0,
+                            add_job_in_request_us=140.0)
+    assert _verdicts(results)["POST /jobs ≤ echo + add_job + 40 µs"] is True
+    results["route"]["one_route_overhead_us"] = 45.0
+    assert _verdicts(results)["POST /jobs ≤ echo + add_job + 40 µs"] is False
+    table = report.build(results, {"jobs": 5000, "http_seconds": 10}).markdown()
+    assert "add_job timed inside it 140 µs" in table

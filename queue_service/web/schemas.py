@@ -41,6 +41,25 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
                     content_type="application/json")
 
 
+class CreatedResponse(Response):
+    """A 201 whose ``Location`` is a URI already (``created_location``): added
+    to the headers as the response is sent, not run through Werkzeug's
+    ``iri_to_uri`` again there (with the header set at construction, ~30 us of
+    the ~45 us ``POST /jobs`` spends above its bound, measured in-process).
+    ``response.headers`` holds no Location before then; a Location an
+    ``after_request`` hook sets wins."""
+
+    def __init__(self, payload: Any, location: str):
+        super().__init__(_ENCODER.encode(payload) + "\n", status=201, content_type="application/json")
+        self.created_location = location
+
+    def get_wsgi_headers(self, environ: Any) -> Any:
+        headers = super().get_wsgi_headers(environ)
+        if "Location" not in headers:
+            headers.add("Location", self.created_location)
+        return headers
+
+
 def error_response(status: int, message: str, details: dict[str, Any] | None = None) -> Response:
     """``{"error": message, "details": {...}}`` with ``status``."""
     return json_response({"error": message, "details": details or {}}, status)
