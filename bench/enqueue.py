@@ -54,6 +54,26 @@ def floor_validated(count: int) -> dict[str, Any]:
     return latencies_us(call, count)
 
 
+def floor_our_schema(count: int) -> dict[str, Any]:
+    """floor_validated on our own table and indexes (five B-trees: the table,
+    the unique id, the two pending indexes and the listing one) with our
+    pragmas, from plain sqlite3: what the schema costs, apart from our Python."""
+    import json
+
+    from queue_service.stores.sqlite import queries
+
+    work = fresh_dir("enqueue-floor-ours")
+    conn = subjects.floor_connection(work / "floor.db", schema=queries.TABLES + queries.INDEXES)
+    schema = subjects.NoopSchema()
+
+    def call(i: int) -> None:
+        now = time.time()
+        conn.execute(queries.INSERT, (subjects.new_id(), subjects.NOOP_TYPE,
+                                      json.dumps(schema.dump(schema.load(subjects.payload(i)))), "pending", 0, 0, 3,
+                                      "[10,60]", now, now, None, "default", None, None, "fingerprint"))
+    return latencies_us(call, count)
+
+
 BATCH = 100  # jobs per bulk call
 
 
@@ -76,6 +96,26 @@ def queue_service_bulk(count: int) -> dict[str, Any]:
         return _per_job(latencies_us(call, max(1, count // BATCH), warmup=3))
 
 
+def floor_bulk_validated(count: int) -> dict[str, Any]:
+    """The bound of a validated bulk enqueue with uuid4 ids: the floor's table
+    (a unique index on the random id, one pending index), BATCH rows by one
+    executemany in one transaction, each payload through the schema first."""
+    import json
+
+    work = fresh_dir("enqueue-floor-bulk")
+    conn = subjects.floor_connection(work / "floor.db")
+    schema = subjects.NoopSchema()
+
+    def call(i: int) -> None:
+        now = time.time()
+        rows = [(subjects.new_id(), json.dumps(schema.dump(schema.load(subjects.payload(i * BATCH + n)))), now)
+                for n in range(BATCH)]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(subjects.FLOOR_INSERT, rows)
+        conn.execute("COMMIT")
+    return _per_job(latencies_us(call, max(1, count // BATCH), warmup=3))
+
+
 def rq_bulk(count: int) -> dict[str, Any]:
     """RQ's ``enqueue_many`` of BATCH jobs (one pipeline), per job."""
     from rq import Queue
@@ -90,5 +130,5 @@ def rq_bulk(count: int) -> dict[str, Any]:
 
 
 SYSTEMS = {"queue_service": queue_service, "huey": huey, "huey_defaults": huey_defaults, "rq": rq,
-           "floor": floor, "floor_validated": floor_validated, "queue_service_bulk": queue_service_bulk,
-           "rq_bulk": rq_bulk}
+           "floor": floor, "floor_validated": floor_validated, "floor_our_schema": floor_our_schema, "queue_service_bulk": queue_service_bulk,
+           "floor_bulk_validated": floor_bulk_validated, "rq_bulk": rq_bulk}

@@ -81,6 +81,10 @@ def _enqueue(t: Table, e: dict[str, Any], count: int) -> None:
     if "floor_validated" in e:
         fv = e["floor_validated"]
         t.row(m, "bound: floor + marshmallow load/dump", lat(fv), f"{_x(ratio(fv, floor, 'p50_us'))} floor")
+    if "floor_our_schema" in e:
+        fo = e["floor_our_schema"]
+        t.row(m, "bound on our table and indexes (5 B-trees), plain sqlite3", lat(fo),
+              f"{_x(ratio(fo, floor, 'p50_us'))} floor · queue_service {_x(ratio(qs, fo, 'p50_us'))} of it")
     if "queue_service_bulk" in e:
         bulk = e["queue_service_bulk"]
         m_bulk = f"1b bulk enqueue, per job (batches of {bulk.get('batch', 100)})"
@@ -88,6 +92,11 @@ def _enqueue(t: Table, e: dict[str, Any], count: int) -> None:
         t.row(m_bulk, "queue_service add_jobs (one transaction per batch)", lat(bulk),
               f"{_x(vs_huey_single)} Huey's single enqueue", "≤ 0.5× Huey single",
               ("bulk enqueue ≤ 0.5× Huey's single enqueue", vs_huey_single <= 0.5))
+        if "floor_bulk_validated" in e:
+            fb = e["floor_bulk_validated"]
+            t.row(m_bulk, "bound: sqlite3 executemany per batch (uuid4 id index) + marshmallow load/dump", lat(fb),
+                  f"{_x(ratio(fb, huey, 'p50_us'))} Huey's single enqueue · queue_service {_x(ratio(bulk, fb, 'p50_us'))}"
+                  " of it")
         if "rq_bulk" in e:
             rb = e["rq_bulk"]
             t.row(m_bulk, "RQ enqueue_many (one pipeline per batch)", lat(rb),

@@ -117,13 +117,20 @@ CREATE INDEX jobs_pending ON jobs (priority DESC, run_at, seq) WHERE status = 'p
 FLOOR_INSERT = "INSERT INTO jobs (id, payload, status, priority, run_at) VALUES (?, ?, 'pending', 0, ?)"
 
 
-def floor_connection(db_path: Path) -> sqlite3.Connection:
+def floor_connection(db_path: Path, schema: str = FLOOR_SCHEMA) -> sqlite3.Connection:
     conn = sqlite3.connect(str(db_path), isolation_level=None)  # autocommit: one txn per statement
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
-    conn.executescript(FLOOR_SCHEMA)
+    if schema is not FLOOR_SCHEMA:  # ours: with the store's checkpoint setting too
+        from queue_service.stores.sqlite.connections import WAL_AUTOCHECKPOINT_PAGES
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    conn.executescript(schema)
     return conn
 
 
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
 def floor_insert(conn: sqlite3.Connection, i: int, now: float, data: dict[str, Any] | None = None) -> None:
-    conn.execute(FLOOR_INSERT, (str(uuid.uuid4()), json.dumps(payload(i) if data is None else data), now))
+    conn.execute(FLOOR_INSERT, (new_id(), json.dumps(payload(i) if data is None else data), now))
