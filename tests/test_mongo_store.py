@@ -237,3 +237,48 @@ def test_a_setup_refused_for_a_missing_feature_leaves_the_app_up(make_app, clock
         assert lazy.reason == MISCONFIGURED
     finally:
         cleanup()
+
+
+def _keys(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keys(item)
+
+
+def test_odd_keys_are_stored_escaped_and_survive_what_a_server_makes_of_them(mongo_db):
+    """mongomock keeps ``{"$ref", "$id"}`` as a dict; a real server's reply,
+    decoded by bson, makes it a DBRef. So: nothing stored in payload, progress
+    or result has a key a server reinterprets, and the stored documents, put
+    through bson as a reply would be, read back as written."""
+    import bson
+    from bson.codec_options import CodecOptions
+
+    from queue_service.core.clock import ManualClock
+    from queue_service.core.jobs import new_lock_token
+    from queue_service.stores.mongo_docs import _doc_to_job
+    from tests.test_store_contract import ODD_KEYS, add, claim, make_job
+
+    clock = ManualClock()
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    job = add(store, clock, payload=ODD_KEYS)
+    bulk = make_job(clock, payload={"$ref": "bulk", "$id": 1})
+    store.insert_many([bulk])
+    claimed = claim(store, clock)
+    assert store.heartbeat(claimed, clock.now(), {"$ref": "p", "$id": 2})
+    assert store.complete_and_claim(claimed, clock.now(), {"$ref": "r", "$id": 3}, "w", new_lock_token())[0]
+    raw = {doc["_id"]: doc for doc in mongo_db["queue_jobs"].find({})}
+    for doc in raw.values():
+        for field in ("payload", "progress", "result"):
+            odd = [k for k in _keys(doc.get(field)) if k.startswith("$") or "." in k]
+            assert not odd, (field, odd)
+    assert raw[job.id]["payload"]["\uff04ref"] == "things"  # what other readers of the collection see
+    reply = {i: bson.decode(bson.encode(doc), codec_options=CodecOptions(tz_aware=True)) for i, doc in raw.items()}
+    done = _doc_to_job(reply[job.id])
+    assert done.payload == ODD_KEYS and done.result == {"$ref": "r", "$id": 3}
+    assert done.progress == {"$ref": "p", "$id": 2}
+    assert _doc_to_job(reply[bulk.id]).payload == {"$ref": "bulk", "$id": 1}

@@ -577,6 +577,41 @@ def test_insert_many_stores_all_in_order_and_honours_keys(store, clock):
     assert store.counts(clock.now())["pending"] == 4
 
 
+# -- keys MongoDB refuses or reinterprets (stores/mongo_keys.py) -----------------------------
+# "$ref"+"$id" come back from a real server as a DBRef, "$" leads an operator and "." is a
+# path in updates; U+FF04 / U+FF0E / U+FF3C are the escape's own characters.
+ODD_KEYS = {"$ref": "things", "$id": 7, "a.b": {"c.d": 1}, "\uff04x": "fullwidth dollar",
+            "\uff0ey\uff3c": 2, "$set": {"$inc": 1}, "list": [{"$ref": "x", "$id": 1}, [{"k.l": None}], 3],
+            "plain": "a$b.c"}
+
+
+def test_odd_keys_round_trip_in_payload_progress_and_result(store, clock):
+    job = add(store, clock, payload=ODD_KEYS)
+    assert store.get(job.id).payload == ODD_KEYS
+    claimed = claim(store, clock)
+    assert claimed.payload == ODD_KEYS
+    assert store.heartbeat(claimed, clock.now(), {"$done": 1, "of.total": 3})
+    assert store.get(job.id).progress == {"$done": 1, "of.total": 3}
+    assert store.complete(claimed, clock.now(), {"echo": ODD_KEYS, "$ref": "r", "$id": "i"})
+    got = store.get(job.id)
+    assert got.result == {"echo": ODD_KEYS, "$ref": "r", "$id": "i"} and got.payload == ODD_KEYS
+    assert list(got.payload) == list(ODD_KEYS)  # the order of keys too
+
+
+def test_odd_keys_round_trip_through_bulk_insert_and_complete_and_claim(store, clock):
+    jobs = [make_job(clock, payload=ODD_KEYS), make_job(clock, payload={"$only": {"x.y": [ODD_KEYS]}})]
+    store.insert_many(jobs)
+    first = claim(store, clock)
+    assert first.payload == ODD_KEYS
+    completed, following = store.complete_and_claim(first, clock.now(), [{"$ref": "a", "$id": 2}],
+                                                    "w1", new_lock_token())
+    assert completed and following.id == jobs[1].id
+    assert following.payload == {"$only": {"x.y": [ODD_KEYS]}}
+    assert store.get(first.id).result == [{"$ref": "a", "$id": 2}]
+    listed = {j.id: j.payload for j in store.list_jobs()}
+    assert listed == {jobs[0].id: ODD_KEYS, jobs[1].id: {"$only": {"x.y": [ODD_KEYS]}}}
+
+
 # -- periodic slots (enqueue_slot) ------------------------------------------------
 def slot_job(clock, name, slot) -> Job:
     from queue_service.core.periodic import slot_job_id
