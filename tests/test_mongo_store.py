@@ -282,3 +282,63 @@ def test_odd_keys_are_stored_escaped_and_survive_what_a_server_makes_of_them(mon
     assert done.payload == ODD_KEYS and done.result == {"$ref": "r", "$id": 3}
     assert done.progress == {"$ref": "p", "$id": 2}
     assert _doc_to_job(reply[bulk.id]).payload == {"$ref": "bulk", "$id": 1}
+
+
+# What counts_by_type ran before it stopped unwinding every attempt: its answers must not change.
+_UNWOUND_ATTEMPTS = [
+    {"$match": {"attempts.0": {"$exists": True}}},
+    {"$project": {"type": 1, "attempts.outcome": 1}},
+    {"$unwind": "$attempts"},
+    {"$group": {"_id": {"type": "$type", "outcome": {"$ifNull": ["$attempts.outcome", "running"]}},
+                "n": {"$sum": 1}}}]
+
+
+class _CountedAggregations:
+    def __init__(self, coll):
+        self._coll, self.aggregations = coll, 0
+
+    def __getattr__(self, name):
+        return getattr(self._coll, name)
+
+    def aggregate(self, *args, **kwargs):
+        self.aggregations += 1
+        return self._coll.aggregate(*args, **kwargs)
+
+
+def test_per_type_attempt_counts_equal_the_unwound_ones_also_for_outcomes_not_known(mongo_db):
+    """One aggregation when every outcome is one of ATTEMPT_OUTCOMES; a
+    document with another outcome (a newer release's) is still counted, by a
+    second aggregation that unwinds only such documents. Missing or null
+    outcomes count as running, a document without attempts counts none."""
+    from queue_service.core.clock import ManualClock
+    from tests.test_store_contract import add, claim
+
+    clock = ManualClock()
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    add(store, clock, job_type="A")
+    job = claim(store, clock)
+    assert store.retry_later(job, clock.now(), "451", clock.now())
+    assert store.complete(claim(store, clock), clock.now(), None)
+    add(store, clock, job_type="B")
+    claim(store, clock)
+    counted = store._coll = _CountedAggregations(store.coll)
+    reference = {(r["_id"]["type"], r["_id"]["outcome"]): r["n"] for r in mongo_db["queue_jobs"].aggregate(_UNWOUND_ATTEMPTS)}
+    assert store.counts_by_type().attempts == reference == {("A", "retry"): 1, ("A", "completed"): 1, ("B", "running"): 1}
+    assert counted.aggregations == 1
+
+    mongo_db["queue_jobs"].insert_many([
+        {"_id": "n1", "type": "A", "status": "failed",
+         "attempts": [{"outcome": "exploded"}, {"outcome": "completed"}, {"outcome": "exploded"}]},
+        {"_id": "n2", "type": "B", "status": "processing",
+         "attempts": [{"outcome": None}, {"worker": "w"}, {"outcome": "paused"}, {"outcome": "lost"}]},
+        {"_id": "n3", "type": "C", "status": "pending"},                   # no attempts field at all
+        {"_id": "n4", "type": "C", "status": "pending", "attempts": []}])
+    counted.aggregations = 0
+    counts = store.counts_by_type()
+    reference = {(r["_id"]["type"], r["_id"]["outcome"]): r["n"] for r in mongo_db["queue_jobs"].aggregate(_UNWOUND_ATTEMPTS)}
+    assert counts.attempts == reference == {
+        ("A", "retry"): 1, ("A", "completed"): 2, ("A", "exploded"): 2,
+        ("B", "running"): 3, ("B", "paused"): 1, ("B", "lost"): 1}
+    assert counts.jobs == {("A", "completed"): 1, ("A", "failed"): 1, ("B", "processing"): 2, ("C", "pending"): 2}
+    assert counted.aggregations == 2
