@@ -46,6 +46,7 @@ _ESCAPE_TABLE = str.maketrans({"$": DOLLAR, ".": DOT, DOLLAR: ESCAPE + DOLLAR, D
                                ESCAPE: ESCAPE + ESCAPE})
 _ESCAPED = re.compile(f"{ESCAPE}([{DOLLAR}{DOT}{ESCAPE}])|[{DOLLAR}{DOT}]")
 _PLAIN = {DOLLAR: "$", DOT: "."}
+_LEAVES = frozenset({str, int, float, bool, type(None)})  # nothing inside to rewrite: no call
 
 
 def escape_key(key: str) -> str | None:
@@ -84,7 +85,7 @@ def _rewrite(value: Any, fix: Callable[[str], str | None]) -> Any:
         out: dict[str, Any] | None = None
         for index, (key, item) in enumerate(value.items()):
             new_key = fix(key) if type(key) is str else None
-            new_item = _rewrite(item, fix)
+            new_item = item if type(item) in _LEAVES else _rewrite(item, fix)
             if out is None:
                 if new_key is None and new_item is item:
                     continue
@@ -94,7 +95,7 @@ def _rewrite(value: Any, fix: Callable[[str], str | None]) -> Any:
     if isinstance(value, (list, tuple)):
         items: list[Any] | None = None
         for index, item in enumerate(value):
-            new_item = _rewrite(item, fix)
+            new_item = item if type(item) in _LEAVES else _rewrite(item, fix)
             if items is None:
                 if new_item is item:
                     continue
