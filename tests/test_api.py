@@ -136,6 +136,18 @@ def test_create_job_location_set_by_an_after_request_hook_wins(api):
     assert response.headers.getlist("Location") == ["/elsewhere"]
 
 
+def test_a_payload_with_dollar_and_dotted_keys_comes_back_identical(api, store_kind):
+    """On both stores: MongoDB stores such keys escaped (stores/mongo_keys.py)."""
+    payload = {"$ref": "things", "$id": 7, "a.b": {"$set": [{"c.d": 1, "\uff04x": None}]}, "x\uff3c": "y"}
+    response = api.post("/jobs", json={"type": "NOOP", "payload": payload})
+    assert response.status_code == 201, response.get_json()
+    job_id = response.get_json()["id"]
+    assert api.get(f"/job/{job_id}").get_json()["payload"] == payload
+    api.run_once()
+    assert api.get(f"/job/{job_id}").get_json()["payload"] == payload
+    assert api.get("/jobs").get_json()["jobs"][0]["payload"] == payload
+
+
 def test_create_job_options(api, clock):
     delayed = api.post("/jobs", json={"type": "NOOP", "payload": {}, "delay": 90, "maxRetries": 7}).get_json()
     job = api.get(f"/job/{delayed['id']}").get_json()

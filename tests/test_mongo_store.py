@@ -237,3 +237,108 @@ def test_a_setup_refused_for_a_missing_feature_leaves_the_app_up(make_app, clock
         assert lazy.reason == MISCONFIGURED
     finally:
         cleanup()
+
+
+def _keys(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keys(item)
+
+
+def test_odd_keys_are_stored_escaped_and_survive_what_a_server_makes_of_them(mongo_db):
+    """mongomock keeps ``{"$ref", "$id"}`` as a dict; a real server's reply,
+    decoded by bson, makes it a DBRef. So: nothing stored in payload, progress
+    or result has a key a server reinterprets, and the stored documents, put
+    through bson as a reply would be, read back as written."""
+    import bson
+    from bson.codec_options import CodecOptions
+
+    from queue_service.core.clock import ManualClock
+    from queue_service.core.jobs import new_lock_token
+    from queue_service.stores.mongo_docs import _doc_to_job
+    from tests.test_store_contract import ODD_KEYS, add, claim, make_job
+
+    clock = ManualClock()
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    job = add(store, clock, payload=ODD_KEYS)
+    bulk = make_job(clock, payload={"$ref": "bulk", "$id": 1})
+    store.insert_many([bulk])
+    claimed = claim(store, clock)
+    assert store.heartbeat(claimed, clock.now(), {"$ref": "p", "$id": 2})
+    assert store.complete_and_claim(claimed, clock.now(), {"$ref": "r", "$id": 3}, "w", new_lock_token())[0]
+    raw = {doc["_id"]: doc for doc in mongo_db["queue_jobs"].find({})}
+    for doc in raw.values():
+        for field in ("payload", "progress", "result"):
+            odd = [k for k in _keys(doc.get(field)) if k.startswith("$") or "." in k]
+            assert not odd, (field, odd)
+    assert raw[job.id]["payload"]["\uff04ref"] == "things"  # what other readers of the collection see
+    reply = {i: bson.decode(bson.encode(doc), codec_options=CodecOptions(tz_aware=True)) for i, doc in raw.items()}
+    done = _doc_to_job(reply[job.id])
+    assert done.payload == ODD_KEYS and done.result == {"$ref": "r", "$id": 3}
+    assert done.progress == {"$ref": "p", "$id": 2}
+    assert _doc_to_job(reply[bulk.id]).payload == {"$ref": "bulk", "$id": 1}
+
+
+# What counts_by_type ran before it stopped unwinding every attempt: its answers must not change.
+_UNWOUND_ATTEMPTS = [
+    {"$match": {"attempts.0": {"$exists": True}}},
+    {"$project": {"type": 1, "attempts.outcome": 1}},
+    {"$unwind": "$attempts"},
+    {"$group": {"_id": {"type": "$type", "outcome": {"$ifNull": ["$attempts.outcome", "running"]}},
+                "n": {"$sum": 1}}}]
+
+
+class _CountedAggregations:
+    def __init__(self, coll):
+        self._coll, self.aggregations = coll, 0
+
+    def __getattr__(self, name):
+        return getattr(self._coll, name)
+
+    def aggregate(self, *args, **kwargs):
+        self.aggregations += 1
+        return self._coll.aggregate(*args, **kwargs)
+
+
+def test_per_type_attempt_counts_equal_the_unwound_ones_also_for_outcomes_not_known(mongo_db):
+    """One aggregation when every outcome is one of ATTEMPT_OUTCOMES; a
+    document with another outcome (a newer release's) is still counted, by a
+    second aggregation that unwinds only such documents. Missing or null
+    outcomes count as running, a document without attempts counts none."""
+    from queue_service.core.clock import ManualClock
+    from tests.test_store_contract import add, claim
+
+    clock = ManualClock()
+    store = MongoStore(lambda: mongo_db, "queue_jobs")
+    store.setup()
+    add(store, clock, job_type="A")
+    job = claim(store, clock)
+    assert store.retry_later(job, clock.now(), "451", clock.now())
+    assert store.complete(claim(store, clock), clock.now(), None)
+    add(store, clock, job_type="B")
+    claim(store, clock)
+    counted = store._coll = _CountedAggregations(store.coll)
+    reference = {(r["_id"]["type"], r["_id"]["outcome"]): r["n"] for r in mongo_db["queue_jobs"].aggregate(_UNWOUND_ATTEMPTS)}
+    assert store.counts_by_type().attempts == reference == {("A", "retry"): 1, ("A", "completed"): 1, ("B", "running"): 1}
+    assert counted.aggregations == 1
+
+    mongo_db["queue_jobs"].insert_many([
+        {"_id": "n1", "type": "A", "status": "failed",
+         "attempts": [{"outcome": "exploded"}, {"outcome": "completed"}, {"outcome": "exploded"}]},
+        {"_id": "n2", "type": "B", "status": "processing",
+         "attempts": [{"outcome": None}, {"worker": "w"}, {"outcome": "paused"}, {"outcome": "lost"}]},
+        {"_id": "n3", "type": "C", "status": "pending"},                   # no attempts field at all
+        {"_id": "n4", "type": "C", "status": "pending", "attempts": []}])
+    counted.aggregations = 0
+    counts = store.counts_by_type()
+    reference = {(r["_id"]["type"], r["_id"]["outcome"]): r["n"] for r in mongo_db["queue_jobs"].aggregate(_UNWOUND_ATTEMPTS)}
+    assert counts.attempts == reference == {
+        ("A", "retry"): 1, ("A", "completed"): 2, ("A", "exploded"): 2,
+        ("B", "running"): 3, ("B", "paused"): 1, ("B", "lost"): 1}
+    assert counts.jobs == {("A", "completed"): 1, ("A", "failed"): 1, ("B", "processing"): 2, ("C", "pending"): 2}
+    assert counted.aggregations == 2

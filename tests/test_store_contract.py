@@ -438,6 +438,50 @@ def test_counts_by_type_groups_jobs_and_attempts(store, clock):
                                ("MAIL", "running"): 1, ("IMG", "running"): 1}
 
 
+def test_per_type_counts_of_jobs_with_many_attempts_of_mixed_outcomes(store, clock):
+    """Three types, jobs of one to three attempts: retried, released, lost,
+    failed, completed and one still running; both stores, the same numbers."""
+    def lose(job, retry):
+        clock.advance(3600)
+        before = clock.now() - timedelta(seconds=60)
+        [stuck] = [j for j in store.find_stuck(before) if j.id == job.id]
+        assert store.recover_lost(stuck, before, clock.now(), "worker lost", retry=retry)
+
+    add(store, clock, job_type="MAIL", max_retries=5)   # retry, released, completed
+    job = claim(store, clock)
+    assert store.retry_later(job, clock.now(), "451", clock.now())
+    assert store.release(claim(store, clock), clock.now(), "deploy")
+    assert store.complete(claim(store, clock), clock.now(), None)
+    add(store, clock, job_type="MAIL")                  # failed
+    assert store.fail(claim(store, clock), clock.now(), "550")
+    add(store, clock, job_type="IMG")                   # lost, completed
+    lose(claim(store, clock), retry=True)
+    assert store.complete(claim(store, clock), clock.now(), {"ok": 1})
+    add(store, clock, job_type="PDF", max_retries=0)    # lost: failed
+    lose(claim(store, clock), retry=False)
+    add(store, clock, job_type="MAIL")                  # retry, then running
+    assert store.retry_later(claim(store, clock), clock.now(), "451", clock.now())
+    running = claim(store, clock)
+    add(store, clock, job_type="IMG")                   # released: pending again
+    assert store.release(claim(store, clock), clock.now(), "deploy")
+    add(store, clock, job_type="IMG", delay=3600)       # no attempt yet
+    assert store.cancel(add(store, clock, job_type="IMG", delay=3600).id, clock.now())
+    assert running.type == "MAIL" and running.attempts[-1].get("outcome") is None
+    counts = store.counts_by_type()
+    assert counts.jobs == {("MAIL", "completed"): 1, ("MAIL", "failed"): 1, ("MAIL", "processing"): 1,
+                           ("IMG", "completed"): 1, ("IMG", "pending"): 2, ("IMG", "cancelled"): 1,
+                           ("PDF", "failed"): 1}
+    assert counts.attempts == {("MAIL", "retry"): 2, ("MAIL", "released"): 1, ("MAIL", "completed"): 1,
+                               ("MAIL", "failed"): 1, ("MAIL", "running"): 1, ("IMG", "lost"): 1,
+                               ("IMG", "completed"): 1, ("IMG", "released"): 1, ("PDF", "lost"): 1}
+    recorded: dict = {}
+    for job in store.list_jobs(limit=100):  # the same as the jobs themselves say
+        for attempt in job.attempts:
+            key = (job.type, attempt.get("outcome") or "running")
+            recorded[key] = recorded.get(key, 0) + 1
+    assert recorded == counts.attempts
+
+
 def test_list_jobs_newest_first_with_filters_and_cursor(store, clock):
     jobs = []
     for i in range(7):
@@ -575,6 +619,41 @@ def test_insert_many_stores_all_in_order_and_honours_keys(store, clock):
     assert store.get(jobs[2].id) is None and store.get(jobs[3].id) is None
     assert store.get(jobs[4].id).queue == "images"
     assert store.counts(clock.now())["pending"] == 4
+
+
+# -- keys MongoDB refuses or reinterprets (stores/mongo_keys.py) -----------------------------
+# "$ref"+"$id" come back from a real server as a DBRef, "$" leads an operator and "." is a
+# path in updates; U+FF04 / U+FF0E / U+FF3C are the escape's own characters.
+ODD_KEYS = {"$ref": "things", "$id": 7, "a.b": {"c.d": 1}, "\uff04x": "fullwidth dollar",
+            "\uff0ey\uff3c": 2, "$set": {"$inc": 1}, "list": [{"$ref": "x", "$id": 1}, [{"k.l": None}], 3],
+            "plain": "a$b.c"}
+
+
+def test_odd_keys_round_trip_in_payload_progress_and_result(store, clock):
+    job = add(store, clock, payload=ODD_KEYS)
+    assert store.get(job.id).payload == ODD_KEYS
+    claimed = claim(store, clock)
+    assert claimed.payload == ODD_KEYS
+    assert store.heartbeat(claimed, clock.now(), {"$done": 1, "of.total": 3})
+    assert store.get(job.id).progress == {"$done": 1, "of.total": 3}
+    assert store.complete(claimed, clock.now(), {"echo": ODD_KEYS, "$ref": "r", "$id": "i"})
+    got = store.get(job.id)
+    assert got.result == {"echo": ODD_KEYS, "$ref": "r", "$id": "i"} and got.payload == ODD_KEYS
+    assert list(got.payload) == list(ODD_KEYS)  # the order of keys too
+
+
+def test_odd_keys_round_trip_through_bulk_insert_and_complete_and_claim(store, clock):
+    jobs = [make_job(clock, payload=ODD_KEYS), make_job(clock, payload={"$only": {"x.y": [ODD_KEYS]}})]
+    store.insert_many(jobs)
+    first = claim(store, clock)
+    assert first.payload == ODD_KEYS
+    completed, following = store.complete_and_claim(first, clock.now(), [{"$ref": "a", "$id": 2}],
+                                                    "w1", new_lock_token())
+    assert completed and following.id == jobs[1].id
+    assert following.payload == {"$only": {"x.y": [ODD_KEYS]}}
+    assert store.get(first.id).result == [{"$ref": "a", "$id": 2}]
+    listed = {j.id: j.payload for j in store.list_jobs()}
+    assert listed == {jobs[0].id: ODD_KEYS, jobs[1].id: {"$only": {"x.y": [ODD_KEYS]}}}
 
 
 # -- periodic slots (enqueue_slot) ------------------------------------------------

@@ -53,6 +53,13 @@ class ScheduleState:
     runs: int = 0                     # slots enqueued so far (across all processes)
 
 
+#: Every outcome an attempt can end with (``retry``: to be run again later; ``released``:
+#: handed back at shutdown, not a retry; ``lost``: its worker stopped renewing the claim),
+#: then ``running``, which ``counts_by_type`` counts an attempt without an outcome as.
+ATTEMPT_OUTCOMES = ("completed", "retry", "failed", "lost", "released", "running")
+RUNNING = "running"
+
+
 @dataclass
 class TypeCounts:
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)      # (type, status) -> jobs

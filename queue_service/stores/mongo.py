@@ -3,6 +3,8 @@
 Every state change is one ``find_one_and_update`` / ``update_one`` whose filter
 carries the precondition (status, lock token), so the server arbitrates races.
 Datetimes are read tz-aware. Media live in ``<collection>_media``, one document per file.
+Keys of payload, result and progress are escaped on every write (``mongo_keys``:
+``$``-prefixed and dotted keys) and unescaped on every read (``mongo_docs``).
 The database handle is obtained lazily through ``get_db`` so no client is used
 before a fork.
 """
@@ -28,6 +30,7 @@ from ..core.errors import StoreError, StoreRefusesWrites, StoreUnavailable, Unst
 from ..core.jobs import Job, capped_attempts
 from ..core.store import ScheduleState, Store, StoredFile, media_etag
 from .mongo_docs import _aware, _doc_to_job, _in_queues
+from .mongo_keys import escape
 from .mongo_operator import OperatorViews
 from .mongo_reads import ReadViews
 
@@ -134,7 +137,7 @@ class MongoStore(ReadViews, OperatorViews, Store):
     @staticmethod
     def _insert_doc(job: Job) -> dict[str, Any]:
         doc = {
-            "_id": job.id, "type": job.type, "payload": job.payload, "status": str(job.status),
+            "_id": job.id, "type": job.type, "payload": escape(job.payload), "status": str(job.status),
             "priority": job.priority, "retryCount": job.retry_count, "maxRetries": job.max_retries,
             "retryDelays": list(job.retry_delays), "createdAt": job.created_at, "runAt": job.run_at,
             "attempts": [], "queue": job.queue,
@@ -246,12 +249,12 @@ class MongoStore(ReadViews, OperatorViews, Store):
     def heartbeat(self, job: Job, now: datetime, progress: dict[str, Any] | None = None) -> bool:
         fields: dict[str, Any] = {"heartbeatAt": now}
         if progress is not None:
-            fields["progress"] = progress
+            fields["progress"] = escape(progress)
         return self._update_claimed(job, {"$set": fields})
 
     def complete(self, job: Job, now: datetime, result: Any) -> bool:
         return self._update_claimed(job, {
-            "$set": {"status": "completed", "completedAt": now, "result": result, "error": None,
+            "$set": {"status": "completed", "completedAt": now, "result": escape(result), "error": None,
                      **self._end_attempt(job, now, "completed")},
             "$unset": {"lockToken": "", "activeKey": ""}})
 

@@ -1,10 +1,13 @@
-"""MongoDB documents <-> Job, shared by the store and its mixins."""
+"""MongoDB documents <-> Job, shared by the store and its mixins. Payload,
+result and progress are stored with their keys escaped (``mongo_keys``) and
+unescaped here, on every read."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
 
 from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
+from .mongo_keys import unescape
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -24,13 +27,13 @@ def _doc_to_job(doc: dict[str, Any]) -> Job:
                 a[key] = _aware(a[key])
         attempts.append(a)
     return Job(
-        id=doc["_id"], type=doc["type"], payload=doc["payload"], status=JobStatus(doc["status"]),
+        id=doc["_id"], type=doc["type"], payload=unescape(doc["payload"]), status=JobStatus(doc["status"]),
         priority=doc["priority"], retry_count=doc["retryCount"], max_retries=doc["maxRetries"],
         retry_delays=list(doc["retryDelays"]), created_at=_aware(doc["createdAt"]),
         run_at=_aware(doc["runAt"]), processed_at=_aware(doc.get("processedAt")),
         completed_at=_aware(doc.get("completedAt")), heartbeat_at=_aware(doc.get("heartbeatAt")),
         worker_id=doc.get("workerId"), lock_token=doc.get("lockToken"), error=doc.get("error"),
-        result=doc.get("result"), progress=doc.get("progress"), attempts=attempts,
+        result=unescape(doc.get("result")), progress=unescape(doc.get("progress")), attempts=attempts,
         idempotency_key=doc.get("idempotencyKey"), queue=doc.get("queue") or DEFAULT_QUEUE,
         scheduled_by=doc.get("scheduledBy"), slot=_aware(doc.get("slot")),
         attempts_dropped=doc.get("attemptsDropped", 0), schema_fingerprint=doc.get("schemaFingerprint"),

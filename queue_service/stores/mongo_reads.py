@@ -9,7 +9,8 @@ uses the store's ``coll`` and ``_errors``, and ``_doc_to_job``.
 - The oldest runnable pending job comes from the partial ``pending_due``
   index (queue, runAt), the oldest processing job from ``processing_started``
   (processedAt): each a ``$sort``/``$first`` per queue or a one-key read.
-- Per-type counts (``/metrics``) group every job and every attempt; the result
+- Per-type counts (``/metrics``) are one ``$group`` of every job that counts
+  its attempts per outcome in place (no ``$unwind``; see ``_BY_TYPE_AND_STATUS``); the result
   is kept ``TYPE_COUNTS_CACHE_SECONDS`` (10 s) measured on the clock the
   caller passes as ``now`` (the queue's injected clock), so a scrape every
   few seconds by several scrapers costs one grouping per 10 s, not one per
@@ -26,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..core.jobs import DEFAULT_QUEUE, Job, JobStatus
-from ..core.store import TypeCounts
+from ..core.store import ATTEMPT_OUTCOMES, RUNNING, TypeCounts
 from .mongo_docs import _aware, _doc_to_job, _in_queues
 
 TYPE_COUNTS_CACHE_SECONDS = 10.0
@@ -35,6 +36,31 @@ SUMMARY_PROJECTION = {name: 1 for name in (
     "processedAt", "completedAt", "heartbeatAt", "workerId", "lockToken", "error", "idempotencyKey",
     "queue", "scheduledBy", "slot", "attempts.startedAt")}
 _QUEUE = {"$ifNull": ["$queue", DEFAULT_QUEUE]}
+
+# Per-type counts in one $group by (type, status), no $unwind: each document adds
+# the $size of a $filter of its attempts per known outcome. The outcome is read
+# through $ifNull (missing or null: "running", as before), also for the other
+# outcomes: a real server's $eq takes a missing field as unequal, but mongomock's
+# $eq raises on it inside $filter (and then calls the $filter's result "missing"),
+# so this is the form both accept; it answers the same on both. "attempts" is
+# every attempt: more than the known outcomes add up to means a document holds an
+# outcome outside ATTEMPT_OUTCOMES (a newer release's), and only the documents
+# that do are unwound, for those attempts only.
+_ATTEMPTS = {"$ifNull": ["$attempts", []]}
+_OUTCOME = {"$ifNull": ["$$a.outcome", RUNNING]}
+_BY_TYPE_AND_STATUS = {
+    "_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1},
+    "attempts": {"$sum": {"$size": _ATTEMPTS}},
+    **{"o_" + outcome: {"$sum": {"$size": {"$filter": {"input": _ATTEMPTS, "as": "a",
+                                                        "cond": {"$eq": [_OUTCOME, outcome]}}}}}
+       for outcome in ATTEMPT_OUTCOMES}}
+_UNKNOWN = {"$nin": [*ATTEMPT_OUTCOMES, None]}  # None: missing or null, which counts as running
+_OTHER_OUTCOMES = [
+    {"$match": {"attempts": {"$elemMatch": {"outcome": _UNKNOWN}}}},
+    {"$project": {"type": 1, "attempts.outcome": 1}},
+    {"$unwind": "$attempts"},
+    {"$match": {"attempts.outcome": _UNKNOWN}},
+    {"$group": {"_id": {"type": "$type", "outcome": "$attempts.outcome"}, "n": {"$sum": 1}}}]
 
 
 class ReadViews:
@@ -85,16 +111,18 @@ class ReadViews:
                 cached[0] <= now < cached[0] + timedelta(seconds=TYPE_COUNTS_CACHE_SECONDS):
             return cached[1]
         with self._errors():
-            jobs = self.coll.aggregate([
-                {"$group": {"_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1}}}])
-            by_job = {(r["_id"]["type"], r["_id"]["status"]): r["n"] for r in jobs}
-            attempts = self.coll.aggregate([
-                {"$match": {"attempts.0": {"$exists": True}}},
-                {"$project": {"type": 1, "attempts.outcome": 1}},
-                {"$unwind": "$attempts"},
-                {"$group": {"_id": {"type": "$type", "outcome": {"$ifNull": ["$attempts.outcome", "running"]}},
-                            "n": {"$sum": 1}}}])
-            by_attempt = {(r["_id"]["type"], r["_id"]["outcome"]): r["n"] for r in attempts}
+            rows = list(self.coll.aggregate([{"$group": _BY_TYPE_AND_STATUS}]))
+            by_job = {(r["_id"]["type"], r["_id"]["status"]): r["n"] for r in rows}
+            by_attempt: dict[tuple[str, str], int] = {}
+            for row in rows:
+                for outcome in ATTEMPT_OUTCOMES:
+                    if row["o_" + outcome]:
+                        key = (row["_id"]["type"], outcome)
+                        by_attempt[key] = by_attempt.get(key, 0) + row["o_" + outcome]
+            if any(r["attempts"] > sum(r["o_" + o] for o in ATTEMPT_OUTCOMES) for r in rows):
+                for r in self.coll.aggregate(_OTHER_OUTCOMES):  # only the documents that hold one
+                    key = (r["_id"]["type"], r["_id"]["outcome"])
+                    by_attempt[key] = by_attempt.get(key, 0) + r["n"]
         counts = TypeCounts(by_job, by_attempt)
         if now is not None:
             self._type_counts = (now, counts)

@@ -31,11 +31,11 @@ except ImportError:
 
 from ..core.errors import StoreError
 from ..core.jobs import JobStatus
+from ..core.store import ATTEMPT_OUTCOMES
 from .state import QueueState, queue_state
 
 log = logging.getLogger("queue_service.metrics")
 
-ATTEMPT_OUTCOMES = ("completed", "retry", "failed", "lost", "released", "running")
 ERROR_OUTCOMES = ("retry", "failed", "lost")
 
 
