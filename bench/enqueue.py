@@ -58,19 +58,19 @@ def floor_our_schema(count: int) -> dict[str, Any]:
     """floor_validated on our own table and indexes (five B-trees: the table,
     the unique id, the two pending indexes and the listing one) with our
     pragmas, from plain sqlite3: what the schema costs, apart from our Python."""
-    import json
-
     from queue_service.stores.sqlite import queries
+    from queue_service.stores.sqlite.connections import WAL_AUTOCHECKPOINT_PAGES
 
     work = fresh_dir("enqueue-floor-ours")
-    conn = subjects.floor_connection(work / "floor.db", schema=queries.TABLES + queries.INDEXES)
+    conn = subjects.floor_connection(work / "floor.db", schema=queries.TABLES + queries.INDEXES,
+                                     autocheckpoint_pages=WAL_AUTOCHECKPOINT_PAGES)
     schema = subjects.NoopSchema()
 
     def call(i: int) -> None:
         now = time.time()
-        conn.execute(queries.INSERT, (subjects.new_id(), subjects.NOOP_TYPE,
-                                      json.dumps(schema.dump(schema.load(subjects.payload(i)))), "pending", 0, 0, 3,
-                                      "[10,60]", now, now, None, "default", None, None, "fingerprint"))
+        conn.execute(queries.INSERT, (subjects.new_id(), subjects.NOOP_TYPE, subjects.validated_json(schema, i),
+                                      "pending", 0, 0, 3, "[10,60]", now, now, None, "default", None, None,
+                                      "fingerprint"))
     return latencies_us(call, count)
 
 
@@ -100,16 +100,13 @@ def floor_bulk_validated(count: int) -> dict[str, Any]:
     """The bound of a validated bulk enqueue with uuid4 ids: the floor's table
     (a unique index on the random id, one pending index), BATCH rows by one
     executemany in one transaction, each payload through the schema first."""
-    import json
-
     work = fresh_dir("enqueue-floor-bulk")
     conn = subjects.floor_connection(work / "floor.db")
     schema = subjects.NoopSchema()
 
     def call(i: int) -> None:
         now = time.time()
-        rows = [(subjects.new_id(), json.dumps(schema.dump(schema.load(subjects.payload(i * BATCH + n)))), now)
-                for n in range(BATCH)]
+        rows = [(subjects.new_id(), subjects.validated_json(schema, i * BATCH + n), now) for n in range(BATCH)]
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(subjects.FLOOR_INSERT, rows)
         conn.execute("COMMIT")
@@ -130,5 +127,5 @@ def rq_bulk(count: int) -> dict[str, Any]:
 
 
 SYSTEMS = {"queue_service": queue_service, "huey": huey, "huey_defaults": huey_defaults, "rq": rq,
-           "floor": floor, "floor_validated": floor_validated, "floor_our_schema": floor_our_schema, "queue_service_bulk": queue_service_bulk,
-           "floor_bulk_validated": floor_bulk_validated, "rq_bulk": rq_bulk}
+           "floor": floor, "floor_validated": floor_validated, "floor_our_schema": floor_our_schema,
+           "queue_service_bulk": queue_service_bulk, "floor_bulk_validated": floor_bulk_validated, "rq_bulk": rq_bulk}

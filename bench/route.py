@@ -23,6 +23,7 @@ from bench.common import fresh_dir, median
 TOKEN = "bench-token"
 
 
+WARMUP = 200  # untimed calls of each measure first
 ROUNDS = 15  # batches of each measure, interleaved: a slow moment of the shared machine hits all three
 
 
@@ -31,7 +32,7 @@ def _interleaved_us(calls: dict[str, Callable[[int], Any]], count: int) -> dict[
     (in turn, so the database grows and the machine's load varies for all of
     them alike); the median over rounds of each, and of the overhead."""
     for call in calls.values():
-        for i in range(200):
+        for i in range(WARMUP):
             call(-1 - i)
     batch = max(count // ROUNDS, 1)
     rounds: dict[str, list[float]] = {name: [] for name in calls}
@@ -92,7 +93,7 @@ def queue_service(count: int) -> dict[str, Any]:
                                "echo_add_job": post("/bench/echo-add-job")}, count)
     # The median add_job timed inside those requests: what add_job costs between
     # request handling (caches the loop measured apart keeps warm are cold here).
-    add_job_in_request = median(in_request[200:]) * 1e6
+    add_job_in_request = median(in_request[WARMUP:]) * 1e6
     return {"echo_us": got["echo"], "add_job_us": got["add_job"], "route_us": got["route"],
             "add_job_in_request_us": add_job_in_request,
             "echo_add_job_us": got["echo_add_job"], "overhead_us": got["overhead_us"],

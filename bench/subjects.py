@@ -117,19 +117,27 @@ CREATE INDEX jobs_pending ON jobs (priority DESC, run_at, seq) WHERE status = 'p
 FLOOR_INSERT = "INSERT INTO jobs (id, payload, status, priority, run_at) VALUES (?, ?, 'pending', 0, ?)"
 
 
-def floor_connection(db_path: Path, schema: str = FLOOR_SCHEMA) -> sqlite3.Connection:
+def floor_connection(db_path: Path, schema: str = FLOOR_SCHEMA,
+                     autocheckpoint_pages: int | None = None) -> sqlite3.Connection:
+    """Plain sqlite3 in WAL at our synchronous setting, on ``schema`` (the
+    floor's by default); ``autocheckpoint_pages``: SQLite's default if None."""
     conn = sqlite3.connect(str(db_path), isolation_level=None)  # autocommit: one txn per statement
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
-    if schema is not FLOOR_SCHEMA:  # ours: with the store's checkpoint setting too
-        from queue_service.stores.sqlite.connections import WAL_AUTOCHECKPOINT_PAGES
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    if autocheckpoint_pages is not None:
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
     conn.executescript(schema)
     return conn
 
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def validated_json(schema: Any, i: int) -> str:
+    """Bench payload ``i`` through ``schema`` (load, then dump) as JSON text:
+    what a validating queue does before its INSERT."""
+    return json.dumps(schema.dump(schema.load(payload(i))))
 
 
 def floor_insert(conn: sqlite3.Connection, i: int, now: float, data: dict[str, Any] | None = None) -> None:

@@ -56,8 +56,8 @@ class ScheduleState:
 #: Every outcome an attempt can end with (``retry``: to be run again later; ``released``:
 #: handed back at shutdown, not a retry; ``lost``: its worker stopped renewing the claim),
 #: then ``running``, which ``counts_by_type`` counts an attempt without an outcome as.
-ATTEMPT_OUTCOMES = ("completed", "retry", "failed", "lost", "released", "running")
 RUNNING = "running"
+ATTEMPT_OUTCOMES = ("completed", "retry", "failed", "lost", "released", RUNNING)
 
 
 @dataclass

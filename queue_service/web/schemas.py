@@ -36,9 +36,12 @@ STATUSES = [s.value for s in JobStatus]
 _ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
+def _json_text(payload: Any) -> str:
+    return _ENCODER.encode(payload) + "\n"
+
+
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_ENCODER.encode(payload) + "\n", status=status, headers=headers,
-                    content_type="application/json")
+    return Response(_json_text(payload), status=status, headers=headers, content_type="application/json")
 
 
 class CreatedResponse(Response):
@@ -50,7 +53,7 @@ class CreatedResponse(Response):
     ``after_request`` hook sets wins."""
 
     def __init__(self, payload: Any, location: str):
-        super().__init__(_ENCODER.encode(payload) + "\n", status=201, content_type="application/json")
+        super().__init__(_json_text(payload), status=201, content_type="application/json")
         self.created_location = location
 
     def get_wsgi_headers(self, environ: Any) -> Any:
