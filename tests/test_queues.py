@@ -7,6 +7,7 @@ import pytest
 
 from queue_service import JobQueue, ValidationError
 from queue_service.core.errors import ConfigurationError
+from queue_service.core.registry import JobType, Registry
 from queue_service.core.settings import Settings
 
 TOKEN = "t0ken"
@@ -50,7 +51,11 @@ def test_a_bad_queue_name_is_refused_and_nothing_is_written(make_app, clock, nam
 def test_a_type_with_a_bad_queue_name_is_refused_at_registration(clock):
     queue = JobQueue(clock=clock, builtins=False)
     with pytest.raises(ValueError, match="queue names"):
-        queue.job_type("X", queue="No Spaces")
+        queue.job_type("X", queue="No Spaces")(lambda data, job: None)
+    assert "X" not in queue.registry
+    # The check is the registry's (core): add_job then takes a type's queue as valid.
+    with pytest.raises(ValueError, match="queue names"):
+        Registry().add(JobType("X", lambda data, job: None, queue="No Spaces"))
 
 
 def test_a_worker_on_default_leaves_images_jobs_to_a_worker_on_images(make_app, clock):

@@ -51,8 +51,8 @@ def build_job(registry: Registry, settings: Settings, now: datetime, job_type: A
     if idempotency_key is not None and (not isinstance(idempotency_key, str)
                                         or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS):
         errors["idempotency_key"] = [f"Must be a string of 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters."]
-    queue_name = queue if queue is not None else (spec.queue or DEFAULT_QUEUE)
-    if not is_queue_name(queue_name):
+    queue_name = queue if queue is not None else (spec.queue or DEFAULT_QUEUE)  # the type's: Registry.add checked it
+    if queue is not None and not is_queue_name(queue):
         errors["queue"] = [f"Must match {QUEUE_NAME}."]
     try:
         stored_payload = as_json(spec.dump(spec.load(payload)))

@@ -19,7 +19,7 @@ from ..core.clock import Clock
 from ..core.errors import (ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType,
                            ValidationError)
 from ..core.jobs import Job
-from ..core.limits import PRIORITY_RANGE, QUEUE_NAME, is_queue_name
+from ..core.limits import PRIORITY_RANGE
 from ..core.periodic import Schedule, Schedules
 from ..core.registry import JobType, Registry
 from ..core.runtime import Runtime
@@ -200,8 +200,6 @@ class JobQueue:
         ``timeout``: seconds (or ``settings -> seconds``) one attempt may take,
         shown to the handler as ``job.deadline`` / ``job.remaining_seconds()``;
         the handler must check it (a thread cannot be killed)."""
-        if queue is not None and not is_queue_name(queue):
-            raise ValueError(f"queue names match {QUEUE_NAME}, got {queue!r}")
         if isinstance(schema, type):
             schema = schema()
         if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
