@@ -34,7 +34,7 @@ def _wrk(server: Server, path: str, seconds: float, workdir: Path) -> dict[str, 
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {ADMIN_TOKEN}"\n')
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", "-s", str(script),
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
          server.base + path], capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     latency = {pct: float(value) * _UNITS[unit]
                for pct, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
@@ -117,10 +117,33 @@ def measure(seconds: float) -> dict[str, Any]:
         env = {"QUEUE_AUTOSTART": "false", "BENCH_PEERS": "1", "BENCH_PEER_DIR": str(work),
                "BENCH_REDIS_PORT": str(redis_port)}
         with gunicorn(work, queue_on=True, extra_env=env) as server:
-            enqueue_only = load(server, path, seconds, work)
-            # The same app, the same load, each peer behind an equivalent route.
-            for name, peer_path in (("durable_write", "/bench/sqlite"), ("huey", "/bench/huey"),
-                                    ("rq", "/bench/rq")):
-                peers[name] = load(server, peer_path, seconds, work)
+            # The same app, the same load, each peer behind an equivalent route;
+            # two passes of half the time, in opposite orders.
+            systems = (("enqueue", path), ("durable_write", "/bench/sqlite"), ("huey", "/bench/huey"),
+                       ("rq", "/bench/rq"))
+            passes: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in systems}
+            for order in (systems, systems[::-1]):
+                for name, system_path in order:
+                    passes[name].append(load(server, system_path, seconds / 2, work))
+    peers = {name: _passes_combined(runs) for name, runs in passes.items()}
+    enqueue_only = peers.pop("enqueue")
     enqueue_only["jobs_by_status_after"] = _job_counts(work / "http.db")
+    # Ratios within this round (the report takes their median over the rounds).
+    enqueue_only["vs_durable_write"] = enqueue_only["req_per_s"] / peers["durable_write"]["req_per_s"]
+    enqueue_only["vs_huey"] = enqueue_only["req_per_s"] / peers["huey"]["req_per_s"]
     return {"enqueue": enqueue, "enqueue_threads_off": enqueue_only, "ceiling": ceiling, "peers": peers}
+
+
+def _passes_combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Passes of equal length as one: the mean rate and percentiles, the
+    requests and failures summed. With one pass in each order no system is
+    always the first load on a fresh server (or the last, after the others
+    have grown the machine's page cache and the load from elsewhere changed)."""
+    out = dict(runs[0])
+    for key in ("req_per_s", "p50_ms", "p99_ms"):
+        out[key] = sum(r[key] for r in runs) / len(runs)
+    for key in ("requests", "non_2xx"):
+        out[key] = sum(r[key] for r in runs)
+    out["socket_errors"] = "; ".join(r["socket_errors"] for r in runs if r["socket_errors"])
+    out["passes"] = len(runs)
+    return out

@@ -170,8 +170,8 @@ def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
     if "enqueue_threads_off" in h:
         off = h["enqueue_threads_off"]
         if peers:
-            vs_write = off["req_per_s"] / peers["durable_write"]["req_per_s"]
-            vs_huey = off["req_per_s"] / peers["huey"]["req_per_s"]
+            vs_write = off.get("vs_durable_write", off["req_per_s"] / peers["durable_write"]["req_per_s"])
+            vs_huey = off.get("vs_huey", off["req_per_s"] / peers["huey"]["req_per_s"])
             t.row(m, "POST enqueue, queue threads off (enqueue alone)", line(off),
                   f"{_x(vs_write)} durable write · {_x(vs_huey)} Huey route · "
                   f"{_x(ratio(off, ceiling, 'req_per_s'))} echo", "≥ 0.8× durable write; ≥ 1× Huey",
