@@ -118,6 +118,39 @@ if os.environ.get("BENCH_PEERS") == "1":
                                                                          time.time()))
         return jsonify(id=job_id, status="pending"), 201
 
+    def _our_schema_connection() -> sqlite3.Connection:
+        from queue_service.stores.sqlite import queries
+        from queue_service.stores.sqlite.connections import WAL_AUTOCHECKPOINT_PAGES
+
+        conn = sqlite3.connect(os.path.join(_peer_dir, "ours-bound.db"), isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={peers.SYNCHRONOUS}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        conn.executescript(queries.TABLES + queries.INDEXES)
+        return conn
+
+    _noop_schema = peers.NoopSchema()
+
+    @app.post("/bench/sqlite-ours")
+    def sqlite_our_schema():
+        """The durable write on our own table and indexes (five B-trees, our
+        pragmas), the payload through the type's schema first, from plain
+        sqlite3: the work our route cannot skip, without our code."""
+        from queue_service.stores.sqlite import queries
+
+        if not _authorized():
+            return jsonify(error="admin token required"), 401
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(error="expected a JSON object"), 400
+        job_id = str(uuid.uuid4())
+        payload = json.dumps(_noop_schema.dump(_noop_schema.load(body.get("payload"))))
+        now = time.time()
+        _peer("ours_bound", _our_schema_connection).execute(
+            queries.INSERT, (job_id, peers.NOOP_TYPE, payload, "pending", 0, 0, 3, "[10,60]", now, now, None,
+                             "default", None, None, "fingerprint"))
+        return jsonify(id=job_id, status="pending"), 201
+
     @app.post("/bench/huey")
     def huey_route():
         if not _authorized():

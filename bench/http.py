@@ -119,8 +119,8 @@ def measure(seconds: float) -> dict[str, Any]:
         with gunicorn(work, queue_on=True, extra_env=env) as server:
             # The same app, the same load, each peer behind an equivalent route;
             # two passes of half the time, in opposite orders.
-            systems = (("enqueue", path), ("durable_write", "/bench/sqlite"), ("huey", "/bench/huey"),
-                       ("rq", "/bench/rq"))
+            systems = (("enqueue", path), ("durable_write", "/bench/sqlite"), ("our_schema", "/bench/sqlite-ours"),
+                       ("huey", "/bench/huey"), ("rq", "/bench/rq"))
             passes: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in systems}
             for order in (systems, systems[::-1]):
                 for name, system_path in order:
@@ -131,6 +131,8 @@ def measure(seconds: float) -> dict[str, Any]:
     # Ratios within this round (the report takes their median over the rounds).
     enqueue_only["vs_durable_write"] = enqueue_only["req_per_s"] / peers["durable_write"]["req_per_s"]
     enqueue_only["vs_huey"] = enqueue_only["req_per_s"] / peers["huey"]["req_per_s"]
+    enqueue_only["vs_our_schema"] = enqueue_only["req_per_s"] / peers["our_schema"]["req_per_s"]
+    peers["our_schema"]["vs_durable_write"] = peers["our_schema"]["req_per_s"] / peers["durable_write"]["req_per_s"]
     return {"enqueue": enqueue, "enqueue_threads_off": enqueue_only, "ceiling": ceiling, "peers": peers}
 
 

@@ -174,14 +174,20 @@ def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
             vs_huey = off.get("vs_huey", off["req_per_s"] / peers["huey"]["req_per_s"])
             t.row(m, "POST enqueue, queue threads off (enqueue alone)", line(off),
                   f"{_x(vs_write)} durable write · {_x(vs_huey)} Huey route · "
-                  f"{_x(ratio(off, ceiling, 'req_per_s'))} echo", "≥ 0.8× durable write; ≥ 1× Huey",
+                  f"{_x(ratio(off, ceiling, 'req_per_s'))} echo"
+                  + (f" · {_x(off['vs_our_schema'])} our-schema bound" if "vs_our_schema" in off else ""),
+                  "≥ 0.8× durable write; ≥ 1× Huey",
                   ("HTTP enqueue (threads off) ≥ 0.8× durable-write route", vs_write >= 0.8),
                   ("HTTP enqueue (threads off) ≥ Huey route", vs_huey >= 1.0))
             for name, label in (("durable_write", "route doing one plain sqlite3 INSERT (durable-write ceiling)"),
+                                ("our_schema", "bound: that INSERT on our table and indexes, payload validated"),
                                 ("huey", "route enqueuing into Huey SqliteHuey (NORMAL as ours)"),
                                 ("rq", "route enqueuing into RQ (redis-server)")):
                 if name in peers:
-                    t.row(m, label, line(peers[name]), f"{_x(peers[name]['req_per_s'] / ceiling['req_per_s'])} echo")
+                    extra = (f" · {_x(peers[name]['vs_durable_write'])} durable write"
+                             if "vs_durable_write" in peers[name] else "")
+                    t.row(m, label, line(peers[name]),
+                          f"{_x(peers[name]['req_per_s'] / ceiling['req_per_s'])} echo{extra}")
         else:
             t.row(m, "POST enqueue, queue threads off (enqueue alone)", line(off),
                   f"{_x(ratio(off, ceiling, 'req_per_s'))} ceiling")
