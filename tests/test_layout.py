@@ -1,6 +1,7 @@
 """The layout's one rule that code can check: the core and the stores import no Flask."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -38,3 +39,16 @@ def test_core_and_stores_import_without_flask():
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip()) >= 12  # core's modules and both stores were really imported
+
+
+def test_the_extension_leaves_job_validation_to_the_core():
+    """JobQueue.periodic hands its arguments to core.periodic.make_schedule, as
+    add_job hands them to the service: web/extension.py loads no payload
+    (no marshmallow) and checks no job option against core.limits itself."""
+    tree = ast.parse((ROOT / "queue_service" / "web" / "extension.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(alias.name for alias in node.names)
+            names.add(getattr(node, "module", None) or "")
+    assert not names & {"marshmallow", "PRIORITY_RANGE", "as_json", "storable"}, names

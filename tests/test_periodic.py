@@ -14,9 +14,13 @@ import marshmallow
 import pytest
 from marshmallow import fields
 
-from queue_service import JobQueue, ManualClock, ValidationError
-from queue_service.core.periodic import FORGET_AFTER, Schedule
-from queue_service.core.registry import JobType
+from queue_service import JobQueue, JobStatus, ManualClock, ValidationError
+from queue_service.core.errors import InvalidSchedule
+from queue_service.core.periodic import FORGET_AFTER, Schedule, make_schedule
+from queue_service.core.registry import JobType, Registry
+from queue_service.core.settings import Settings
+from queue_service.core.submission import build_job
+from tests.test_schema_fingerprint import CountingValidator
 
 UTC = timezone.utc
 
@@ -231,6 +235,59 @@ def test_nightly_cleanup_in_one_line(make_app, clock, at):
     scheduler.tick()
     [job] = scheduled(queue, app)
     assert job.type == "CLEANUP" and job.payload == {"task": "purge_jobs", "olderThan": "30d"}
+
+
+def test_a_schedule_passes_add_jobs_checks_in_the_core():
+    """core.periodic.make_schedule (no JobQueue, no Flask) refuses what add_job
+    refuses, with add_job's messages, every problem at once; InvalidSchedule is a
+    ValidationError and a ValueError (the two contracts periodic() had)."""
+    registry = Registry()
+    registry.add(JobType("REPORT", lambda payload, job: None, Report()))
+    with pytest.raises(InvalidSchedule) as caught:
+        make_schedule(registry, "REPORT", {"to": "not-an-address"}, every=60, priority=10**9)
+    assert isinstance(caught.value, ValidationError) and isinstance(caught.value, ValueError)
+    with pytest.raises(ValidationError) as by_add_job:
+        build_job(registry, Settings(), ManualClock().now(), "REPORT", {"to": "not-an-address"},
+                  priority=10**9)
+    assert caught.value.messages == by_add_job.value.messages
+    assert set(caught.value.messages) == {"payload", "priority"}
+
+
+def test_an_unstorable_payload_is_refused_at_registration(clock):
+    """The storable check add_job makes applies to a schedule's payload too:
+    refused when periodic() is called, not at the first slot."""
+    queue = new_queue(clock)
+    for payload in ({"n": 2**70}, {"at": object()}):
+        with pytest.raises(ValidationError) as caught:
+            queue.periodic("TICK", payload, every=60)
+        assert "payload" in caught.value.messages
+    assert len(queue.schedules) == 0
+
+
+def test_a_slot_job_carries_its_type_schema_fingerprint(make_app, clock):
+    """A slot's job is made as add_job's is: it stores its type's schema
+    fingerprint, so the worker skips loading the payload again when loading is
+    the identity (as tests/test_schema_fingerprint.py checks for add_job)."""
+    counter = CountingValidator()
+
+    class Plain(marshmallow.Schema):
+        n = fields.Integer(required=True, strict=True, validate=counter)
+
+    queue = JobQueue(clock=clock, builtins=False)
+    seen: list = []
+    queue.job_type("PLAIN", schema=Plain)(lambda payload, job: seen.append(payload))
+    queue.periodic("PLAIN", {"n": 3}, every=60)
+    app, _ = make_app(queue)
+    state = app.extensions["queue_service"]
+    spec = queue.registry.get("PLAIN")
+    assert spec.load_is_identity and counter.calls == 1  # the load at registration
+    state.runtime.make_scheduler(None).tick()
+    [job] = scheduled(queue, app)
+    assert job.schema_fingerprint == spec.fingerprint is not None
+    state.runtime.make_worker().run_once()
+    assert counter.calls == 1, "the worker loaded a slot's payload stored under the same identity schema"
+    assert seen == [{"n": 3}]
+    assert state.runtime.store.get(job.id).status is JobStatus.COMPLETED
 
 
 # -- removal ---------------------------------------------------------------------------

@@ -166,3 +166,15 @@ def test_scheduler_thread_survives_errors(env, clock):
         scheduler.stop()
         thread.join(5)
     assert calls["n"] >= 2 and not thread.is_alive()
+
+
+def test_worker_scheduler_and_service_share_the_settings_retry_policy(make_app, clock):
+    """One RetryPolicy per Settings (``Settings.retry_policy``), built from
+    QUEUE_STUCK_AFTER, not one per user of it."""
+    app, _ = make_app(JobQueue(clock=clock, builtins=False), QUEUE_STUCK_AFTER=120)
+    state = app.extensions["queue_service"]
+    policy = state.settings.retry_policy
+    assert policy.stuck_after_seconds == 120
+    assert state.runtime.make_worker().policy is policy
+    assert state.runtime.make_scheduler(None).policy is policy
+    assert state.service.policy is policy

@@ -35,6 +35,12 @@ class UnknownJobType(ValidationError):
         self.job_type = job_type
 
 
+class InvalidSchedule(ValidationError, ValueError):
+    """``queue.periodic(...)`` was given a priority or payload that ``add_job``
+    would refuse (``messages`` as for add_job). It is also a ValueError, as
+    every other bad argument of a schedule is (cron, every, tz, catchup...)."""
+
+
 class DuplicateJobType(QueueError):
     """A job type was registered twice."""
 

@@ -1,11 +1,14 @@
 """Periodic jobs: schedules, their slots, catch-up, and enqueuing each slot once.
 
 A ``Schedule`` is code (like a job type): registered on the JobQueue with
-``queue.periodic(...)``, validated there (cron expression, interval, time
-zone, the payload against the type's schema), so a bad schedule fails at
-start-up. A *slot* is an instant the schedule fires at: for ``every=N`` the
-multiples of N seconds since the Unix epoch (UTC), for ``cron=`` the times
-croniter gives in the schedule's time zone.
+``queue.periodic(...)``, made and validated by ``make_schedule`` (cron
+expression, interval, time zone, queue name; the type, priority and payload
+by add_job's own checks, ``core.submission``), so a bad schedule fails at
+start-up. Each slot's job is made by ``submission.new_job``, as add_job's
+is, and carries its type's schema fingerprint. A *slot* is an instant the
+schedule fires at: for ``every=N`` the multiples of N seconds since the Unix
+epoch (UTC), for ``cron=`` the times croniter gives in the schedule's time
+zone.
 
 Every process's scheduler thread runs ``Periodic.tick(now)``: for each
 schedule it finds the latest slot at or before ``now`` and, if that slot is
@@ -30,9 +33,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from .jobs import DEFAULT_QUEUE, Job, JobStatus
+from .errors import InvalidSchedule
+from .jobs import DEFAULT_QUEUE, Job
 from .limits import QUEUE_NAME, is_queue_name
-from .registry import JobType
+from .registry import JobType, Registry
+from .submission import check_priority, new_job, registered_type, stored_payload
 from .store import ScheduleState  # noqa: F401  (re-exported: the state periodic reads)
 
 log = logging.getLogger("queue_service.periodic")
@@ -139,17 +144,33 @@ class Schedule:
         return min(MAX_FRESH_SECONDS, (self.next_slot(slot) - slot).total_seconds() / 2)
 
     def make_job(self, slot: datetime, now: datetime, max_retries: int, retry_delays: Iterable[float]) -> Job:
-        spec = self.job_type
-        return Job(id=slot_job_id(self.name, slot), type=spec.name, payload=dict(self.payload),
-                   status=JobStatus.PENDING, priority=self.priority,
-                   max_retries=spec.max_retries if spec.max_retries is not None else max_retries,
-                   retry_delays=list(spec.retry_delays or retry_delays), created_at=now, run_at=now,
-                   scheduled_by=self.name, slot=slot, queue=self.queue or spec.queue or DEFAULT_QUEUE)
+        """The job of ``slot``: its id derived from (name, slot); ``max_retries``
+        and ``retry_delays`` apply unless the type has its own."""
+        return new_job(self.job_type, slot_job_id(self.name, slot), dict(self.payload), now, now,
+                       max_retries, retry_delays, priority=self.priority, queue=self.queue,
+                       scheduled_by=self.name, slot=slot)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.job_type.name, "cron": self.cron, "every": self.every,
                 "tz": self.tz, "priority": self.priority, "catchup": self.catchup,
                 "queue": self.queue or self.job_type.queue or DEFAULT_QUEUE}
+
+
+def make_schedule(registry: Registry, job_type: str, payload: Any = None, *, cron: str | None = None,
+                  every: float | timedelta | None = None, name: str | None = None, tz: str = "UTC",
+                  priority: int = 0, catchup: str = "once", queue: str | None = None) -> Schedule:
+    """The Schedule ``queue.periodic(...)`` registers (payload None: ``{}``).
+    The type, priority and payload pass add_job's checks (``core.submission``),
+    once, here. Raises UnknownJobType, InvalidSchedule (a ValidationError and
+    a ValueError) for the priority or the payload, ValueError for the rest."""
+    spec = registered_type(registry, job_type)
+    errors: dict[str, Any] = {}
+    check_priority(priority, errors)
+    stored = stored_payload(spec, {} if payload is None else payload, errors)
+    if errors:
+        raise InvalidSchedule(errors)
+    return Schedule(name or Schedule.default_name(job_type, cron, every), spec, stored, cron=cron,
+                    every=every, tz=tz, priority=priority, catchup=catchup, queue=queue)
 
 
 class Schedules:

@@ -63,7 +63,7 @@ class Scheduler:
         self._store_getter = store_getter
         self.clock = clock
         self.worker = worker
-        self.policy = RetryPolicy(settings.stuck_after)
+        self.policy = settings.retry_policy
         self.cleanup_interval = settings.cleanup_interval
         self.completed_ttl = settings.completed_ttl
         self.failed_ttl = settings.failed_ttl

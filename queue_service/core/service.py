@@ -17,7 +17,7 @@ from typing import Any, Callable
 from . import bulk, history
 from .store import TypeCounts
 from .errors import InvalidTransition, JobNotFound, StoreError, ValidationError
-from .jobs import Job, JobStatus, RetryPolicy, iso
+from .jobs import Job, JobStatus, iso
 from .limits import MAX_BULK_JOBS, PAGE_LIMIT_RANGE, QUEUE_NAME, is_queue_name
 from .lazy_store import describe_cause, public_reason
 from .periodic import overview as schedules_overview
@@ -52,7 +52,7 @@ class QueueService:
         self.runtime = runtime
         self.settings = runtime.settings
         self.clock = runtime.clock
-        self.policy = RetryPolicy(runtime.settings.stuck_after)
+        self.policy = runtime.settings.retry_policy
 
     @property
     def store(self) -> Any:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 from .limits import QUEUE_NAME, is_queue_name
-from .jobs import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAYS_SECONDS
+from .jobs import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAYS_SECONDS, RetryPolicy
 
 ENV_PREFIXES = ("QUEUE_", "MAIL_")
 ENV_NAMES = frozenset({"MONGO_URI"})
@@ -231,6 +232,13 @@ class Settings:
                     "MONGO_URI names no database: put one after the host, e.g. "
                     "mongodb+srv://USER:PASSWORD@cluster0.example.mongodb.net/myapp?retryWrites=true&w=majority")
         return settings
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy of these settings (``stuck_after`` decides what is
+        stuck): one object, shared by the worker, the scheduler and the service.
+        Settings are frozen, so it never goes stale."""
+        return RetryPolicy(self.stuck_after)
 
     def as_dict(self) -> dict[str, Any]:
         secret = ("admin_token", "callback_secret", "media_secret", "mail")

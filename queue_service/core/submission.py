@@ -2,13 +2,16 @@
 
 The options are checked against ``core.limits`` first, then the payload
 against the type's schema; every problem is reported at once, by field.
+A schedule (``core.periodic.make_schedule``) passes the same checks of its
+type, priority and payload once, at registration, and ``new_job`` makes the
+Job of each of its slots as it makes add_job's.
 """
 from __future__ import annotations
 
 import json
 import math
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Iterable
 
 import marshmallow
 
@@ -18,7 +21,7 @@ from . import storable
 from .jobs import DEFAULT_QUEUE, Job, new_job_id
 from .limits import (MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PRIORITY_RANGE, QUEUE_NAME,
                      is_queue_name)
-from .registry import Registry
+from .registry import JobType, Registry
 from .settings import Settings
 
 
@@ -31,45 +34,77 @@ def build_job(registry: Registry, settings: Settings, now: datetime, job_type: A
               max_retries: int | None = None, idempotency_key: str | None = None,
               queue: str | None = None) -> Job:
     """A new pending Job, not yet stored. Raises UnknownJobType or ValidationError."""
-    spec = registry.get(job_type) if isinstance(job_type, str) else None
-    if spec is None:
-        raise UnknownJobType(str(job_type), registry.names())
+    spec = registered_type(registry, job_type)
     errors: dict[str, Any] = {}
     when = _run_at(now, delay, run_at, errors)
-    if not is_int(priority):
-        errors["priority"] = ["Must be an integer."]
-    elif not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
-        errors["priority"] = [f"Must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}."]
-    retries = spec.max_retries if spec.max_retries is not None else settings.max_retries
+    check_priority(priority, errors)
     if max_retries is not None:
         if not is_int(max_retries):
             errors["max_retries"] = ["Must be an integer."]
         elif not 0 <= max_retries <= MAX_RETRIES_LIMIT:
             errors["max_retries"] = [f"Must be between 0 and {MAX_RETRIES_LIMIT}."]
-        else:
-            retries = max_retries
     if idempotency_key is not None and (not isinstance(idempotency_key, str)
                                         or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS):
         errors["idempotency_key"] = [f"Must be a string of 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters."]
-    queue_name = queue if queue is not None else (spec.queue or DEFAULT_QUEUE)  # the type's: Registry.add checked it
     if queue is not None and not is_queue_name(queue):
         errors["queue"] = [f"Must match {QUEUE_NAME}."]
+    stored = stored_payload(spec, payload, errors)
+    if errors:
+        raise ValidationError(errors)
+    return new_job(spec, new_job_id(), stored, now, when, settings.max_retries, settings.retry_delays,
+                   priority=priority, max_retries=max_retries, queue=queue, idempotency_key=idempotency_key)
+
+
+def registered_type(registry: Registry, job_type: Any) -> JobType:
+    """The registered type named ``job_type``; raises UnknownJobType."""
+    spec = registry.get(job_type) if isinstance(job_type, str) else None
+    if spec is None:
+        raise UnknownJobType(str(job_type), registry.names())
+    return spec
+
+
+def check_priority(priority: Any, errors: dict[str, Any]) -> None:
+    """A job's priority against ``core.limits``; a problem goes into ``errors``."""
+    if not is_int(priority):
+        errors["priority"] = ["Must be an integer."]
+    elif not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        errors["priority"] = [f"Must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}."]
+
+
+def stored_payload(spec: JobType, payload: Any, errors: dict[str, Any]) -> Any:
+    """``payload`` as a job of ``spec`` stores it: loaded by the type's schema,
+    dumped, as JSON, and storable. A problem goes into ``errors["payload"]``
+    (the return value is then None)."""
     try:
-        stored_payload = as_json(spec.dump(spec.load(payload)))
+        stored = as_json(spec.dump(spec.load(payload)))
     except marshmallow.ValidationError as exc:
         errors["payload"] = exc.messages
     except (TypeError, ValueError) as exc:
         errors["payload"] = {"_schema": [f"Payload is not JSON-serializable: {exc}"]}
     else:
-        unstorable = storable.problem(stored_payload)
-        if unstorable:
-            errors["payload"] = {"_schema": [f"Payload cannot be stored: {unstorable}."]}
-    if errors:
-        raise ValidationError(errors)
-    return Job(id=new_job_id(), type=job_type, payload=stored_payload, priority=priority,
-               max_retries=retries, retry_delays=list(spec.retry_delays or settings.retry_delays),
-               created_at=now, run_at=when, idempotency_key=idempotency_key, queue=queue_name,
-               schema_fingerprint=spec.fingerprint)
+        unstorable = storable.problem(stored)
+        if not unstorable:
+            return stored
+        errors["payload"] = {"_schema": [f"Payload cannot be stored: {unstorable}."]}
+    return None
+
+
+def new_job(spec: JobType, job_id: str, payload: Any, now: datetime, run_at: datetime,
+            default_max_retries: int, default_retry_delays: Iterable[float], *, priority: int = 0,
+            max_retries: int | None = None, queue: str | None = None, idempotency_key: str | None = None,
+            scheduled_by: str | None = None, slot: datetime | None = None) -> Job:
+    """A pending Job of ``spec`` from parts already checked (``payload`` in
+    its stored form): the job's own max_retries and queue, else the type's
+    (Registry.add checked its queue), else the defaults (the settings'; the queue "default"); the type's retry
+    delays; and the type's schema fingerprint, so the worker may skip loading
+    the payload again (core/fingerprint.py). Every job is made here: add_job's
+    and each slot of a schedule (core/periodic.py)."""
+    if max_retries is None:
+        max_retries = spec.max_retries if spec.max_retries is not None else default_max_retries
+    return Job(id=job_id, type=spec.name, payload=payload, priority=priority, max_retries=max_retries,
+               retry_delays=list(spec.retry_delays or default_retry_delays), created_at=now, run_at=run_at,
+               idempotency_key=idempotency_key, queue=queue or spec.queue or DEFAULT_QUEUE,
+               scheduled_by=scheduled_by, slot=slot, schema_fingerprint=spec.fingerprint)
 
 
 _SCALARS = (str, int, float, bool, type(None))

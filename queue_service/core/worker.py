@@ -30,7 +30,7 @@ from .errors import PermanentJobError, UnstorableValue
 from .idle import IdleBackoff
 from .lazy_store import log_loop_failure
 from .context import JobContext
-from .jobs import Job, JobStatus, RetryPolicy, attempt_text, new_lock_token
+from .jobs import Job, JobStatus, attempt_text, new_lock_token
 from .limits import MAX_ERROR_CHARS
 from .registry import Registry
 from .settings import Settings
@@ -89,7 +89,7 @@ class Worker:
         self.app = app
         self.settings = settings
         self.queues = queues
-        self.policy = RetryPolicy(settings.stuck_after)
+        self.policy = settings.retry_policy
         self.heartbeat_interval = settings.heartbeat_interval
         self.poll_interval = settings.poll_interval
         self.idle = IdleBackoff(settings.poll_interval, settings.poll_max_interval)

@@ -11,22 +11,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-import marshmallow
 from flask import Flask, current_app
 
 from .. import hosting
 from ..core.clock import Clock
-from ..core.errors import (ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType,
-                           ValidationError)
+from ..core.errors import ConfigurationError, InvalidTransition, JobNotFound, StoreError, UnknownJobType
 from ..core.jobs import Job
-from ..core.limits import PRIORITY_RANGE
-from ..core.periodic import Schedule, Schedules
+from ..core.periodic import Schedule, Schedules, make_schedule
 from ..core.registry import JobType, Registry
 from ..core.runtime import Runtime
 from ..core.service import QueueService
 from ..core.settings import Settings
 from ..core.store import Store
-from ..core.submission import as_json
 from .api import blueprint
 from .cli import queue_cli
 from .state import EXTENSION_KEY, QueueState
@@ -223,24 +219,14 @@ class JobQueue:
 
         Registers at once when the type is known; with no payload it also
         works as a decorator above ``@queue.job_type(...)`` (payload ``{}``).
-        Raises ValueError for a bad schedule or a taken name, and
-        ValidationError for a payload the type's schema refuses."""
+        Made and checked by ``core.periodic.make_schedule``: raises
+        ValueError for a bad schedule or a taken name, and InvalidSchedule
+        (a ValidationError and a ValueError) for a priority or payload that
+        add_job would refuse."""
         def register() -> Schedule:
-            spec = self.registry.get(job_type)
-            if spec is None:
-                raise UnknownJobType(job_type)
-            body = {} if payload is None else payload
-            try:
-                stored = spec.dump(spec.load(body))
-            except marshmallow.ValidationError as exc:
-                raise ValidationError({"payload": exc.messages}) from exc
-            if not isinstance(priority, int) or isinstance(priority, bool) \
-                    or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
-                raise ValueError(f"priority must be an integer between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
-            schedule = Schedule(name or Schedule.default_name(job_type, cron, every), spec,
-                                as_json(stored), cron=cron, every=every, tz=tz, priority=priority,
-                                catchup=catchup, queue=queue)
-            return self.schedules.add(schedule)
+            return self.schedules.add(make_schedule(self.registry, job_type, payload, cron=cron, every=every,
+                                                    name=name, tz=tz, priority=priority, catchup=catchup,
+                                                    queue=queue))
 
         if payload is not None or job_type in self.registry:
             register()
