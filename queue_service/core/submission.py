@@ -95,8 +95,9 @@ def new_job(spec: JobType, job_id: str, payload: Any, now: datetime, run_at: dat
             scheduled_by: str | None = None, slot: datetime | None = None) -> Job:
     """A pending Job of ``spec`` from parts already checked (``payload`` in
     its stored form): the job's own max_retries and queue, else the type's
-    (Registry.add checked its queue), else the defaults (the settings'; the queue "default"); the type's retry
-    delays; and the type's schema fingerprint, so the worker may skip loading
+    (Registry.add checked its queue), else the defaults (the settings'; the
+    queue "default"); the type's retry delays; and the type's schema
+    fingerprint, so the worker may skip loading
     the payload again (core/fingerprint.py). Every job is made here: add_job's
     and each slot of a schedule (core/periodic.py)."""
     if max_retries is None:
