@@ -139,8 +139,7 @@ def measure(seconds: float) -> dict[str, Any]:
 def _passes_combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Passes of equal length as one: the mean rate and percentiles, the
     requests and failures summed. With one pass in each order no system is
-    always the first load on a fresh server (or the last, after the others
-    have grown the machine's page cache and the load from elsewhere changed)."""
+    always the first load on a fresh server, nor always the last."""
     out = dict(runs[0])
     for key in ("req_per_s", "p50_ms", "p99_ms"):
         out[key] = sum(r[key] for r in runs) / len(runs)

@@ -136,3 +136,28 @@ def test_route_target_reads_the_one_route_bound_when_measured():
     assert _verdicts(results)["POST /jobs ≤ echo + add_job + 40 µs"] is False
     table = report.build(results, {"jobs": 5000, "http_seconds": 10}).markdown()
     assert "add_job timed inside it 140 µs" in table
+
+
+def test_http_threads_off_passes_and_per_round_ratios():
+    from bench.http import _passes_combined
+
+    first = {"req_per_s": 1000.0, "p50_ms": 2.0, "p99_ms": 10.0, "requests": 5000, "non_2xx": 0,
+             "socket_errors": "", "client": "wrk"}
+    second = {**first, "req_per_s": 1400.0, "p50_ms": 4.0, "requests": 7000, "non_2xx": 2, "socket_errors": "read 1"}
+    both = _passes_combined([first, second])
+    assert (both["req_per_s"], both["p50_ms"], both["p99_ms"]) == (1200.0, 3.0, 10.0)
+    assert (both["requests"], both["non_2xx"], both["socket_errors"], both["passes"]) == (12000, 2, "read 1", 2)
+
+    results = _results()
+    peer = lambda r: {"req_per_s": r, "p50_ms": 1.0, "p99_ms": 4.0}  # noqa: E731
+    # Medians of the whole run would give 900/1000 = 0.9; the rounds' own ratio (0.7) wins.
+    results["http"]["enqueue_threads_off"] = {**peer(900.0), "vs_durable_write": 0.7, "vs_huey": 1.1,
+                                              "vs_our_schema": 0.95}
+    results["http"]["peers"] = {"durable_write": peer(1000.0), "huey": peer(800.0),
+                                "our_schema": {**peer(950.0), "vs_durable_write": 0.75}, "rq": peer(500.0)}
+    built = report.build(results, {"jobs": 5000, "http_seconds": 10})
+    verdicts = dict(built.verdicts)
+    assert verdicts["HTTP enqueue (threads off) ≥ 0.8× durable-write route"] is False
+    assert verdicts["HTTP enqueue (threads off) ≥ Huey route"] is True
+    table = built.markdown()
+    assert "0.95× our-schema bound" in table and "0.75× durable write" in table
