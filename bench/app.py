@@ -81,6 +81,8 @@ if os.environ.get("BENCH_PEERS") == "1":
     import uuid
 
     from bench import subjects as peers
+    from queue_service.stores.sqlite import queries
+    from queue_service.stores.sqlite.connections import WAL_AUTOCHECKPOINT_PAGES
 
     _local = threading.local()
     _peer_dir = os.environ["BENCH_PEER_DIR"]
@@ -99,12 +101,10 @@ if os.environ.get("BENCH_PEERS") == "1":
         return value
 
     def _sqlite_connection() -> sqlite3.Connection:
-        conn = sqlite3.connect(os.path.join(_peer_dir, "ceiling.db"), isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={peers.SYNCHRONOUS}")
-        conn.execute("CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
-                     " payload TEXT NOT NULL, status TEXT NOT NULL, priority INTEGER NOT NULL, run_at REAL NOT NULL)")
-        return conn
+        return peers.floor_connection(
+            Path(_peer_dir) / "ceiling.db", timeout=30,
+            schema="CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+                   " payload TEXT NOT NULL, status TEXT NOT NULL, priority INTEGER NOT NULL, run_at REAL NOT NULL)")
 
     @app.post("/bench/sqlite")
     def sqlite_ceiling():
@@ -119,15 +119,8 @@ if os.environ.get("BENCH_PEERS") == "1":
         return jsonify(id=job_id, status="pending"), 201
 
     def _our_schema_connection() -> sqlite3.Connection:
-        from queue_service.stores.sqlite import queries
-        from queue_service.stores.sqlite.connections import WAL_AUTOCHECKPOINT_PAGES
-
-        conn = sqlite3.connect(os.path.join(_peer_dir, "ours-bound.db"), isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={peers.SYNCHRONOUS}")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-        conn.executescript(queries.TABLES + queries.INDEXES)
-        return conn
+        return peers.floor_connection(Path(_peer_dir) / "ours-bound.db", schema=queries.TABLES + queries.INDEXES,
+                                      autocheckpoint_pages=WAL_AUTOCHECKPOINT_PAGES, timeout=30)
 
     _noop_schema = peers.NoopSchema()
 
@@ -136,8 +129,6 @@ if os.environ.get("BENCH_PEERS") == "1":
         """The durable write on our own table and indexes (five B-trees, our
         pragmas), the payload through the type's schema first, from plain
         sqlite3: the work our route cannot skip, without our code."""
-        from queue_service.stores.sqlite import queries
-
         if not _authorized():
             return jsonify(error="admin token required"), 401
         body = request.get_json(silent=True)

@@ -128,11 +128,6 @@ def measure(seconds: float) -> dict[str, Any]:
     peers = {name: _passes_combined(runs) for name, runs in passes.items()}
     enqueue_only = peers.pop("enqueue")
     enqueue_only["jobs_by_status_after"] = _job_counts(work / "http.db")
-    # Ratios within this round (the report takes their median over the rounds).
-    enqueue_only["vs_durable_write"] = enqueue_only["req_per_s"] / peers["durable_write"]["req_per_s"]
-    enqueue_only["vs_huey"] = enqueue_only["req_per_s"] / peers["huey"]["req_per_s"]
-    enqueue_only["vs_our_schema"] = enqueue_only["req_per_s"] / peers["our_schema"]["req_per_s"]
-    peers["our_schema"]["vs_durable_write"] = peers["our_schema"]["req_per_s"] / peers["durable_write"]["req_per_s"]
     return {"enqueue": enqueue, "enqueue_threads_off": enqueue_only, "ceiling": ceiling, "peers": peers}
 
 

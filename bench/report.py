@@ -170,12 +170,14 @@ def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
     if "enqueue_threads_off" in h:
         off = h["enqueue_threads_off"]
         if peers:
-            vs_write = off.get("vs_durable_write", off["req_per_s"] / peers["durable_write"]["req_per_s"])
-            vs_huey = off.get("vs_huey", off["req_per_s"] / peers["huey"]["req_per_s"])
+            # Each ratio within a round, their median over the rounds (ratio()).
+            vs_write = ratio(off, peers["durable_write"], "req_per_s")
+            vs_huey = ratio(off, peers["huey"], "req_per_s")
+            bound = (f" · {_x(ratio(off, peers['our_schema'], 'req_per_s'))} our-schema bound"
+                     if "our_schema" in peers else "")
             t.row(m, "POST enqueue, queue threads off (enqueue alone)", line(off),
                   f"{_x(vs_write)} durable write · {_x(vs_huey)} Huey route · "
-                  f"{_x(ratio(off, ceiling, 'req_per_s'))} echo"
-                  + (f" · {_x(off['vs_our_schema'])} our-schema bound" if "vs_our_schema" in off else ""),
+                  f"{_x(ratio(off, ceiling, 'req_per_s'))} echo{bound}",
                   "≥ 0.8× durable write; ≥ 1× Huey",
                   ("HTTP enqueue (threads off) ≥ 0.8× durable-write route", vs_write >= 0.8),
                   ("HTTP enqueue (threads off) ≥ Huey route", vs_huey >= 1.0))
@@ -184,8 +186,8 @@ def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
                                 ("huey", "route enqueuing into Huey SqliteHuey (NORMAL as ours)"),
                                 ("rq", "route enqueuing into RQ (redis-server)")):
                 if name in peers:
-                    extra = (f" · {_x(peers[name]['vs_durable_write'])} durable write"
-                             if "vs_durable_write" in peers[name] else "")
+                    extra = (f" · {_x(ratio(peers[name], peers['durable_write'], 'req_per_s'))} durable write"
+                             if name == "our_schema" else "")
                     t.row(m, label, line(peers[name]),
                           f"{_x(peers[name]['req_per_s'] / ceiling['req_per_s'])} echo{extra}")
         else:

@@ -117,11 +117,12 @@ CREATE INDEX jobs_pending ON jobs (priority DESC, run_at, seq) WHERE status = 'p
 FLOOR_INSERT = "INSERT INTO jobs (id, payload, status, priority, run_at) VALUES (?, ?, 'pending', 0, ?)"
 
 
-def floor_connection(db_path: Path, schema: str = FLOOR_SCHEMA,
-                     autocheckpoint_pages: int | None = None) -> sqlite3.Connection:
+def floor_connection(db_path: Path, schema: str = FLOOR_SCHEMA, autocheckpoint_pages: int | None = None,
+                     timeout: float = 5.0) -> sqlite3.Connection:
     """Plain sqlite3 in WAL at our synchronous setting, on ``schema`` (the
-    floor's by default); ``autocheckpoint_pages``: SQLite's default if None."""
-    conn = sqlite3.connect(str(db_path), isolation_level=None)  # autocommit: one txn per statement
+    floor's by default); ``autocheckpoint_pages``: SQLite's default if None;
+    ``timeout``: its busy timeout (sqlite3's default 5 s)."""
+    conn = sqlite3.connect(str(db_path), isolation_level=None, timeout=timeout)  # autocommit: one txn per statement
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
     if autocheckpoint_pages is not None:

@@ -149,15 +149,18 @@ def test_http_threads_off_passes_and_per_round_ratios():
     assert (both["requests"], both["non_2xx"], both["socket_errors"], both["passes"]) == (12000, 2, "read 1", 2)
 
     results = _results()
-    peer = lambda r: {"req_per_s": r, "p50_ms": 1.0, "p99_ms": 4.0}  # noqa: E731
-    # Medians of the whole run would give 900/1000 = 0.9; the rounds' own ratio (0.7) wins.
-    results["http"]["enqueue_threads_off"] = {**peer(900.0), "vs_durable_write": 0.7, "vs_huey": 1.1,
-                                              "vs_our_schema": 0.95}
-    results["http"]["peers"] = {"durable_write": peer(1000.0), "huey": peer(800.0),
-                                "our_schema": {**peer(950.0), "vs_durable_write": 0.75}, "rq": peer(500.0)}
+
+    def rounds(*rates: float) -> dict:  # a system's median and its rounds, as bench.run keeps them
+        return {"req_per_s": sorted(rates)[1], "p50_ms": 1.0, "p99_ms": 4.0,
+                "samples": [{"req_per_s": r} for r in rates]}
+    # Medians of the whole run give 900/1000 = 0.9; within the rounds: 0.70, 0.69, 0.95, median 0.70.
+    results["http"]["enqueue_threads_off"] = rounds(700.0, 900.0, 950.0)
+    results["http"]["peers"] = {"durable_write": rounds(1000.0, 1300.0, 1000.0), "huey": rounds(600.0, 800.0, 900.0),
+                                "our_schema": rounds(800.0, 950.0, 1000.0), "rq": rounds(400.0, 500.0, 600.0)}
     built = report.build(results, {"jobs": 5000, "http_seconds": 10})
     verdicts = dict(built.verdicts)
     assert verdicts["HTTP enqueue (threads off) ≥ 0.8× durable-write route"] is False
-    assert verdicts["HTTP enqueue (threads off) ≥ Huey route"] is True
+    assert verdicts["HTTP enqueue (threads off) ≥ Huey route"] is True    # 1.17, 1.12, 1.06
     table = built.markdown()
-    assert "0.95× our-schema bound" in table and "0.75× durable write" in table
+    assert "0.95× our-schema bound" in table     # 0.875, 0.947, 0.95
+    assert "0.80× durable write" in table        # the bound: 0.80, 0.73, 1.00
