@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 from .errors import ValidationError
 from .jobs import Job
-from .limits import MAX_BULK_IDS, MAX_TYPE_NAME_CHARS, QUEUE_NAME, is_queue_name
+from .limits import MAX_BULK_IDS, MAX_TYPE_NAME_CHARS, QUEUE_NAME_MESSAGE, is_queue_name
 from .store import Store
 
 PAGE = 500
@@ -56,7 +56,7 @@ def parse_selection(body: dict[str, Any], status: str) -> Selection:
     if "type" in body and not (isinstance(body["type"], str) and 1 <= len(body["type"]) <= MAX_TYPE_NAME_CHARS):
         errors["type"] = [f"Must be a string of 1 to {MAX_TYPE_NAME_CHARS} characters."]
     if "queue" in body and not is_queue_name(body["queue"]):
-        errors["queue"] = [f"Must match {QUEUE_NAME}."]
+        errors["queue"] = [QUEUE_NAME_MESSAGE]
     if errors:
         raise ValidationError(errors)
     if "ids" in body:

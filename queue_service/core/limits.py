@@ -28,3 +28,13 @@ _QUEUE_NAME = re.compile(QUEUE_NAME)
 def is_queue_name(value: Any) -> bool:
     """The one check of a queue name, wherever one is given."""
     return isinstance(value, str) and _QUEUE_NAME.fullmatch(value) is not None
+
+
+QUEUE_NAME_MESSAGE = f"Must match {QUEUE_NAME}."  # the field error of a refused queue name
+
+
+def require_queue_name(value: Any) -> None:
+    """For code that declares a queue (a job type, a schedule): a ValueError
+    unless ``value`` is a queue name."""
+    if not is_queue_name(value):
+        raise ValueError(f"queue names match {QUEUE_NAME}, got {value!r}")

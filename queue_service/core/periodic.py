@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 from .errors import InvalidSchedule
 from .jobs import DEFAULT_QUEUE, Job
-from .limits import QUEUE_NAME, is_queue_name
+from .limits import require_queue_name
 from .registry import JobType, Registry
 from .submission import check_priority, new_job, registered_type, stored_payload
 from .store import ScheduleState  # noqa: F401  (re-exported: the state periodic reads)
@@ -106,8 +106,8 @@ class Schedule:
         else:
             self.every = _check_every(self.every)
         self._zone = _zone(self.tz)
-        if self.queue is not None and not is_queue_name(self.queue):
-            raise ValueError(f"queue names match {QUEUE_NAME}, got {self.queue!r}")
+        if self.queue is not None:
+            require_queue_name(self.queue)
         if self.catchup not in CATCHUP_MODES:
             raise ValueError(f"catchup must be one of {', '.join(CATCHUP_MODES)}, got {self.catchup!r}")
 

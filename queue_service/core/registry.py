@@ -9,7 +9,7 @@ import marshmallow
 
 from .errors import DuplicateJobType
 from .fingerprint import dump_is_identity, load_is_identity, schema_fingerprint
-from .limits import QUEUE_NAME, is_queue_name
+from .limits import require_queue_name
 
 JOB_TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
@@ -73,8 +73,8 @@ class Registry:
         if job_type.name in self._types:
             raise DuplicateJobType(f"job type {job_type.name} is already registered")
         # Checked once here: build_job then takes a type's queue as valid.
-        if job_type.queue is not None and not is_queue_name(job_type.queue):
-            raise ValueError(f"queue names match {QUEUE_NAME}, got {job_type.queue!r}")
+        if job_type.queue is not None:
+            require_queue_name(job_type.queue)
         self._types[job_type.name] = job_type
 
     def get(self, name: str) -> JobType | None:

@@ -18,7 +18,7 @@ from . import bulk, history
 from .store import TypeCounts
 from .errors import InvalidTransition, JobNotFound, StoreError, ValidationError
 from .jobs import Job, JobStatus, iso
-from .limits import MAX_BULK_JOBS, PAGE_LIMIT_RANGE, QUEUE_NAME, is_queue_name
+from .limits import MAX_BULK_JOBS, PAGE_LIMIT_RANGE, QUEUE_NAME_MESSAGE, is_queue_name
 from .lazy_store import describe_cause, public_reason
 from .periodic import overview as schedules_overview
 from .registry import Registry
@@ -145,7 +145,7 @@ class QueueService:
             else:
                 cursor = (anchor.created_at, anchor.id)
         if queue is not None and not is_queue_name(queue):
-            errors["queue"] = [f"Must match {QUEUE_NAME}."]
+            errors["queue"] = [QUEUE_NAME_MESSAGE]
         if errors:
             raise ValidationError(errors)
         return self.store.list_jobs(status, job_type, limit, cursor, queue, summary=summary,

@@ -19,8 +19,8 @@ from .clock import ensure_aware
 from .errors import UnknownJobType, ValidationError
 from . import storable
 from .jobs import DEFAULT_QUEUE, Job, new_job_id
-from .limits import (MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PRIORITY_RANGE, QUEUE_NAME,
-                     is_queue_name)
+from .limits import (MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PRIORITY_RANGE,
+                     QUEUE_NAME_MESSAGE, is_queue_name)
 from .registry import JobType, Registry
 from .settings import Settings
 
@@ -47,7 +47,7 @@ def build_job(registry: Registry, settings: Settings, now: datetime, job_type: A
                                         or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS):
         errors["idempotency_key"] = [f"Must be a string of 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters."]
     if queue is not None and not is_queue_name(queue):
-        errors["queue"] = [f"Must match {QUEUE_NAME}."]
+        errors["queue"] = [QUEUE_NAME_MESSAGE]
     stored = stored_payload(spec, payload, errors)
     if errors:
         raise ValidationError(errors)
