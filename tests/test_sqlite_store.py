@@ -1,5 +1,6 @@
 """SQLite-only mechanisms behind the contract: the idle claim's read-only
-check, the in-process writer lock, the attempts' stored form and the listing
+check, waiting for the write lock (polled; the writer lock for transactions),
+the WAL's backstop, the attempts' stored form and the listing
 index. (The contract itself is tests/test_store_contract.py; its make_job and
 conftest's clock serve here too.)"""
 from __future__ import annotations
@@ -7,12 +8,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
+
 import pytest
 from test_store_contract import make_job
 
 from queue_service.core.errors import StoreError, StoreUnavailable
 from queue_service.core.jobs import new_lock_token
-from queue_service.stores.sqlite import SQLiteStore
+from queue_service.stores.sqlite import SQLiteStore, connections
 
 
 def open_store(tmp_path, **kwargs) -> SQLiteStore:
@@ -65,11 +68,12 @@ def test_idle_check_returns_after_a_burst_ends(tmp_path, clock, writer):
     writer.execute("ROLLBACK")
 
 
-# -- threads of one process queue for the write lock ------------------------------
-def test_threads_of_one_process_never_meet_sqlites_busy_error(tmp_path, clock):
-    """With busy_timeout 0, two connections writing at once would get
-    SQLITE_BUSY at once; the store's thread lock makes them take turns."""
-    store = open_store(tmp_path, busy_timeout_seconds=0, writer_wait_seconds=60)
+# -- waiting for the write lock: polled, and the writer lock for transactions -------
+def test_sqlites_busy_handler_is_off_and_concurrent_writers_all_succeed(tmp_path, clock):
+    """Inserts (single statements) and claims (transactions) from four threads
+    at once: every refused statement is tried again by the store, none fails."""
+    store = open_store(tmp_path, busy_timeout_seconds=30)
+    assert store._db.read("PRAGMA busy_timeout") == [(0,)]  # the waiting is ours, not SQLite's sleeps
     errors: list[BaseException] = []
     start = threading.Barrier(4)
 
@@ -101,48 +105,121 @@ def test_threads_of_one_process_never_meet_sqlites_busy_error(tmp_path, clock):
     assert counts["total"] == 300 and counts["processing"] == 0
 
 
-def test_processes_take_turns_at_the_side_file_lock(tmp_path, clock):
+class _Clockwork:
+    """Stands in for the ``time`` module of ``connections``: each sleep of the
+    poll is recorded, and the n-th one runs ``then`` (another connection
+    ending its transaction)."""
+
+    def __init__(self, n: int, then):
+        self.sleeps: list[float] = []
+        self.n, self.then = n, then
+        self.monotonic = time.monotonic
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if len(self.sleeps) == self.n:
+            self.then()
+
+
+@pytest.mark.parametrize("operation", ["insert", "claim"])
+def test_a_refused_write_is_tried_again_until_the_other_writer_is_done(tmp_path, clock, writer, monkeypatch,
+                                                                       operation):
+    store = open_store(tmp_path, busy_timeout_seconds=30)
+    job = make_job(clock)
+    store.insert(job)
+    writer.execute("BEGIN IMMEDIATE")  # another process writing
+    clockwork = _Clockwork(5, lambda: writer.execute("ROLLBACK"))
+    monkeypatch.setattr(connections, "time", clockwork)
+    if operation == "insert":
+        store.insert(make_job(clock))
+        assert store.counts(clock.now())["pending"] == 2
+    else:
+        assert store.claim("w", new_lock_token(), clock.now()).id == job.id
+    assert clockwork.sleeps == [0.0001, 0.0002, 0.0005, 0.001, 0.001]  # quick, then every millisecond
+
+
+def test_a_refused_write_gives_up_after_the_busy_timeout(tmp_path, clock, writer):
+    store = open_store(tmp_path, busy_timeout_seconds=0.05)
+    writer.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailable, match="locked"):
+        store.insert(make_job(clock))
+    writer.execute("ROLLBACK")
+    assert store.counts(clock.now())["total"] == 0
+
+
+def test_processes_take_turns_at_the_side_file_lock_for_transactions(tmp_path, clock):
     """Another process's store holding the writer lock (a second open file
-    description of the side file stands in for it) makes our writes wait,
-    boundedly, before SQLite is even asked."""
+    description of the side file stands in for it) makes our transactions
+    wait, boundedly, before SQLite is even asked."""
     import fcntl
     import os
 
     store = open_store(tmp_path, writer_wait_seconds=0.05)
+    store.insert(make_job(clock))
     other = os.open(str(tmp_path / "queue.db") + "-writer.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(other, fcntl.LOCK_EX)
         with pytest.raises(StoreUnavailable, match="another process"):
-            store.insert(make_job(clock))
+            store.claim("w", new_lock_token(), clock.now())
         assert not store._db.writer.thread_lock.locked()
         fcntl.flock(other, fcntl.LOCK_UN)
-        store.insert(make_job(clock))
-        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the write: free at once
+        assert store.claim("w", new_lock_token(), clock.now()) is not None
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the transaction: free at once
     finally:
         os.close(other)
-    assert store.counts(clock.now())["pending"] == 1
 
 
-def test_writer_lock_wait_is_bounded(tmp_path, clock):
+def test_writer_lock_wait_is_bounded_and_single_statements_do_not_wait_for_it(tmp_path, clock):
     store = open_store(tmp_path, writer_wait_seconds=0.05)
     store.insert(make_job(clock))
-    store._db.writer.thread_lock.acquire()  # another thread of this process writing for too long
+    store._db.writer.thread_lock.acquire()  # another thread of this process in a long transaction
     try:
-        with pytest.raises(StoreUnavailable):
-            store.insert(make_job(clock))
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(StoreUnavailable, match="other threads"):
+            store.insert(make_job(clock, key="k"))  # a keyed insert is a transaction
+        with pytest.raises(StoreUnavailable, match="other threads"):
             store.claim("w", new_lock_token(), clock.now())
+        store.insert(make_job(clock))  # one statement: SQLite's lock alone decides
     finally:
         store._db.writer.thread_lock.release()
     assert store.claim("w", new_lock_token(), clock.now()) is not None
+    assert store.counts(clock.now())["total"] == 2
 
 
 def test_a_forked_child_does_not_inherit_a_held_writer_lock(tmp_path, clock):
     store = open_store(tmp_path, writer_wait_seconds=0.05)
+    store.insert(make_job(clock))
     store._db.writer.acquire()  # held by a parent thread at fork time
     store._db._pid = -1  # as seen from the child: another process made this pool
-    store.insert(make_job(clock))
-    assert store.counts(clock.now())["pending"] == 1
+    assert store.claim("w", new_lock_token(), clock.now()) is not None
+
+
+# -- the WAL's backstop ----------------------------------------------------------------
+def _wal_sizes(tmp_path, clock, name: str, writes: int) -> list[int]:
+    store = SQLiteStore(str(tmp_path / name))
+    store.setup()
+    sizes = []
+    for i in range(writes):
+        store.insert(make_job(clock, payload={"blob": "x" * 3000, "i": i}))
+        sizes.append((tmp_path / f"{name}-wal").stat().st_size)
+    assert store.counts(clock.now())["pending"] == writes
+    store.close()
+    return sizes
+
+
+def test_a_wal_past_the_backstop_is_checkpointed_and_starts_over(tmp_path, clock, monkeypatch):
+    """SQLite's own (PASSIVE) checkpoint never fires here: 4,000 pages is far
+    off. The store's backstop, made small, keeps the file near its limit; the
+    same writes without it leave a WAL many times longer."""
+    monkeypatch.setattr(connections, "WAL_LIMIT_BYTES", 16 * 4096)
+    monkeypatch.setattr(connections, "WAL_BACKSTOP_BYTES", 32 * 4096)
+    sizes = _wal_sizes(tmp_path, clock, "backstop.db", 400)
+    one_write = max(later - earlier for earlier, later in zip(sizes, sizes[1:]))  # its frames, page splits too
+    assert one_write < connections.WAL_LIMIT_BYTES
+    assert max(sizes) <= connections.WAL_BACKSTOP_BYTES + one_write  # past it by one write at most
+    assert sizes.count(connections.WAL_LIMIT_BYTES) >= 20  # truncated to the limit after each restart
+
+    monkeypatch.setattr(connections, "WAL_BACKSTOP_BYTES", 1 << 40)  # no backstop
+    assert _wal_sizes(tmp_path, clock, "none.db", 400)[-1] > 10 * 32 * 4096
 
 
 # -- stored forms ------------------------------------------------------------------

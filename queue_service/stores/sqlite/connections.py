@@ -1,4 +1,5 @@
-"""SQLite connections: the pool, the writer lock, immediate transactions.
+"""SQLite connections: the pool, waiting for SQLite's write lock, immediate
+transactions, the WAL's size.
 
 Connections are opened lazily in the process that uses them (never before a
 fork) and kept in a small pool rather than one per thread: werkzeug's dev
@@ -6,11 +7,18 @@ server and gthread workers start a thread per request, and thread-local
 connections would pile up unclosed. A connection is used by one thread at a
 time and goes back to the pool after each call.
 
-Writers take a writer lock (a thread lock, then ``flock`` on a side file)
-around each write transaction, so threads and processes on one host queue for
-SQLite's write lock instead of sleeping in its busy handler (see WriterLock);
-SQLite's own locking still decides. Every class here is a class-based context
-manager: on the hot paths a generator context manager cost ~2 us per use.
+SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries,
+so a writer that collided a few times sleeps long after the lock is free. Our
+connections have no busy handler: a statement that SQLite refuses with
+SQLITE_BUSY is tried again here at least every millisecond (``execute_polled``),
+up to the store's busy timeout. One statement in autocommit (an insert without
+a key, a heartbeat, a completion) goes straight to SQLite that way. A write
+transaction (``Immediate``: claims, keyed and bulk inserts) also takes the
+writer lock first (a thread lock, then ``flock`` on a side file), because it
+holds SQLite's lock across Python code; the threads and processes waiting for
+it sleep on that lock instead of polling. Every class here is a class-based
+context manager: on the hot paths a generator context manager cost ~2 us per
+use.
 """
 from __future__ import annotations
 
@@ -30,7 +38,8 @@ from ...core.errors import StoreError, StoreRefusesWrites, StoreUnavailable
 
 MAX_IDLE_CONNECTIONS = 4
 # The commit that takes the WAL past this many pages copies them back into the
-# database file and syncs it, inline. SQLite's default is 1,000 (4 MB): with
+# database file and syncs it, inline (a PASSIVE checkpoint: it holds no lock
+# that writers wait for, ours included). SQLite's default is 1,000 (4 MB): with
 # five B-trees written per enqueue, one enqueue in ~200 paid for a checkpoint,
 # and each checkpoint rewrote the same hot right-edge pages again. At 4,000
 # (16 MB of WAL at most, then reused) a checkpoint copies one version of
@@ -38,22 +47,56 @@ MAX_IDLE_CONNECTIONS = 4
 # (100-call batches, default and 4,000 interleaved in one process). The WAL
 # file keeps its largest size until the last connection closes.
 WAL_AUTOCHECKPOINT_PAGES = 4000
+# A PASSIVE checkpoint that races new commits never lets the WAL start over
+# (under a saturating load from two processes it grew to 145 MB in 12 s), so a
+# commit that leaves the file longer than WAL_BACKSTOP_BYTES runs a FULL one:
+# it waits for the write lock, holds it while it copies the frames left, and
+# the next write starts the WAL over. After that restart SQLite truncates the
+# file to WAL_LIMIT_BYTES (journal_size_limit), so the file's size is the
+# frames written since the last restart: a stat per commit tells. (In pages
+# of 4,096 bytes, SQLite's default; another page size only scales them.)
+WAL_LIMIT_BYTES = WAL_AUTOCHECKPOINT_PAGES * 4096
+WAL_BACKSTOP_BYTES = 2 * WAL_LIMIT_BYTES
+# How often a refused statement is tried again: at first quickly (a commit
+# takes tens of microseconds), then every millisecond.
+POLL_SECONDS = (0.0001, 0.0002, 0.0005, 0.001)
+
+
+def execute_polled(conn: sqlite3.Connection, sql: str, params: dict[str, Any] | tuple,
+                   wait_seconds: float) -> sqlite3.Cursor:
+    """``conn.execute(sql, params)``, tried again while SQLite answers
+    SQLITE_BUSY ("database is locked"), for at most ``wait_seconds``. Only for
+    a statement that changes nothing when refused that way: ``BEGIN
+    IMMEDIATE``, a read, or one statement in autocommit (SQLite refuses it
+    before it writes, and rolls it back as a whole)."""
+    deadline, attempt = None, 0
+    while True:
+        try:
+            return conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + wait_seconds
+            if now >= deadline:
+                raise
+        time.sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
+        attempt += 1
 
 
 class WriterLock:
     """Serialises this store's write transactions across the threads and the
     processes of one host, ahead of SQLite's own lock.
 
-    SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries,
-    so a writer that collided a few times sleeps long after the lock is free
-    (HTTP enqueue p99 ~20-30 ms with four writers). Here a thread waits on a
-    thread lock (woken at release) and then on ``flock`` of a side file
+    A transaction holds SQLite's write lock across Python code (a claim reads,
+    then writes), so the others wait here rather than polling SQLite: a thread
+    on a thread lock (woken at release), then on ``flock`` of a side file
     ``<db>-writer.lock``, tried at least every millisecond. Both waits are
-    bounded by ``wait_seconds``; SQLite's lock still arbitrates, so a process
-    that does not take this lock only makes ours wait in busy_timeout again.
+    bounded by ``wait_seconds``. SQLite's lock still arbitrates: single
+    statements, and processes that do not take this lock, only make ours wait
+    in ``execute_polled``.
     """
-
-    POLL_SECONDS = (0.0001, 0.0002, 0.0005, 0.001)  # then every 1 ms
 
     def __init__(self, path: str | None, wait_seconds: float):
         self.path = path  # None: no side file (":memory:", or no fcntl)
@@ -118,7 +161,7 @@ class WriterLock:
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable("SQLite: database is locked (another process kept writing"
                                            f" for {self.wait_seconds:g}s)") from None
-            time.sleep(self.POLL_SECONDS[min(attempt, len(self.POLL_SECONDS) - 1)])
+            time.sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
 
 
 def translate(exc: sqlite3.Error) -> StoreError:
@@ -156,18 +199,21 @@ class Pooled:
 
 
 class Immediate:
-    """``BEGIN IMMEDIATE`` on ``conn`` under the writer lock; COMMIT on
-    success, ROLLBACK on any exception."""
+    """``BEGIN IMMEDIATE`` on ``conn`` (of ``pool``) under the writer lock;
+    COMMIT on success, ROLLBACK on any exception."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: WriterLock):
-        self.conn, self.lock = conn, lock
+    __slots__ = ("conn", "pool")
+
+    def __init__(self, conn: sqlite3.Connection, pool: "Connections"):
+        self.conn, self.pool = conn, pool
 
     def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
+        lock = self.pool.writer
+        lock.acquire()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            execute_polled(self.conn, "BEGIN IMMEDIATE", (), self.pool.busy_timeout_seconds)
         except BaseException:
-            self.lock.release()
+            lock.release()
             raise
         return self.conn
 
@@ -175,7 +221,9 @@ class Immediate:
         try:
             self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
-            self.lock.release()
+            self.pool.writer.release()
+        if exc_type is None:
+            self.pool.committed(self.conn)
 
 
 class Connections:
@@ -189,8 +237,10 @@ class Connections:
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         # Set when a write failed on a read-only file; ping then tries a write.
-        side_file = None if path == ":memory:" or fcntl is None else f"{path}-writer.lock"
+        on_disk = path != ":memory:" and not path.startswith("file:")
+        side_file = f"{path}-writer.lock" if on_disk and fcntl is not None else None
         self.writer = WriterLock(side_file, writer_wait_seconds)
+        self._wal_path = f"{path}-wal" if on_disk else None
 
     def open(self) -> sqlite3.Connection:
         if self.path != ":memory:" and not self.path.startswith("file:"):
@@ -217,6 +267,8 @@ class Connections:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            conn.execute("PRAGMA busy_timeout=0")  # execute_polled waits instead
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
         return conn
@@ -259,22 +311,57 @@ class Connections:
 
     def write(self, sql: str, params: dict[str, Any] | tuple = ()) -> int:
         """One statement in its own (autocommit) transaction; its rowcount."""
-        with Pooled(self) as conn, self.writer:
-            return conn.execute(sql, params).rowcount
+        with Pooled(self) as conn:
+            rowcount = execute_polled(conn, sql, params, self.busy_timeout_seconds).rowcount
+            self.committed(conn)
+            return rowcount
 
     def read(self, sql: str, params: dict[str, Any] | tuple = ()) -> list[tuple]:
         with Pooled(self) as conn:
-            return conn.execute(sql, params).fetchall()
+            return execute_polled(conn, sql, params, self.busy_timeout_seconds).fetchall()
 
     def probe_write(self, probe: str) -> None:
         """A write that changes nothing, in a transaction: raises what a real
         write would (BEGIN IMMEDIATE succeeds on a read-only file; a write does not)."""
-        with Pooled(self) as conn, Immediate(conn, self.writer):
+        with Pooled(self) as conn, Immediate(conn, self):
             conn.execute(probe)
 
     def script(self, sql: str) -> None:
+        """Statements that may all run again (CREATE ... IF NOT EXISTS): the
+        whole script is tried again while SQLite refuses one of them."""
         with Pooled(self) as conn, self.writer:
-            conn.executescript(sql)
+            deadline = time.monotonic() + self.busy_timeout_seconds
+            while True:
+                try:
+                    conn.executescript(sql)
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(POLL_SECONDS[-1])
+
+    def committed(self, conn: sqlite3.Connection) -> None:
+        """After a commit on ``conn``: a FULL checkpoint when the WAL is past
+        WAL_BACKSTOP_BYTES (see there), waiting for the write lock in SQLite's
+        busy handler (rare; the next commit tries again if it times out)."""
+        if self._wal_path is None:
+            return
+        try:
+            size = os.stat(self._wal_path).st_size
+        except OSError:
+            return
+        if size <= WAL_BACKSTOP_BYTES:
+            return
+        # The caller's write is committed: a checkpoint that fails is not its
+        # error (the next commit past the backstop tries again).
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_seconds * 1000)}")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+            finally:
+                conn.execute("PRAGMA busy_timeout=0")
+        except sqlite3.Error:
+            pass
 
     def close(self) -> None:
         """Close the idle connections (those in use close when returned)."""

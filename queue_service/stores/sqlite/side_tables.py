@@ -55,7 +55,7 @@ class SideTables:
     def enqueue_slot(self, schedule_name: str, slot: datetime, job: Job, now: datetime) -> bool:
         advance = {"name": schedule_name, "slot": ts(slot), "job_id": job.id, "now": ts(now)}
         try:
-            with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+            with Pooled(self._db) as conn, Immediate(conn, self._db):
                 if conn.execute(sq.ADVANCE_SCHEDULE, advance).fetchone() is None:
                     raise _Refused  # an equal or later slot is stored
                 if conn.execute(q.INSERT_UNLESS_KEY_HELD, insert_params(job)).fetchone() is None:
@@ -69,7 +69,7 @@ class SideTables:
                 for name, last_slot, last_job_id, seen_at, runs in self._db.read(sq.SCHEDULE_STATES)}
 
     def touch_schedules(self, names: list[str], now: datetime) -> None:
-        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+        with Pooled(self._db) as conn, Immediate(conn, self._db):
             conn.executemany(sq.TOUCH_SCHEDULE, [(name, ts(now)) for name in names])
 
     def purge_schedules(self, seen_before: datetime) -> int:

@@ -4,7 +4,8 @@ Safe when several processes share one file: claims run inside ``BEGIN
 IMMEDIATE`` (a deferred transaction that reads and then writes fails with
 SQLITE_BUSY_SNAPSHOT under contention, whatever busy_timeout says), and every
 other write is one conditional statement. The statements are in ``queries``,
-the pool and the writer lock in ``connections``, rows <-> Jobs in ``rows``, and
+the pool, the waits for SQLite's lock and the WAL's backstop in
+``connections``, rows <-> Jobs in ``rows``, and
 the media, schedules, workers and history tables in ``side_tables``. An idle claim looks for a
 runnable job with a plain read first and takes no write lock when there is
 none.
@@ -21,7 +22,7 @@ from ...core.errors import StoreError
 from ...core.jobs import Job, JobStatus, capped_attempts, iso
 from ...core.store import Store, TypeCounts
 from . import queries as q
-from .connections import Connections, Immediate, Pooled
+from .connections import Connections, Immediate, Pooled, execute_polled
 from .rows import dt, insert_params, row_to_job, ts
 from .side_tables import SideTables
 
@@ -65,10 +66,11 @@ class SQLiteStore(SideTables, Store):
 
     def __init__(self, path: str, synchronous: str = "NORMAL", busy_timeout_seconds: float = 30.0,
                  writer_wait_seconds: float | None = None):
-        """``busy_timeout_seconds``: how long SQLite waits for its write lock;
-        ``writer_wait_seconds`` (default the same): how long a write waits for
-        its turn at the writer lock (other threads, other processes of this
-        store on this host)."""
+        """``busy_timeout_seconds``: how long a statement SQLite refuses while
+        another connection writes is tried again (connections.execute_polled);
+        ``writer_wait_seconds`` (default the same): how long a transaction
+        waits for its turn at the writer lock (other threads, other processes
+        of this store on this host)."""
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"unknown synchronous setting {synchronous!r}")
         self.path = path
@@ -113,7 +115,7 @@ class SQLiteStore(SideTables, Store):
         if job.idempotency_key is None:
             self._db.write(q.INSERT, params)
             return job.id, True
-        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+        with Pooled(self._db) as conn, Immediate(conn, self._db):
             if conn.execute(q.INSERT_UNLESS_KEY_HELD, params).fetchone() is not None:
                 return job.id, True
             row = conn.execute(q.ACTIVE_JOB_WITH_KEY, (job.idempotency_key,)).fetchone()
@@ -123,7 +125,7 @@ class SQLiteStore(SideTables, Store):
 
     def insert_many(self, jobs: list[Job]) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool]] = []
-        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+        with Pooled(self._db) as conn, Immediate(conn, self._db):
             plain: list[tuple] = []  # a run of jobs without a key, inserted by one executemany
             for job in jobs:
                 if job.idempotency_key is None:
@@ -171,25 +173,27 @@ class SQLiteStore(SideTables, Store):
             # commit; a job committed after it is found by the next poll, as
             # it would be had the claim run a moment earlier. In a burst the
             # read is skipped (it would cost ~5% of a claim for nothing).
-            if self._idle_poll and self._nothing_runnable(conn, now, queues):
+            if self._idle_poll and self._nothing_runnable(conn, now, queues, self.busy_timeout_seconds):
                 return None
-            with Immediate(conn, self._db.writer):
+            with Immediate(conn, self._db):
                 row = conn.execute(*_claim_params(worker_id, lock_token, now, queues)).fetchone()
         return self._claimed(row)
 
     @staticmethod
-    def _nothing_runnable(conn: sqlite3.Connection, now: datetime, queues: tuple[str, ...] | None) -> bool:
+    def _nothing_runnable(conn: sqlite3.Connection, now: datetime, queues: tuple[str, ...] | None,
+                          wait_seconds: float) -> bool:
         if queues is None:
-            return conn.execute(q.ANY_RUNNABLE, {"now": now.timestamp()}).fetchone() is None
-        params = {"now": now.timestamp(), "queues": _encoded_queues(queues)}
-        return conn.execute(q.ANY_RUNNABLE_IN_QUEUES, params).fetchone() is None
+            sql, params = q.ANY_RUNNABLE, {"now": now.timestamp()}
+        else:
+            sql, params = q.ANY_RUNNABLE_IN_QUEUES, {"now": now.timestamp(), "queues": _encoded_queues(queues)}
+        return execute_polled(conn, sql, params, wait_seconds).fetchone() is None
 
     def complete_and_claim(self, job: Job, now: datetime, result: Any, worker_id: str,
                            lock_token: str, queues: tuple[str, ...] | None = None) -> tuple[bool, Job | None]:
         """Both in one write transaction: a drained job costs one commit, and
         the pages the two share (the row's table page, the processing index's
         edge) are written once."""
-        with Pooled(self._db) as conn, Immediate(conn, self._db.writer):
+        with Pooled(self._db) as conn, Immediate(conn, self._db):
             done = conn.execute(q.COMPLETE, _complete_params(job, now, result)).rowcount == 1
             row = conn.execute(*_claim_params(worker_id, lock_token, now, queues)).fetchone()
         return done, self._claimed(row)
