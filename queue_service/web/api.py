@@ -66,9 +66,11 @@ def _cap_body() -> None:
     """413 before the body is read: Content-Length is checked here; a chunked
     body is cut by read_body (and by Werkzeug one byte later)."""
     limit = body_limit(queue_state())
+    req = request._get_current_object()  # one proxy lookup (web/state.py)
     # One byte over the cap, so read_body can tell "exactly the cap" from "more".
-    request.max_content_length = limit + 1
-    if request.content_length is not None and request.content_length > limit:
+    req.max_content_length = limit + 1
+    length = req.content_length
+    if length is not None and length > limit:
         raise RequestEntityTooLarge()
 
 
@@ -130,7 +132,7 @@ def create_job() -> Response:
     # The answer's two fields as JobCreatedSchema documents them, without a
     # dump, and the Location without url_for: the job URL's base made a URI
     # once per mount point, the id (a UUID) needs no quoting.
-    location = _job_uri_base(request.script_root, state.settings.url_prefix) + submitted.id
+    location = _job_uri_base(request._get_current_object().script_root, state.settings.url_prefix) + submitted.id
     return CreatedResponse({"id": submitted.id, "status": submitted.status}, location)
 
 

@@ -70,12 +70,13 @@ def admin_denied() -> Response | None:
     """None when the current request may use admin routes, else the JSON
     answer to send (401 or 403)."""
     state = queue_state()
+    req = request._get_current_object()  # one proxy lookup (web/state.py)
     hook = state.queue.admin_check_func
     if hook is not None:
-        if request.method not in SAFE_METHODS and cross_origin():
+        if req.method not in SAFE_METHODS and cross_origin():
             return error_response(403, "Cross-origin request refused.",
                                   {"origin": ["A state-changing request must come from this site."]})
-        if hook(request):
+        if hook(req):
             return None
         return _unauthorized("Admin authorization required.")
     token = state.settings.admin_token
@@ -86,7 +87,7 @@ def admin_denied() -> Response | None:
             403, "Admin routes are disabled: QUEUE_ADMIN_TOKEN is not configured "
             "(looked in app.config and the environment).",
             {"authorization": ["No admin token is configured on the server."]})
-    header = request.headers.get("Authorization", "")
+    header = req.headers.get("Authorization", "")
     scheme, _, supplied = header.strip().partition(" ")
     supplied = supplied.strip()
     if scheme.lower() != "bearer" or not supplied:

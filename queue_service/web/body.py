@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 import marshmallow
-from flask import current_app, request
+from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..core.errors import JobNotFound, ValidationError
@@ -39,16 +39,17 @@ def read_json_object(optional: bool = False, state: Any = None) -> dict[str, Any
     """The request body as a JSON object, or an ApiError (400/413). With
     ``optional``, an empty body reads as ``{}``. ``state``: the queue's, if the
     caller has it already."""
-    raw = read_body(body_limit(state))
+    req = request._get_current_object()  # one proxy lookup (web/state.py)
+    raw = read_body(body_limit(state), req)
     if not raw.strip():
         if optional:
             return {}
         raise ApiError(400, "Request body is empty; send a JSON object.", {"body": ["Missing data."]})
-    if request.mimetype != "application/json":
+    if req.mimetype != "application/json":
         # A browser form (text/plain, urlencoded, multipart) or a no-cors fetch can
         # send those cross-origin without a preflight; application/json cannot.
         raise ApiError(415, "Content-Type must be application/json.",
-                       {"contentType": [f"Got {request.mimetype or 'none'!r}; send application/json."]})
+                       {"contentType": [f"Got {req.mimetype or 'none'!r}; send application/json."]})
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -73,17 +74,20 @@ def read_json_object(optional: bool = False, state: Any = None) -> dict[str, Any
 
 def body_limit(state: Any = None) -> int:
     """QUEUE_MAX_BODY_BYTES, or the host's MAX_CONTENT_LENGTH if smaller."""
-    limit = (state or queue_state()).settings.max_body_bytes
-    host_limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    state = state or queue_state()
+    limit = state.settings.max_body_bytes
+    host_limit = state.app.config.get("MAX_CONTENT_LENGTH")
     return min(limit, int(host_limit)) if host_limit else limit
 
 
-def read_body(limit: int) -> bytes:
-    """At most ``limit`` bytes of body, or 413. Reads ``limit + 1`` bytes at
-    most, whatever the client sends: a chunked body has no Content-Length to
-    check up front, and Werkzeug's own cap stops silently at the limit."""
-    stream = request.stream
-    length = request.content_length
+def read_body(limit: int, req: Any = None) -> bytes:
+    """At most ``limit`` bytes of body (of ``req``, default the current
+    request), or 413. Reads ``limit + 1`` bytes at most, whatever the client
+    sends: a chunked body has no Content-Length to check up front, and
+    Werkzeug's own cap stops silently at the limit."""
+    req = req or request._get_current_object()
+    stream = req.stream
+    length = req.content_length
     if length is not None and length <= limit:
         # Werkzeug's stream ends at Content-Length: one read is the whole body
         # (a client that sends less is a ClientDisconnected, a 400).

@@ -28,6 +28,8 @@ class QueueState:
 
 
 def queue_state(app: Any = None) -> QueueState:
-    """The state of ``app`` (default: the current app)."""
-    target = current_app if app is None else app
+    """The state of ``app`` (default: the current app). The proxy is resolved
+    once: each attribute read through Werkzeug's LocalProxy costs ~1-2 us, and
+    the request path reads many (see web/body.py)."""
+    target = current_app._get_current_object() if app is None else app
     return target.extensions[EXTENSION_KEY]
