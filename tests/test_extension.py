@@ -141,6 +141,17 @@ def test_duplicate_and_malformed_type_names_refused():
         queue.job_type("lower.case.path")(lambda p, j: None)
 
 
+@pytest.mark.parametrize("bad", [-1, 101, True, 2.0, "3"])
+def test_a_type_whose_max_retries_add_job_would_refuse_is_refused_at_registration(bad):
+    queue = JobQueue(builtins=False)
+    with pytest.raises(ValueError, match="max_retries must be an integer from 0 to 100"):
+        queue.job_type("X", max_retries=bad)(lambda p, j: None)
+    assert "X" not in queue.registry
+    for good in (0, 100):
+        queue.job_type(f"OK_{good}", max_retries=good)(lambda p, j: None)
+    assert queue.registry.get("OK_100").max_retries == 100
+
+
 def test_two_apps_in_one_process_keep_their_own_jobs(tmp_path):
     queue = JobQueue(builtins=False)
     queue.job_type("X")(lambda p, j: None)

@@ -9,7 +9,7 @@ import marshmallow
 
 from .errors import DuplicateJobType
 from .fingerprint import dump_is_identity, load_is_identity, schema_fingerprint
-from .limits import require_queue_name
+from .limits import MAX_RETRIES_LIMIT, require_queue_name
 
 JOB_TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
@@ -72,9 +72,14 @@ class Registry:
             raise ValueError(f"job type names are UPPER_SNAKE_CASE strings, got {job_type.name!r}")
         if job_type.name in self._types:
             raise DuplicateJobType(f"job type {job_type.name} is already registered")
-        # Checked once here: build_job then takes a type's queue as valid.
+        # Checked once here: build_job then takes a type's queue and
+        # max_retries as valid (the bounds add_job's own options have).
         if job_type.queue is not None:
             require_queue_name(job_type.queue)
+        retries = job_type.max_retries
+        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
+                                    or not 0 <= retries <= MAX_RETRIES_LIMIT):
+            raise ValueError(f"max_retries must be an integer from 0 to {MAX_RETRIES_LIMIT}, got {retries!r}")
         self._types[job_type.name] = job_type
 
     def get(self, name: str) -> JobType | None:

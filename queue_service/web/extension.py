@@ -198,9 +198,6 @@ class JobQueue:
         the handler must check it (a thread cannot be killed)."""
         if isinstance(schema, type):
             schema = schema()
-        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
-                                        or max_retries < 0):
-            raise ValueError("max_retries must be an integer >= 0")
 
         def decorator(handler: Callable) -> Callable:
             self.registry.add(JobType(name, handler, schema, max_retries,
