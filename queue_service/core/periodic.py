@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from .errors import InvalidSchedule
-from .jobs import DEFAULT_QUEUE, Job
+from .jobs import Job
 from .limits import require_queue_name
 from .registry import JobType, Registry
 from .submission import check_priority, new_job, registered_type, stored_payload
@@ -153,7 +153,7 @@ class Schedule:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.job_type.name, "cron": self.cron, "every": self.every,
                 "tz": self.tz, "priority": self.priority, "catchup": self.catchup,
-                "queue": self.queue or self.job_type.queue or DEFAULT_QUEUE}
+                "queue": self.job_type.queue_for(self.queue)}
 
 
 def make_schedule(registry: Registry, job_type: str, payload: Any = None, *, cron: str | None = None,

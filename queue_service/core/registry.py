@@ -9,6 +9,7 @@ import marshmallow
 
 from .errors import DuplicateJobType
 from .fingerprint import dump_is_identity, load_is_identity, schema_fingerprint
+from .jobs import DEFAULT_QUEUE
 from .limits import MAX_RETRIES_LIMIT, require_queue_name
 
 JOB_TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -38,6 +39,11 @@ class JobType:
         self.fingerprint = schema_fingerprint(self.schema)
         self.load_is_identity = load_is_identity(self.schema)
         self.dump_is_identity = dump_is_identity(self.schema)
+
+    def queue_for(self, asked: str | None) -> str:
+        """The queue a job of this type goes to: the one asked for (by add_job
+        or a schedule), else the type's, else the queue "default"."""
+        return asked or self.queue or DEFAULT_QUEUE
 
     def timeout_seconds(self, settings: Any) -> float | None:
         return self.timeout(settings) if callable(self.timeout) else self.timeout

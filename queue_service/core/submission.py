@@ -18,7 +18,7 @@ import marshmallow
 from .clock import ensure_aware
 from .errors import UnknownJobType, ValidationError
 from . import storable
-from .jobs import DEFAULT_QUEUE, Job, new_job_id
+from .jobs import Job, new_job_id
 from .limits import (MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RETRIES_LIMIT, PRIORITY_RANGE,
                      QUEUE_NAME_MESSAGE, is_queue_name)
 from .registry import JobType, Registry
@@ -104,7 +104,7 @@ def new_job(spec: JobType, job_id: str, payload: Any, now: datetime, run_at: dat
         max_retries = spec.max_retries if spec.max_retries is not None else default_max_retries
     return Job(id=job_id, type=spec.name, payload=payload, priority=priority, max_retries=max_retries,
                retry_delays=list(spec.retry_delays or default_retry_delays), created_at=now, run_at=run_at,
-               idempotency_key=idempotency_key, queue=queue or spec.queue or DEFAULT_QUEUE,
+               idempotency_key=idempotency_key, queue=spec.queue_for(queue),
                scheduled_by=scheduled_by, slot=slot, schema_fingerprint=spec.fingerprint)
 
 
