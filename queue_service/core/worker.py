@@ -32,7 +32,7 @@ from .lazy_store import log_loop_failure
 from .context import JobContext
 from .jobs import Job, JobStatus, attempt_text, new_lock_token
 from .limits import MAX_ERROR_CHARS
-from .registry import Registry
+from .registry import JobType, Registry
 from .settings import Settings
 from .store import Store
 
@@ -152,9 +152,11 @@ class Worker:
                 self.collect_garbage()
         return job
 
-    def context(self, job: Job) -> JobContext:
-        """The handler's view of a claimed job."""
-        job_type = self.registry.get(job.type)
+    def context(self, job: Job, job_type: JobType | None = None) -> JobContext:
+        """The handler's view of a claimed job (``job_type``: its registered
+        type, when the caller has looked it up already)."""
+        if job_type is None:
+            job_type = self.registry.get(job.type)
         timeout = job_type.timeout_seconds(self.settings) if job_type is not None else None
         deadline = self.clock.now() + timedelta(seconds=timeout) if timeout is not None else None
         return JobContext(job, store=self.store, clock=self.clock, settings=self.settings, app=self.app,
@@ -173,7 +175,8 @@ class Worker:
         self._last_gc = time.monotonic()
 
     def _run(self, job: Job, claim_next: bool = False) -> None:
-        log.info("[Worker] Processing job %s (type: %s, %s)", job.id, job.type, job.attempt_text)
+        if log.isEnabledFor(logging.INFO):  # attempt_text is built only for a line that is written
+            log.info("[Worker] Processing job %s (type: %s, %s)", job.id, job.type, job.attempt_text)
         job_type = self.registry.get(job.type)
         if job_type is None:
             self._failed_attempt(job, f"no handler for job type {job.type} in this process", True)
@@ -183,7 +186,7 @@ class Worker:
         except marshmallow.ValidationError as exc:
             self._failed_attempt(job, f"payload no longer validates: {exc.messages}", False)
             return
-        context = self.context(job)
+        context = self.context(job, job_type)
         try:
             with self.app.app_context():
                 result = job_type.handler(payload, context)
