@@ -156,7 +156,8 @@ def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
     m = f"3 HTTP, gunicorn -w 2 ({seconds:g} s, {h['ceiling'].get('client', 'wrk')})"
 
     def line(r: dict[str, Any]) -> str:
-        return f"{_n(r['req_per_s'])} req/s · p50 {r['p50_ms']:.2f} ms · p99 {r['p99_ms']:.2f} ms"
+        pinned = " · one worker served every connection" if r.get("one_worker_served_all") else ""
+        return f"{_n(r['req_per_s'])} req/s · p50 {r['p50_ms']:.2f} ms · p99 {r['p99_ms']:.2f} ms{pinned}"
     enq = h["enqueue"]
     vs_ceiling = ratio(enq, ceiling, "req_per_s")
     peers = h.get("peers") or {}

@@ -38,6 +38,12 @@ class Server:
 
         return sorted(child.pid for child in psutil.Process(self.proc.pid).children())
 
+    def worker_cpu_seconds(self) -> list[float]:
+        """User + system CPU each worker process has used so far (in worker_pids order)."""
+        import psutil
+
+        return [sum(psutil.Process(pid).cpu_times()[:2]) for pid in self.worker_pids()]
+
     def get_json(self, path: str) -> dict:
         with urllib.request.urlopen(self.base + path, timeout=5) as response:
             return json.loads(response.read())
