@@ -136,6 +136,9 @@ def run_child(target: str, timeout: float = CHILD_TIMEOUT_SECONDS, env: dict[str
         [sys.executable, "-m", "bench.child", target, json.dumps(kwargs)],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})})
+    for line in (proc.stderr or "").splitlines():  # what the measurement said of itself (bench.http's retries)
+        if line.startswith("[bench]"):
+            print(line, file=sys.stderr, flush=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])

@@ -151,22 +151,24 @@ def _route(t: Table, r: dict[str, Any]) -> None:
           f"1.00×{inside}")
 
 
+def _http_line(r: dict[str, Any]) -> str:
+    pinned = " · one worker served every connection" if r.get("one_worker_served_all") else ""
+    return f"{_n(r['req_per_s'])} req/s · p50 {r['p50_ms']:.2f} ms · p99 {r['p99_ms']:.2f} ms{pinned}"
+
+
 def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
     ceiling = h["ceiling"]
     m = f"3 HTTP, gunicorn -w 2 ({seconds:g} s, {h['ceiling'].get('client', 'wrk')})"
 
-    def line(r: dict[str, Any]) -> str:
-        pinned = " · one worker served every connection" if r.get("one_worker_served_all") else ""
-        return f"{_n(r['req_per_s'])} req/s · p50 {r['p50_ms']:.2f} ms · p99 {r['p99_ms']:.2f} ms{pinned}"
     enq = h["enqueue"]
     vs_ceiling = ratio(enq, ceiling, "req_per_s")
     peers = h.get("peers") or {}
     if peers:
         # With the worker draining on the same two cores, a durable write per
         # request bounds this row: it is shown, the targets are threads off.
-        t.row(m, "POST enqueue, queue threads running", line(enq), f"{_x(vs_ceiling)} echo ceiling")
+        t.row(m, "POST enqueue, queue threads running", _http_line(enq), f"{_x(vs_ceiling)} echo ceiling")
     else:
-        t.row(m, "POST enqueue, queue threads running", line(enq), f"{_x(vs_ceiling)} ceiling", "≥ 0.8× ceiling",
+        t.row(m, "POST enqueue, queue threads running", _http_line(enq), f"{_x(vs_ceiling)} ceiling", "≥ 0.8× ceiling",
               ("HTTP enqueue ≥ 0.8× ceiling", vs_ceiling >= 0.8))
     if "enqueue_threads_off" in h:
         off = h["enqueue_threads_off"]
@@ -176,7 +178,7 @@ def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
             vs_huey = ratio(off, peers["huey"], "req_per_s")
             bound = (f" · {_x(ratio(off, peers['our_schema'], 'req_per_s'))} our-schema bound"
                      if "our_schema" in peers else "")
-            t.row(m, "POST enqueue, queue threads off (enqueue alone)", line(off),
+            t.row(m, "POST enqueue, queue threads off (enqueue alone)", _http_line(off),
                   f"{_x(vs_write)} durable write · {_x(vs_huey)} Huey route · "
                   f"{_x(ratio(off, ceiling, 'req_per_s'))} echo{bound}",
                   "≥ 0.8× durable write; ≥ 1× Huey",
@@ -189,12 +191,12 @@ def _http(t: Table, h: dict[str, Any], seconds: float) -> None:
                 if name in peers:
                     extra = (f" · {_x(ratio(peers[name], peers['durable_write'], 'req_per_s'))} durable write"
                              if name == "our_schema" else "")
-                    t.row(m, label, line(peers[name]),
+                    t.row(m, label, _http_line(peers[name]),
                           f"{_x(peers[name]['req_per_s'] / ceiling['req_per_s'])} echo{extra}")
         else:
-            t.row(m, "POST enqueue, queue threads off (enqueue alone)", line(off),
+            t.row(m, "POST enqueue, queue threads off (enqueue alone)", _http_line(off),
                   f"{_x(ratio(off, ceiling, 'req_per_s'))} ceiling")
-    t.row(m, "POST trivial JSON endpoint, same app (ceiling)", line(ceiling), "1.00×")
+    t.row(m, "POST trivial JSON endpoint, same app (ceiling)", _http_line(ceiling), "1.00×")
 
 
 def _latency(t: Table, lat: dict[str, Any], seconds: float) -> None:

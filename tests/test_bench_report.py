@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import report
+from bench import http, report
 from bench.common import median, percentile
 from bench.run import _median_of, parse_args
 
@@ -164,3 +164,39 @@ def test_http_threads_off_passes_and_per_round_ratios():
     table = built.markdown()
     assert "0.95× our-schema bound" in table     # 0.875, 0.947, 0.95
     assert "0.80× durable write" in table        # the bound: 0.80, 0.73, 1.00
+
+
+class _Workers:
+    """A stand-in for bench.server.Server: each wrk run adds the next pair of
+    CPU figures to the workers' totals."""
+
+    def __init__(self, per_run: list[tuple[float, float]]):
+        self.per_run, self.total, self.runs = list(per_run), [0.0, 0.0], 0
+
+    def worker_cpu_seconds(self) -> list[float]:
+        return list(self.total)
+
+    def wrk(self, server, path, seconds, workdir):
+        if seconds != http.WARMUP_SECONDS:
+            used = self.per_run.pop(0)
+            self.total = [t + u for t, u in zip(self.total, used)]
+        self.runs += 1
+        return {"req_per_s": 1000.0 + self.runs, "p50_ms": 1.0, "p99_ms": 4.0}
+
+
+@pytest.mark.parametrize("per_run, tries, pinned", [
+    ([(0.70, 0.66)], 1, False),                              # both workers served
+    ([(0.87, 0.66)], 1, False),                              # a 3/1 split of the connections
+    ([(0.82, 0.01), (0.70, 0.70)], 2, False),                # pinned, then spread
+    ([(0.82, 0.01), (0.80, 0.00), (0.84, 0.02)], 3, True),   # pinned every time: kept, and said
+])
+def test_a_load_one_worker_served_alone_is_made_again(per_run, tries, pinned, monkeypatch, tmp_path):
+    workers = _Workers(per_run)
+    monkeypatch.setattr(http.shutil, "which", lambda name: "/usr/bin/wrk")
+    monkeypatch.setattr(http, "_wrk", workers.wrk)
+    result = http.load(workers, "/bench/echo", 5.0, tmp_path)
+    assert result["tries"] == tries
+    assert bool(result.get("one_worker_served_all")) is pinned
+    assert not workers.per_run  # every measured run was used
+    line_marked = "one worker served every connection" in report._http_line(result)
+    assert line_marked is pinned
