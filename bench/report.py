@@ -152,8 +152,12 @@ def _route(t: Table, r: dict[str, Any]) -> None:
 
 
 def _http_line(r: dict[str, Any]) -> str:
-    pinned = " · one worker served every connection" if r.get("one_worker_served_all") else ""
-    return f"{_n(r['req_per_s'])} req/s · p50 {r['p50_ms']:.2f} ms · p99 {r['p99_ms']:.2f} ms{pinned}"
+    """A load's figures, and in how many rounds one worker still held every
+    connection after bench.http's tries (the medians include those rounds)."""
+    rounds = r.get("samples") or [r]
+    pinned = sum(bool(s.get("one_worker_served_all")) for s in rounds)
+    note = f" · one worker served every connection in {pinned} of {len(rounds)} round(s)" if pinned else ""
+    return f"{_n(r['req_per_s'])} req/s · p50 {r['p50_ms']:.2f} ms · p99 {r['p99_ms']:.2f} ms{note}"
 
 
 def _http(t: Table, h: dict[str, Any], seconds: float) -> None:

@@ -200,3 +200,11 @@ def test_a_load_one_worker_served_alone_is_made_again(per_run, tries, pinned, mo
     assert not workers.per_run  # every measured run was used
     line_marked = "one worker served every connection" in report._http_line(result)
     assert line_marked is pinned
+
+
+def test_a_round_left_pinned_is_said_in_the_median_row():
+    rounds = [{"req_per_s": 900.0, "p50_ms": 1.0, "p99_ms": 4.0, "one_worker_served_all": flag}
+              for flag in (False, True, False)]
+    merged = _median_of(rounds)
+    assert "one worker served every connection in 1 of 3 round(s)" in report._http_line(merged)
+    assert "one worker" not in report._http_line(_median_of([rounds[0], rounds[2]]))
