@@ -129,6 +129,14 @@ def emit(result: dict[str, Any]) -> None:
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
+LOG_PREFIX = "[bench "
+
+
+def log(message: str) -> None:
+    """One line of the bench's progress on stderr; a child's lines reach the parent's (run_child)."""
+    print(f"{LOG_PREFIX}{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def run_child(target: str, timeout: float = CHILD_TIMEOUT_SECONDS, env: dict[str, str] | None = None,
               **kwargs: Any) -> dict[str, Any]:
     """Run ``module:function(**kwargs)`` in a fresh interpreter; returns its dict."""
@@ -137,7 +145,7 @@ def run_child(target: str, timeout: float = CHILD_TIMEOUT_SECONDS, env: dict[str
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})})
     for line in (proc.stderr or "").splitlines():  # what the measurement said of itself (bench.http's retries)
-        if line.startswith("[bench]"):
+        if line.startswith(LOG_PREFIX):
             print(line, file=sys.stderr, flush=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):

@@ -11,14 +11,13 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import subjects
-from bench.common import fresh_dir, percentile, redis_server
+from bench.common import fresh_dir, log, percentile, redis_server
 from bench.server import ADMIN_TOKEN, Server, gunicorn
 
 CONNECTIONS = 4
@@ -107,8 +106,8 @@ def load(server: Server, path: str, seconds: float, workdir: Path) -> dict[str, 
         result.update(worker_cpu_s=[round(u, 2) for u in used], tries=attempt)
         if min(used) >= PINNED_SHARE * max(used):
             return result
-        print(f"[bench] {path}: one worker served every connection (worker CPU {result['worker_cpu_s']} s),"
-              f" run {attempt} of {LOAD_TRIES}", file=sys.stderr, flush=True)
+        log(f"{path}: one worker served every connection (worker CPU {result['worker_cpu_s']} s),"
+            f" run {attempt} of {LOAD_TRIES}")
     result["one_worker_served_all"] = True  # kept, and said in the table
     return result
 
@@ -164,6 +163,5 @@ def _passes_combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[key] = sum(r[key] for r in runs)
     out["socket_errors"] = "; ".join(r["socket_errors"] for r in runs if r["socket_errors"])
     out["passes"] = len(runs)
-    out["tries"] = [r.get("tries", 1) for r in runs]
     out["one_worker_served_all"] = any(r.get("one_worker_served_all") for r in runs)
     return out

@@ -32,8 +32,6 @@ def _thread_cpu(pid: int) -> dict[int, float]:
 
 
 def _idle_worker(queue_on: bool, idle_seconds: float) -> dict[str, Any]:
-    import psutil
-
     work = fresh_dir(f"memory-{'queue' if queue_on else 'plain'}")
     with gunicorn(work, queue_on=queue_on) as server:
         _warm(server, queue_on)
@@ -41,11 +39,12 @@ def _idle_worker(queue_on: bool, idle_seconds: float) -> dict[str, Any]:
         pids = server.worker_pids()
         rollups = [proc_kib(pid, "smaps_rollup", ("Rss", "Pss")) for pid in pids]
         before = {pid: _thread_cpu(pid) for pid in pids}
-        process_before = {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids}
+        process_before = server.worker_cpu_seconds()  # in the order of pids
         time.sleep(idle_seconds)
         after = {pid: _thread_cpu(pid) for pid in pids}
-        process_after = {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids}
-    # gunicorn's sync worker is one thread: every other thread is the queue's.
+        process_after = server.worker_cpu_seconds()
+    # Every thread but the main one: the queue's two and gthread's request threads (those
+    # wait on their work queue while idle, so what is counted is the queue's).
     queue_cpu = [sum(cpu - before[pid].get(tid, 0.0) for tid, cpu in after[pid].items() if tid != pid)
                  for pid in pids]
     return {
@@ -53,7 +52,7 @@ def _idle_worker(queue_on: bool, idle_seconds: float) -> dict[str, Any]:
         "pss_mib": median([r["Pss"] / 1024 for r in rollups]),
         "threads": median([len(after[pid]) for pid in pids]),
         "queue_threads_cpu_s": median(queue_cpu),
-        "worker_cpu_s": median([process_after[pid] - process_before[pid] for pid in pids]),
+        "worker_cpu_s": median([after - then for after, then in zip(process_after, process_before)]),
         "idle_seconds": idle_seconds,
     }
 

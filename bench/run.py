@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 from bench import drain, enqueue, image, latency, report, route
-from bench.common import ROOT, median, run_child
+from bench.common import ROOT, log as _log, median, run_child
 
 SECTIONS = ("enqueue", "drain", "route", "http", "latency", "image", "memory", "storage", "mongo_ops")
 
@@ -56,10 +56,6 @@ def _brief(result: dict[str, Any], prefix: str = "") -> str:
     parts = [f"{prefix}{k}={result[k]:.1f}" for k in keys if k in result]
     parts += [_brief(v, f"{k}.") for k, v in result.items() if isinstance(v, dict) and not prefix]
     return ", ".join(p for p in parts if p)
-
-
-def _log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _versions() -> dict[str, str]:
